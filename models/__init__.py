@@ -1,0 +1,10 @@
+"""imgverify detectors: plain PyTorch / numpy classes, no Ray.
+
+Each import below registers one detector module (see ``models/registry.py``).
+"""
+
+from models.registry import create_detector, feature_schema, get_detector_class, list_detectors, register_detector
+
+from models import debug  # noqa: F401  (registers debug_mean, debug_sleep, debug_fail)
+
+__all__ = ["create_detector", "feature_schema", "get_detector_class", "list_detectors", "register_detector"]

@@ -1,0 +1,164 @@
+"""The detector contract.
+
+A detector is a plain Python class (no Ray) that turns a batch of :class:`DecodedImage` into one
+:class:`DetectorResult` per image. It follows the Hugging Face pipeline split:
+
+* ``preprocess(image)``: per image, CPU, its own resizing / cropping / normalisation;
+* ``_forward(inputs)``: the whole batch at once (the part worth batching on a GPU);
+* ``postprocess(output, artifacts)``: per image, scalar features and optional artifacts.
+
+``predict`` runs the three steps and isolates failures per image, so one bad image in a batch is
+reported as failed for that image only. The same class is wrapped by its Serve deployment and used
+by Ray Data batch scoring and by the training pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from models.image_input import DecodedImage
+
+Direction = Literal["ai_high", "real_high", "neutral"]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One scalar feature: the single definition of its name, range, direction and meaning."""
+
+    name: str
+    low: float
+    high: float
+    direction: Direction  # "ai_high": larger values point to AI; "real_high": to a camera; "neutral": context
+    description: str
+    probability: bool = False  # a calibrated P(AI) in [0, 1]; the rule-based fusion averages these
+
+    def check(self, value: float) -> float:
+        """Return ``value`` as float, or raise if it is not finite or outside the declared range."""
+        value = float(value)
+        if not math.isfinite(value) or not (self.low - 1e-6 <= value <= self.high + 1e-6):
+            raise ValueError(f"feature {self.name}={value} outside its declared range [{self.low}, {self.high}]")
+        return value
+
+
+@dataclass
+class DetectorResult:
+    """What one detector says about one image."""
+
+    features: dict[str, float] = field(default_factory=dict)
+    # Heatmaps etc.: float arrays in [0, 1], shape (H, W); only computed when asked for.
+    artifacts: dict[str, np.ndarray] = field(default_factory=dict)
+    # Structured, JSON-serialisable context (e.g. the provenance evidence list, the best CLIP prompt).
+    details: dict[str, Any] = field(default_factory=dict)
+    # Short human sentences worth showing in the verdict's reasoning.
+    evidence: list[str] = field(default_factory=list)
+    # Evidence strong enough to decide the verdict on its own (a valid C2PA AI claim, generator metadata,
+    # a decoded generator watermark). Empty for every pixel model.
+    hard_evidence: list[str] = field(default_factory=list)
+    # Set when this image failed in this detector; features are then empty.
+    error: str | None = None
+    skipped: str | None = None  # set when the detector does not apply (e.g. image smaller than it needs)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.skipped is None
+
+
+class Detector(ABC):
+    """Base class of every detector. Subclasses set the class attributes and the three steps."""
+
+    name: ClassVar[str]
+    features: ClassVar[tuple[FeatureSpec, ...]]
+    # Configuration defaults as data (like timm's default_cfgs); a deployment's user_config overrides keys.
+    default_config: ClassVar[dict[str, Any]] = {}
+    # Images with a shorter side are skipped (reported as missing with the reason), not guessed at.
+    min_side: ClassVar[int] = 1
+    # Whether the detector produces artifacts (heatmaps) when asked.
+    has_artifacts: ClassVar[bool] = False
+
+    def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):
+        unknown = set(config or {}) - set(self.default_config)
+        if unknown:
+            raise ValueError(
+                f"detector {self.name!r} got unknown config keys {sorted(unknown)}; "
+                f"it accepts {sorted(self.default_config)}"
+            )
+        self.config: dict[str, Any] = {**self.default_config, **(config or {})}
+        self.device = device
+        self.load()
+
+    # ---- what subclasses write -------------------------------------------------------------------
+    def load(self) -> None:
+        """Load weights / build the model from ``self.config``. Called at init and on reconfigure."""
+
+    @property
+    @abstractmethod
+    def version(self) -> str:
+        """A string that changes whenever the detector's outputs could change (code, weights, config)."""
+
+    @abstractmethod
+    def preprocess(self, image: DecodedImage) -> Any:
+        """Per-image preparation; runs on CPU."""
+
+    @abstractmethod
+    def _forward(self, inputs: list[Any]) -> list[Any]:
+        """Run the model on a batch of preprocessed inputs; one output per input."""
+
+    @abstractmethod
+    def postprocess(self, output: Any, artifacts: bool) -> DetectorResult:
+        """Turn one model output into features (and artifacts when ``artifacts`` is true)."""
+
+    # ---- what callers use ------------------------------------------------------------------------
+    def predict(self, images: list[DecodedImage], artifacts: bool = False) -> list[DetectorResult]:
+        """Score a batch. Always returns one result per image, in order; failures are per image."""
+        results: list[DetectorResult | None] = [None] * len(images)
+        inputs, positions = [], []
+        for i, image in enumerate(images):
+            if min(image.width, image.height) < self.min_side:
+                results[i] = DetectorResult(
+                    skipped=f"image is {image.width}x{image.height}; {self.name} needs a side of {self.min_side}"
+                )
+                continue
+            try:
+                inputs.append(self.preprocess(image))
+                positions.append(i)
+            except Exception as err:  # noqa: BLE001 - reported as this image's failure
+                results[i] = DetectorResult(error=f"preprocess: {type(err).__name__}: {err}")
+        if inputs:
+            try:
+                outputs = self._forward(inputs)
+                if len(outputs) != len(inputs):
+                    raise RuntimeError(f"_forward returned {len(outputs)} outputs for {len(inputs)} inputs")
+            except Exception as err:  # noqa: BLE001 - the whole batch failed in the model; say so per image
+                for i in positions:
+                    results[i] = DetectorResult(error=f"forward: {type(err).__name__}: {err}")
+                return results  # type: ignore[return-value]
+            for i, output in zip(positions, outputs):
+                try:
+                    results[i] = self._checked(self.postprocess(output, artifacts))
+                except Exception as err:  # noqa: BLE001
+                    results[i] = DetectorResult(error=f"postprocess: {type(err).__name__}: {err}")
+        return results  # type: ignore[return-value]
+
+    def _checked(self, result: DetectorResult) -> DetectorResult:
+        """Features must be exactly the declared ones, finite and in range: nothing is made up downstream."""
+        if result.ok:
+            declared = {spec.name: spec for spec in self.features}
+            extra = set(result.features) - set(declared)
+            if extra:
+                raise ValueError(f"undeclared features {sorted(extra)}")
+            result.features = {name: declared[name].check(v) for name, v in result.features.items()}
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """Name, version and feature specs, as reported by ``GET /v1/detectors``."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "device": self.device,
+            "features": [spec.__dict__ for spec in self.features],
+        }

@@ -1,0 +1,195 @@
+"""The one place where an image is decoded and validated.
+
+Every way into imgverify (HTTP, batch, training) turns bytes into a :class:`DecodedImage` here, once.
+The pixels go to the pixel detectors as a deterministic 8-bit RGB array; the untouched original bytes go
+to the metadata detectors (EXIF, XMP, C2PA, PNG text chunks live in the container, not in the pixels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow names the formats it decoded; MPO is the multi-picture JPEG many cameras write.
+SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+
+
+class ImageInputError(ValueError):
+    """Input that cannot become an image. ``code`` is stable and machine-readable; ``status`` is the HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def to_dict(self) -> dict:
+        return {"error": self.code, "detail": self.message}
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Limits enforced before any pixel is decoded (byte size) and before decompression (pixel count)."""
+
+    max_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    min_side: int = 1
+
+
+@dataclass
+class DecodedImage:
+    """A validated image: RGB pixels for pixel detectors, original bytes for metadata detectors."""
+
+    rgb: np.ndarray  # (height, width, 3) uint8, EXIF orientation applied
+    data: bytes  # the original file, byte for byte
+    format: str  # "JPEG", "PNG", ... as decoded (MPO reported as JPEG)
+    source_mode: str  # Pillow mode before conversion: "RGB", "CMYK", "I;16", "P", ...
+    sha256: str
+    n_frames: int = 1
+    orientation: int = 1  # EXIF orientation tag that was applied (1 = none)
+    notes: list[str] = field(default_factory=list)  # what decoding had to do, e.g. "alpha composited on white"
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    def to_pil(self) -> Image.Image:
+        return Image.fromarray(self.rgb, mode="RGB")
+
+    def summary(self) -> dict:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "format": self.format,
+            "mode": self.source_mode,
+            "frames": self.n_frames,
+            "bytes": len(self.data),
+            "sha256": self.sha256,
+        }
+
+
+def decode_image(data: bytes, limits: InputLimits = InputLimits()) -> DecodedImage:
+    """Validate and decode ``data``; raise :class:`ImageInputError` naming the problem."""
+    if not data:
+        raise ImageInputError("empty_input", "the request carried no image bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageInputError(
+            "too_large", f"image is {len(data)} bytes, the limit is {limits.max_bytes}", status=413
+        )
+    image = _open(data)
+    fmt = "JPEG" if image.format == "MPO" else image.format
+    width, height = image.size
+    # Checked on the header, before decoding: this is what stops decompression bombs.
+    if width * height > limits.max_pixels:
+        raise ImageInputError(
+            "too_many_pixels",
+            f"image is {width}x{height} = {width * height} pixels, the limit is {limits.max_pixels}",
+            status=413,
+        )
+    if min(width, height) < limits.min_side:
+        raise ImageInputError(
+            "too_small", f"image is {width}x{height}, the smallest side allowed is {limits.min_side}"
+        )
+    n_frames = int(getattr(image, "n_frames", 1) or 1)
+    notes: list[str] = []
+    if n_frames > 1:
+        image.seek(0)
+        notes.append(f"first of {n_frames} frames used")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        if "truncated" in str(err).lower():
+            raise ImageInputError("truncated_image", f"the {fmt} data ends early: {err}") from err
+        raise ImageInputError("corrupt_image", f"the {fmt} data cannot be decoded: {err}") from err
+    source_mode = image.mode
+    image, orientation = _apply_orientation(image, notes)
+    rgb = _to_rgb(image, notes)
+    return DecodedImage(
+        rgb=rgb,
+        data=bytes(data),
+        format=fmt,
+        source_mode=source_mode,
+        sha256=hashlib.sha256(data).hexdigest(),
+        n_frames=n_frames,
+        orientation=orientation,
+        notes=notes,
+    )
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and past 2x raises) on huge images; our own pixel limit decides instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as err:
+        raise ImageInputError(
+            "not_an_image", "the bytes are not an image in any format this service reads", status=415
+        ) from err
+    except Image.DecompressionBombError as err:
+        raise ImageInputError("too_many_pixels", str(err), status=413) from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageInputError("corrupt_image", f"the image header cannot be read: {err}") from err
+    if image.format not in SUPPORTED_FORMATS:
+        raise ImageInputError(
+            "unsupported_format",
+            f"{image.format} images are not accepted; send one of "
+            f"{', '.join(sorted(SUPPORTED_FORMATS - {'MPO'}))}",
+            status=415,
+        )
+    return image
+
+
+def _apply_orientation(image: Image.Image, notes: list[str]) -> tuple[Image.Image, int]:
+    """Rotate as the EXIF Orientation tag says; broken EXIF leaves the pixels as stored."""
+    try:
+        orientation = int(image.getexif().get(0x0112, 1) or 1)
+    except Exception as err:  # Broken EXIF is evidence for the provenance detector, not a decoding failure.
+        notes.append(f"EXIF unreadable, orientation not applied: {type(err).__name__}")
+        return image, 1
+    if orientation not in range(2, 9):
+        return image, 1
+    rotated = ImageOps.exif_transpose(image)
+    notes.append(f"EXIF orientation {orientation} applied")
+    return rotated, orientation
+
+
+def _to_rgb(image: Image.Image, notes: list[str]) -> np.ndarray:
+    """Convert any Pillow mode to (H, W, 3) uint8 RGB, the same way every time."""
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image, dtype=np.uint8).copy()
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grey: scale 0..65535 to 0..255 (Pillow's own convert would clip at 255).
+        wide = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if wide.max(initial=0) > 255 or mode.startswith("I;16") else 1.0
+        grey = np.clip(np.rint(wide / scale), 0, 255).astype(np.uint8)
+        notes.append(f"{mode} scaled to 8 bit")
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = values * 255.0 if values.max(initial=0) <= 1.0 else values
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        notes.append("float image clipped to 8 bit")
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels have no defined colour: composite on white, as a browser shows them.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        notes.append("alpha composited on white")
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8).copy()
+    if mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
