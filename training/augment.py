@@ -1,0 +1,70 @@
+"""Processing applied identically to real and AI images, so models learn the image, not the container.
+
+The data's classes differ in format, size and compression (camera JPEGs vs generator PNGs). Every
+training image of either class therefore passes through the same random crop, resize and JPEG
+re-encode (``Reencode``); evaluation adds fixed perturbations (``ROBUSTNESS``). Both return encoded
+bytes, which go through the service's own ``decode_image`` like any upload.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from models.image_input import DecodedImage
+
+
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class Reencode:
+    """Random crop, resize and JPEG re-encode; metadata is dropped (Pillow does not copy it)."""
+
+    quality: tuple[int, int] = (65, 97)
+    scale: tuple[float, float] = (0.5, 1.0)
+    crop_fraction: tuple[float, float] = (0.6, 1.0)  # side of the crop relative to the image side
+    max_side: int = 1024
+    min_side: int = 32
+
+    def __call__(self, image: DecodedImage, rng: np.random.Generator) -> bytes:
+        pil = image.to_pil()
+        width, height = pil.size
+        fraction = rng.uniform(*self.crop_fraction)
+        crop_w, crop_h = max(1, round(width * fraction)), max(1, round(height * fraction))
+        x0, y0 = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
+        pil = pil.crop((x0, y0, x0 + crop_w, y0 + crop_h))
+        scale = min(rng.uniform(*self.scale), self.max_side / max(pil.size))
+        size = (max(self.min_side, round(pil.width * scale)), max(self.min_side, round(pil.height * scale)))
+        if size != pil.size:
+            pil = pil.resize(size, Image.Resampling.BICUBIC)
+        quality = int(rng.integers(self.quality[0], self.quality[1] + 1))
+        subsampling = int(rng.choice([0, 2]))  # 4:4:4 or 4:2:0, both common in the wild
+        return _encode(pil, "JPEG", quality=quality, subsampling=subsampling)
+
+
+def _center_crop(pil: Image.Image, fraction: float = 0.75) -> Image.Image:
+    w, h = round(pil.width * fraction), round(pil.height * fraction)
+    x0, y0 = (pil.width - w) // 2, (pil.height - h) // 2
+    return pil.crop((x0, y0, x0 + w, y0 + h))
+
+
+# Fixed perturbations of the evaluation's robustness grid. Geometric ones are saved losslessly (PNG) so
+# that each row changes one thing only.
+ROBUSTNESS: dict[str, Callable[[DecodedImage], bytes]] = {
+    "jpeg95": lambda im: _encode(im.to_pil(), "JPEG", quality=95),
+    "jpeg75": lambda im: _encode(im.to_pil(), "JPEG", quality=75),
+    "jpeg50": lambda im: _encode(im.to_pil(), "JPEG", quality=50),
+    "resize0.5": lambda im: _encode(
+        im.to_pil().resize((max(1, im.width // 2), max(1, im.height // 2)), Image.Resampling.BICUBIC), "PNG"
+    ),
+    "center_crop": lambda im: _encode(_center_crop(im.to_pil()), "PNG"),
+    "blur1": lambda im: _encode(im.to_pil().filter(ImageFilter.GaussianBlur(radius=1.0)), "PNG"),
+}
