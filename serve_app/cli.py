@@ -1,0 +1,80 @@
+"""The ``imgverify`` command.
+
+    imgverify score IMAGE... [--url http://127.0.0.1:8000] [--artifacts]   post to a running service
+    imgverify batch INPUT --out OUT [--config serve_config.local.yaml]      Ray Data batch scoring
+    imgverify dataset build ROOT... --out M.parquet | dataset clean M --out C.parquet
+    imgverify features extract MANIFEST --out DIR [--config ...]
+    imgverify train fusion|dino-svm|ghostnet ...
+    imgverify evaluate ...
+
+Each training step is also ``python -m training.<step>``; this file only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+# (command words) -> "module:function" taking argv; imported only when used, so `score` stays light.
+COMMANDS: dict[tuple[str, ...], str] = {
+    ("batch",): "serve_app.batch:main",
+    ("dataset", "build"): "training.dataset:main_build",
+    ("dataset", "clean"): "training.dataset:main_clean",
+    ("features", "extract"): "training.features:main",
+    ("train", "fusion"): "training.train_fusion:main",
+    ("train", "dino-svm"): "training.train_dino_svm:main",
+    ("train", "ghostnet"): "training.train_ghostnet:main",
+    ("evaluate",): "training.evaluate:main",
+}
+
+
+def score(argv: list[str]) -> int:
+    """POST each image to ``/v1/detect`` and print the JSON answers (one object per line)."""
+    import httpx
+
+    parser = argparse.ArgumentParser(prog="imgverify score", description="Score images with a running service.")
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
+    parser.add_argument("--artifacts", action="store_true", help="ask for heatmaps (base64 PNG)")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--indent", type=int, default=None)
+    args = parser.parse_args(argv)
+    failures = 0
+    with httpx.Client(base_url=args.url, timeout=args.timeout) as client:
+        for path in args.images:
+            try:
+                data = path.read_bytes()
+            except OSError as err:
+                print(json.dumps({"path": str(path), "error": "unreadable_file", "detail": str(err)}))
+                failures += 1
+                continue
+            response = client.post(
+                "/v1/detect", params={"artifacts": str(args.artifacts).lower()}, files={"file": (path.name, data)}
+            )
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": "not_json", "detail": response.text[:500]}
+            failures += response.status_code != 200
+            print(json.dumps({"path": str(path), "status": response.status_code, **body}, indent=args.indent))
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["score"]:
+        return score(argv[1:])
+    for words, target in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
+        if tuple(argv[: len(words)]) == words:
+            module, function = target.split(":")
+            return int(getattr(importlib.import_module(module), function)(argv[len(words) :]) or 0)
+    usage = ["score"] + [" ".join(words) for words in COMMANDS]
+    print(f"usage: imgverify {{{' | '.join(usage)}}} ...\n\n{__doc__}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

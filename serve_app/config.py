@@ -1,0 +1,128 @@
+"""Typed arguments of the imgverify application (``build_app(args)``), and reading a Serve config file.
+
+``serve_config*.yaml`` is a standard Ray Serve config: the application's ``args`` validate as
+:class:`AppArgs`; each detector's deployment (named after the detector) takes its replicas, autoscaling,
+``ray_actor_options`` and ``user_config`` (batching and detector settings) from the ``deployments`` list.
+Batch scoring reads the same file through :func:`load_profile`, so both ways in run the same setup.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+
+from models.image_input import InputLimits
+
+
+class DetectorArgs(BaseModel):
+    """One enabled detector. Its deployment has the same name."""
+
+    name: str
+    timeout_s: float = Field(30.0, gt=0, description="per-request time the ingress waits for this detector")
+
+
+class InputArgs(BaseModel):
+    """Limits on what callers may send."""
+
+    max_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(50_000_000, gt=0)
+    min_side: int = Field(1, ge=1)
+    max_batch_files: int = Field(16, ge=1, description="files per POST /v1/detect/batch")
+    allow_url: bool = Field(False, description="accept {'url': ...}; off by default (server-side fetch)")
+    url_timeout_s: float = Field(10.0, gt=0)
+    url_max_redirects: int = Field(3, ge=0)
+
+    def limits(self) -> InputLimits:
+        return InputLimits(max_bytes=self.max_bytes, max_pixels=self.max_pixels, min_side=self.min_side)
+
+
+class FusionArgs(BaseModel):
+    """The fusion model and how its probability becomes a label."""
+
+    model: str | None = Field(None, description="fusion artifact (path or file name in models/weights); None: rule")
+    threshold: float | None = Field(None, ge=0, le=1, description="override the model's threshold")
+    uncertain_band: float | None = Field(None, ge=0, le=0.5, description="override the model's band")
+    hard_evidence: bool = Field(True, description="valid C2PA AI claims, generator metadata, watermarks decide alone")
+
+
+class AppArgs(BaseModel):
+    """Arguments of ``serve_app.app:build_app``."""
+
+    detectors: list[DetectorArgs]
+    fusion: FusionArgs = FusionArgs()
+    input: InputArgs = InputArgs()
+
+    @field_validator("detectors")
+    @classmethod
+    def _known_and_unique(cls, detectors: list[DetectorArgs]) -> list[DetectorArgs]:
+        import models
+
+        names = [d.name for d in detectors]
+        if not names:
+            raise ValueError("enable at least one detector")
+        if len(set(names)) != len(names):
+            raise ValueError(f"detectors listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+        unknown = [n for n in names if n not in models.list_detectors()]
+        if unknown:
+            raise ValueError(f"unknown detectors {unknown}; registered: {models.list_detectors()}")
+        return detectors
+
+    def detector_names(self) -> list[str]:
+        return [d.name for d in self.detectors]
+
+
+class DetectorUserConfig(BaseModel):
+    """A detector deployment's ``user_config``: batching plus the detector's own settings.
+
+    Changing it with ``serve deploy`` calls ``reconfigure`` on live replicas: new weights load without
+    a restart.
+    """
+
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    detector: dict[str, Any] = Field(default_factory=dict)
+
+
+class DetectorProfile(BaseModel):
+    """How one detector runs: its user_config and resources, as read from a Serve config file."""
+
+    name: str
+    user_config: DetectorUserConfig = DetectorUserConfig()
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    num_replicas: int | str | None = None
+
+
+class Profile(BaseModel):
+    """One application of a Serve config file: the app args plus each detector's deployment settings."""
+
+    args: AppArgs
+    detectors: dict[str, DetectorProfile]
+
+
+def load_profile(path: str | Path, app_name: str | None = None) -> Profile:
+    """Read a Serve config file into a :class:`Profile` (for batch scoring, training, tests)."""
+    config = yaml.safe_load(Path(path).read_text())
+    apps = config.get("applications", [])
+    if app_name is not None:
+        apps = [a for a in apps if a.get("name") == app_name]
+    if len(apps) != 1:
+        raise ValueError(f"{path}: expected exactly one application{f' named {app_name!r}' if app_name else ''}")
+    app = apps[0]
+    args = AppArgs.model_validate(app.get("args") or {})
+    by_name = {d["name"]: d for d in app.get("deployments", [])}
+    detectors = {}
+    for name in args.detector_names():
+        deployment = by_name.get(name, {})
+        actor = deployment.get("ray_actor_options", {})
+        detectors[name] = DetectorProfile(
+            name=name,
+            user_config=DetectorUserConfig.model_validate(deployment.get("user_config") or {}),
+            num_cpus=actor.get("num_cpus", 1.0),
+            num_gpus=actor.get("num_gpus", 0.0),
+            num_replicas=deployment.get("num_replicas"),
+        )
+    return Profile(args=args, detectors=detectors)
