@@ -8,6 +8,7 @@ from models.registry import create_detector, feature_schema, get_detector_class,
 from models import debug  # noqa: F401  (registers debug_mean, debug_sleep, debug_fail)
 from models import dino  # noqa: F401  (registers dino)
 from models import clip_detector  # noqa: F401  (registers clip_h14, clip_bigg, clip_probe_{ufd,cues,rine})
+from models import fatformer  # noqa: F401  (registers fatformer)
 from models import forensics  # noqa: F401  (registers forensics)
 from models import mantranet  # noqa: F401  (registers mantranet)
 
