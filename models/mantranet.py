@@ -170,7 +170,9 @@ class TraceFeatureExtractor(nn.Module):
         # Concatenation order as in the Keras CombinedConv2D and the port: free, SRM, Bayar.
         h = torch.cat([self.init_conv(x), self.SRMConv2D(x), self.BayarConv2D(x)], dim=1).relu_()
         for layer in self.middle_and_last_block:
-            h = layer(symmetric_pad(h, 1)) if isinstance(layer, nn.Conv2d) else layer(h)
+            if isinstance(layer, nn.Conv2d):
+                h = symmetric_pad(h, 1)  # rebinding frees the unpadded map before the convolution runs
+            h = layer(h)
         # In fp32: in fp16 the sum of 256 squares overflows for activations above ~16.
         return F.normalize(h.float(), p=2.0, dim=1)
 
