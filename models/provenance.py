@@ -1,0 +1,366 @@
+"""The ``provenance`` detector: what the file itself says about where it came from.
+
+It reads the ORIGINAL BYTES of the upload (``DecodedImage.data``), not the pixels, except for two pixel
+traces that generators leave on purpose: the Stable Diffusion invisible watermark and the AUTOMATIC1111
+"stealth pnginfo" bits. No model weights are downloaded. Sources, in the order they are read:
+
+1. the container walk (:mod:`models.provenance_container`): EXIF, XMP, IPTC, PNG text chunks, C2PA boxes;
+2. EXIF fields and how camera-like they are (:mod:`models.provenance_exif`);
+3. generator metadata and XMP/IPTC declarations (:mod:`models.provenance_metadata`);
+4. C2PA Content Credentials, offline (:mod:`models.provenance_c2pa`);
+5. the SD 1.x / 2.x / XL invisible watermarks (:mod:`models.provenance_watermark`).
+
+Each step is isolated: a step that fails is listed in ``details["provenance"]["errors"]`` and its features
+are omitted; the other steps still report. Malformed metadata is never a crash: it is evidence or an error.
+
+Evidence is split in two: ``hard_evidence`` holds the sentences that alone decide "AI" (a valid C2PA AI
+claim, generator metadata, a decoded generator watermark); ``evidence`` holds the weaker ones (a C2PA AI
+claim whose validation failed, missing or camera-like EXIF, editing software). A sentence is in one list only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from models.base import Detector, DetectorResult, FeatureSpec
+from models.image_input import DecodedImage
+from models.provenance_c2pa import c2pa_settings, read_c2pa
+from models.provenance_container import read_container
+from models.provenance_exif import ExifData, camera_evidence, parse_exif
+from models.provenance_metadata import (
+    AI_SOURCE_TYPES,
+    GeneratorFinding,
+    find_generator_metadata,
+    iptc_credits,
+    parse_a1111,
+    parse_xmp,
+    read_stealth_pnginfo,
+    software_class,
+    source_type_code,
+)
+from models.provenance_watermark import check_watermarks
+from models.registry import register_detector
+
+CODE_VERSION = "provenance-1"
+SOFTWARE_LEVELS = {"firmware": 0.0, "editor": 0.5, "other": 0.5, "generator": 1.0}
+CAPTURE_SOURCE_TYPES = {"digitalCapture", "computationalCapture", "negativeFilm", "positiveFilm", "print"}
+CAMERA_LIKE_EXIF = 0.6  # exif_score from which the EXIF is called camera-like in the evidence text
+
+
+@register_detector
+class ProvenanceDetector(Detector):
+    """C2PA, EXIF, XMP/IPTC, generator metadata and invisible watermarks of one file."""
+
+    name = "provenance"
+    features = (
+        FeatureSpec("exif_score", 0.0, 1.0, "real_high",
+                    "How camera-like the EXIF is: weighted share of make+model (0.30), exposure time / f-number / "
+                    "ISO / focal length (0.30), a valid consistent capture date (0.15), a maker note (0.10), "
+                    "flash/metering/program/white balance (0.05), a thumbnail (0.05), lens (0.05). 0 = no EXIF."),
+        FeatureSpec("has_exif", 0.0, 1.0, "real_high", "1 when the file carries an EXIF block (even a broken one)."),
+        FeatureSpec("software_flag", 0.0, 1.0, "ai_high",
+                    "Software / CreatorTool tags: 0 none or camera firmware, 0.5 an editor or other software, "
+                    "1 an AI generator named in the tag. The highest over all such tags."),
+        FeatureSpec("c2pa_present", 0.0, 1.0, "neutral", "1 when the file carries a C2PA manifest store."),
+        FeatureSpec("c2pa_valid", 0.0, 1.0, "neutral",
+                    "1 when the C2PA claim signature verifies, the content hash matches and only signer-trust codes "
+                    "(untrusted / expired / off-profile certificate) are reported; 0 otherwise or without C2PA."),
+        FeatureSpec("c2pa_ai_claim", 0.0, 1.0, "ai_high",
+                    "1 when a C2PA manifest (or one of its ingredients) declares AI generation "
+                    "(digitalSourceType trainedAlgorithmicMedia / compositeWithTrainedAlgorithmicMedia, or a signed "
+                    "'AI generated' created action). Not set when a manifest exists but cannot be read."),
+        FeatureSpec("metadata_ai_claim", 0.0, 1.0, "ai_high",
+                    "1 when non-C2PA metadata names an AI generator: generator parameters (A1111, ComfyUI, InvokeAI, "
+                    "NovelAI, Fooocus, ...), DALL-E/Midjourney/Google markers, IPTC DigitalSourceType AI, or an AI "
+                    "generator in Software/CreatorTool."),
+        FeatureSpec("watermark_detected", 0.0, 1.0, "ai_high",
+                    "1 when a Stable Diffusion 1.x / 2.x / XL invisible watermark decodes with >= 95% of its bits. "
+                    "Not set for images under 256x256 pixels."),
+    )
+    default_config: dict[str, Any] = {
+        # Path to a PEM file of C2PA trust anchors. Without it no signer can be "trusted" (offline).
+        "c2pa_trust_anchors": None,
+        # The watermark is read on a stripe of whole rows from the top with at most this many pixels.
+        "watermark_max_pixels": 2_000_000,
+    }
+
+    def load(self) -> None:
+        anchors = self.config["c2pa_trust_anchors"]
+        self._trust_pem: str | None = None
+        self._trust_id = "none"
+        if anchors:
+            raw = Path(anchors).expanduser().read_bytes()
+            self._trust_pem = raw.decode("ascii")
+            self._trust_id = hashlib.sha256(raw).hexdigest()[:16]
+        self._c2pa_settings = c2pa_settings(self._trust_pem)
+        try:
+            import c2pa
+
+            self._c2pa_version = f"c2pa-python {c2pa.__version__} / c2pa-rs {c2pa.sdk_version()}"
+        except ImportError:
+            self._c2pa_version = "c2pa unavailable"
+
+    @property
+    def version(self) -> str:
+        return (f"{CODE_VERSION} {self._c2pa_version} trust_anchors={self._trust_id} "
+                f"watermark_max_pixels={int(self.config['watermark_max_pixels'])}")
+
+    # All the work is parsing one file; there is no model to batch, so it happens per image here.
+    def preprocess(self, image: DecodedImage) -> dict[str, Any]:
+        return self.inspect(image)
+
+    def _forward(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return inputs
+
+    def postprocess(self, output: dict[str, Any], artifacts: bool) -> DetectorResult:
+        return build_result(output)
+
+    # ---- the steps --------------------------------------------------------------------------------------
+    def inspect(self, image: DecodedImage) -> dict[str, Any]:
+        """Run every step on one image; a failing step is recorded in ``errors`` and the others go on."""
+        report: dict[str, Any] = {"errors": []}
+
+        def step(name: str, fn, *args):
+            try:
+                return fn(*args)
+            except Exception as err:  # noqa: BLE001 - one broken source must not hide the others
+                report["errors"].append(f"{name}: {type(err).__name__}: {err}")
+                return None
+
+        container = step("container", read_container, image.data, image.format)
+        if container is None:
+            return report
+        report["container"] = {
+            "format": container.container,
+            "text_chunks": sorted(container.text),
+            "truncated": container.truncated,
+        }
+        report["errors"] += [f"container: {e}" for e in container.errors]
+        exif = step("exif", _exif_report, container) if container.exif else None
+        report["exif"] = exif["report"] if exif else {"present": bool(container.exif)}
+        exif_data: ExifData | None = exif["data"] if exif else None
+        xmp_packets = list(container.xmp)
+        packet = exif_data.get("XMLPacket") if exif_data is not None else None  # TIFF keeps XMP in tag 700
+        if isinstance(packet, (bytes, str)):
+            xmp_packets.append(("TIFF tag 700", packet.encode("utf-8") if isinstance(packet, str) else packet))
+        # A step that failed leaves None (and clears metadata_complete): the features it feeds are then
+        # omitted, never filled with a default. What the other steps found is still reported.
+        errors_before = len(report["errors"])
+        report["xmp"] = step("xmp", _xmp_report, xmp_packets, container.iptc)
+        findings = step("generator metadata", find_generator_metadata, container, exif_data) or []
+        if container.container == "PNG":
+            stealth = step("stealth pnginfo", _stealth_finding, image, container.has_alpha)
+            findings += [stealth] if stealth else []
+        report["generator_metadata"] = [f.to_dict() for f in findings]
+        report["software"] = step("software", _software_report, container, exif_data, report["xmp"] or {})
+        report["metadata_complete"] = len(report["errors"]) == errors_before
+        if container.c2pa_box or container.container not in ("JPEG", "PNG", "WEBP"):
+            report["c2pa"] = step("c2pa", read_c2pa, image.data, self._c2pa_settings)
+        else:
+            report["c2pa"] = {"present": False}  # the container walk saw no JUMBF / C2PA box
+        report["watermark"] = step("watermark", check_watermarks, image.rgb, int(self.config["watermark_max_pixels"]))
+        return report
+
+
+def _exif_report(container) -> dict[str, Any]:
+    where, block = container.exif[0]
+    data = parse_exif(block)
+    camera = camera_evidence(data)
+    report = {"present": True, "where": where, "tags": data.tag_count, "broken": bool(data.problems),
+              "problems": data.problems, **camera}
+    return {"report": report, "data": data}
+
+
+def _xmp_report(packets: list[tuple[str, bytes]], iptc_blocks: list[tuple[str, bytes]]) -> dict[str, Any]:
+    info = parse_xmp(packets)
+    codes = [code for code in (source_type_code(v) for v in info.digital_source_types) if code]
+    return {
+        "packets": len(packets),
+        "digital_source_types": info.digital_source_types,
+        "source_type_codes": codes,
+        "creator_tools": info.creator_tools,
+        "credits": info.credits + iptc_credits(iptc_blocks),
+        "history_agents": info.history_agents,
+        "errors": info.errors,
+    }
+
+
+def _stealth_finding(image: DecodedImage, has_alpha: bool) -> GeneratorFinding | None:
+    found = read_stealth_pnginfo(image.data, has_alpha, image.rgb)
+    if found is None:
+        return None
+    where, text = found
+    parsed = parse_a1111(text, where)
+    return parsed or GeneratorFinding(tool="AUTOMATIC1111", where=where, extra={"text": text[:500]})
+
+
+def _software_report(container, exif: ExifData | None, xmp: dict[str, Any]) -> list[dict[str, str]]:
+    make = exif.text("Make") if exif else None
+    model = exif.text("Model") if exif else None
+    candidates = []
+    if exif is not None:
+        candidates += [(f"EXIF {tag}", exif.text(tag)) for tag in ("Software", "ProcessingSoftware")]
+    candidates += [("XMP CreatorTool", tool) for tool in xmp.get("creator_tools", [])]
+    candidates += [("XMP history softwareAgent", agent) for agent in xmp.get("history_agents", [])]
+    candidates += [(f"{container.text_where[key]} {key}", container.text[key]) for key in ("Software",)
+                   if key in container.text]
+    return [{"where": where, "value": value[:200], "class": software_class(value, make, model)}
+            for where, value in candidates if value]
+
+
+# ---- from the report to features and evidence ------------------------------------------------------------
+def build_result(report: dict[str, Any]) -> DetectorResult:
+    """Features, evidence sentences and the structured ``details["provenance"]`` object of one report."""
+    evidence: list[dict[str, str]] = []
+
+    def add(kind: str, where: str, what: str, strength: str, points_to: str) -> None:
+        evidence.append({"kind": kind, "where": where, "what": what, "strength": strength, "points_to": points_to})
+
+    features: dict[str, float] = {}
+    if "container" not in report:
+        return DetectorResult(error="; ".join(report["errors"]) or "container could not be read")
+    _exif_features(report["exif"], features, add)
+    findings, xmp, software = report["generator_metadata"], report["xmp"], report["software"]
+    metadata_claim = _metadata_evidence(findings, xmp or {}, software or [], add)
+    if metadata_claim or report["metadata_complete"]:
+        features["metadata_ai_claim"] = 1.0 if metadata_claim else 0.0
+    if software is not None:
+        features["software_flag"] = max((SOFTWARE_LEVELS[s["class"]] for s in software), default=0.0)
+    xmp = xmp or {}
+    c2pa = report.get("c2pa")
+    if c2pa is not None:
+        _c2pa_features(c2pa, features, add)
+    watermark = report.get("watermark")
+    if watermark is not None and watermark.get("checked"):
+        features["watermark_detected"] = 1.0 if watermark.get("detected") else 0.0
+        if watermark.get("detected"):
+            add("watermark", "pixels (dwtDct, U channel)",
+                f"Invisible {watermark['generator']} watermark decoded ({watermark['match']:.0%} of its bits, "
+                f"{watermark['channel_order']} order)", "hard", "ai")
+    generator, model = _headline(report, findings, xmp, software or [])
+    provenance = {
+        "generator": generator,
+        "model": model,
+        "evidence": evidence,
+        "c2pa": c2pa,
+        "exif": report["exif"],
+        "xmp": xmp,
+        "software": software,
+        "generator_metadata": findings,
+        "watermark": watermark,
+        "container": report["container"],
+        "errors": report["errors"] + [f"xmp: {e}" for e in xmp.get("errors", [])],
+    }
+    return DetectorResult(
+        features=features,
+        details={"provenance": provenance},
+        evidence=[e["what"] for e in evidence if e["strength"] == "weak"],
+        hard_evidence=[e["what"] for e in evidence if e["strength"] == "hard"],
+    )
+
+
+def _exif_features(exif: dict[str, Any], features: dict[str, float], add) -> None:
+    features["has_exif"] = 1.0 if exif.get("present") else 0.0
+    if not exif.get("present"):
+        features["exif_score"] = 0.0  # defined: no EXIF scores 0
+        add("exif", "file", "No EXIF metadata (usual for generated images, also for screenshots and "
+            "images re-saved by web platforms)", "weak", "ai")
+        return
+    if exif.get("broken"):
+        add("exif", exif.get("where", "EXIF"), f"EXIF is malformed: {'; '.join(exif['problems'][:3])}",
+            "weak", "neutral")
+    if "exif_score" not in exif:  # present but the step failed: the error is listed, the score omitted
+        return
+    features["exif_score"] = float(exif["exif_score"])
+    dates = exif.get("dates", {}).get("problems", [])
+    if dates:
+        add("exif", "EXIF dates", f"EXIF dates are inconsistent or invalid: {'; '.join(dates[:2])}", "weak", "neutral")
+    if exif["exif_score"] >= CAMERA_LIKE_EXIF:
+        add("exif", exif["where"], f"Camera EXIF from {exif.get('make')} {exif.get('model')} with "
+            f"{len(exif.get('exposure_fields', []))} of 4 exposure fields (exif_score {exif['exif_score']:.2f})",
+            "weak", "real")
+
+
+def _metadata_evidence(findings: list[dict], xmp: dict[str, Any], software: list[dict], add) -> bool:
+    """Add the evidence of non-C2PA metadata; return whether it claims AI generation."""
+    claim = False
+    for finding in findings:
+        params = ", ".join(f"{k} {finding[k]}" for k in ("model", "seed", "steps", "sampler", "cfg") if k in finding)
+        add("generator_metadata", finding["where"],
+            f"{finding['tool']} generation metadata in {finding['where']}" + (f" ({params})" if params else ""),
+            "hard", "ai")
+        claim = True
+    for code in xmp.get("source_type_codes", []):
+        if code in AI_SOURCE_TYPES:
+            add("xmp", "XMP Iptc4xmpExt:DigitalSourceType", f"XMP declares digital source type {code}", "hard", "ai")
+            claim = True
+        elif code == "algorithmicMedia":
+            add("xmp", "XMP Iptc4xmpExt:DigitalSourceType",
+                "XMP declares algorithmicMedia (made by an algorithm, not a trained model)", "weak", "ai")
+        elif code in CAPTURE_SOURCE_TYPES:
+            add("xmp", "XMP Iptc4xmpExt:DigitalSourceType", f"XMP declares digital source type {code}", "weak", "real")
+    for credit in xmp.get("credits", []):
+        if "made with google ai" in credit.lower():
+            add("iptc", "IPTC Credit", f"IPTC credit says {credit!r} (Google generative AI)", "hard", "ai")
+            claim = True
+    for item in software:
+        if item["class"] == "generator":
+            add("software", item["where"], f"{item['where']} names an AI generator: {item['value']!r}", "hard", "ai")
+            claim = True
+        elif item["class"] in ("editor", "other"):
+            add("software", item["where"], f"Processed with {item['value']!r} ({item['where']})", "weak", "neutral")
+    return claim
+
+
+def _c2pa_features(c2pa: dict[str, Any], features: dict[str, float], add) -> None:
+    features["c2pa_present"] = 1.0 if c2pa.get("present") else 0.0
+    features["c2pa_valid"] = 1.0 if c2pa.get("present") and c2pa.get("valid") else 0.0
+    if not c2pa.get("present"):
+        features["c2pa_ai_claim"] = 0.0
+        return
+    if not c2pa.get("readable"):
+        add("c2pa", "C2PA manifest", f"C2PA manifest present but unreadable: {c2pa.get('error')}", "weak", "neutral")
+        return
+    features["c2pa_ai_claim"] = 1.0 if c2pa["ai_claim"] else 0.0
+    signer = c2pa.get("signer") or "unknown signer"
+    if c2pa["ai_claim"]:
+        generators = ", ".join(c2pa["generators"][:3]) or "an unnamed tool"
+        reason = c2pa["ai_claims"][0]["reason"]
+        if c2pa["valid"]:
+            trust = "trusted signer" if c2pa["validation"] == "trusted" else "signer not verifiable offline"
+            add("c2pa", "C2PA manifest", f"C2PA Content Credentials declare AI generation by {generators} "
+                f"({reason}; signature and content hash verified, {trust})", "hard", "ai")
+        else:
+            failed = ", ".join(c2pa["integrity_failures"] or ["signature or content binding not verified"])
+            add("c2pa", "C2PA manifest", f"C2PA manifest declares AI generation by {generators}, but its "
+                f"validation failed ({failed}): not decisive", "weak", "ai")
+    elif c2pa["valid"]:
+        add("c2pa", "C2PA manifest", f"C2PA manifest by {c2pa.get('claim_generator')} (signed by {signer}) "
+            "verifies and makes no AI claim", "weak", "neutral")
+    else:
+        failed = ", ".join(c2pa["integrity_failures"] or ["signature or content binding not verified"])
+        add("c2pa", "C2PA manifest", f"C2PA manifest by {c2pa.get('claim_generator')} failed validation "
+            f"({failed}); it makes no AI claim", "weak", "neutral")
+
+
+def _headline(report: dict, findings: list[dict], xmp: dict, software: list[dict]) -> tuple[str | None, str | None]:
+    """The single generator (and model) to name, from the strongest source that names one."""
+    c2pa = report.get("c2pa") or {}
+    watermark = report.get("watermark") or {}
+    model = next((f["model"] for f in findings if f.get("model")), None)
+    if c2pa.get("ai_claim") and c2pa.get("valid") and c2pa.get("generators"):
+        return c2pa["generators"][0], model
+    if findings:
+        return findings[0]["tool"], model
+    if watermark.get("detected"):
+        return watermark["generator"], model
+    named = [s["value"] for s in software if s["class"] == "generator"]
+    if named:
+        return named[0], model
+    if any("made with google ai" in c.lower() for c in xmp.get("credits", [])):
+        return "Google generative AI", model
+    if c2pa.get("ai_claim") and c2pa.get("generators"):
+        return c2pa["generators"][0], model
+    return None, model
