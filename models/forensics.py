@@ -418,7 +418,7 @@ def error_levels(rgb: np.ndarray, quality: int) -> np.ndarray:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buffer, format="JPEG", quality=quality, subsampling=0)
     resaved = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
-    return np.abs(rgb.astype(np.int16) - resaved.astype(np.int16)).mean(axis=2, dtype=np.float32)
+    return cv2.absdiff(np.ascontiguousarray(rgb), resaved).mean(axis=2, dtype=np.float32)
 
 
 def noise_statistics(luma: np.ndarray) -> dict[str, float]:
@@ -490,7 +490,9 @@ def upsampling_peak(luma: np.ndarray, frequencies: tuple[float, ...] = (1 / 2, 1
 
 
 # Zig-zag positions 1..14 (the lowest AC frequencies), as (row, column) of the 8x8 DCT block.
-LOW_AC_ZIGZAG = ((0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0), (4, 0), (3, 1), (2, 2), (1, 3), (0, 4))
+LOW_AC_ZIGZAG = (
+    (0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0), (4, 0), (3, 1), (2, 2), (1, 3), (0, 4),
+)
 
 
 def _dct_matrix() -> np.ndarray:
@@ -540,6 +542,27 @@ def double_compression_score(
 # ---- The detector ---------------------------------------------------------------------------------------
 
 
+JPEG_FEATURES = ("jpeg_quality", "jpeg_table_nonstandard", "jpeg_chroma_subsampling", "jpeg_double_compression")
+PIXEL_FEATURES = (
+    "image_entropy", "ela_mean", "ela_std", "ela_high_fraction", "noise_log_variance", "noise_log_kurtosis",
+    "jpeg_double_compression", "spectrum_hf_slope", "spectrum_upsampling_peak",
+)
+
+
+@dataclass
+class _Report:
+    """What one image's measurement collects; ``omitted`` says why each absent feature is absent."""
+
+    features: dict[str, float] = field(default_factory=dict)
+    omitted: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    evidence: list[str] = field(default_factory=list)
+
+    def omit(self, names, reason: str) -> None:
+        for name in names:
+            self.omitted.setdefault(name, reason)  # the first reason is the real one
+
+
 @dataclass
 class ForensicsInput:
     """One image, ready for the statistics: stored-orientation pixels and the parsed container."""
@@ -568,37 +591,68 @@ class ForensicsDetector(Detector):
 
     name = "forensics"
     features = (
-        FeatureSpec("image_entropy", 0.0, 8.0, "neutral", "Shannon entropy (bits) of the whole image's grey-level histogram."),
+        FeatureSpec(
+            "image_entropy", 0.0, 8.0, "neutral",
+            "Shannon entropy (bits) of the whole image's grey-level histogram.",
+        ),
         FeatureSpec(
             "compression_level", 0.0, 1.0, "neutral",
             "Lossy compression strength from the container: 0 = lossless file or JPEG q100, 1 = JPEG q<=10 "
             "(linear in the estimated quality); lossy WebP from its VP8 quantiser (approximate).",
         ),
-        FeatureSpec("jpeg_quality", 1.0, 100.0, "neutral", "IJG quality whose tables fit the JPEG's quantisation tables best (least squares)."),
+        FeatureSpec(
+            "jpeg_quality", 1.0, 100.0, "neutral",
+            "IJG quality whose scaled Annex K tables fit the JPEG's quantisation tables best (least squares).",
+        ),
         FeatureSpec(
             "jpeg_table_nonstandard", 0.0, 1.0, "real_high",
             "Fraction of quantisation-table entries differing from the IJG table at jpeg_quality: 0 = libjpeg "
             "defaults (most software); >0 = custom tables (cameras, some editors).",
         ),
-        FeatureSpec("jpeg_chroma_subsampling", 1.0, 16.0, "neutral", "Luma samples per chroma sample: 1 = 4:4:4, 2 = 4:2:2, 4 = 4:2:0."),
+        FeatureSpec(
+            "jpeg_chroma_subsampling", 1.0, 16.0, "neutral",
+            "Luma samples per chroma sample: 1 = 4:4:4, 2 = 4:2:2, 4 = 4:2:0.",
+        ),
         FeatureSpec(
             "jpeg_double_compression", 0.0, 20.0, "neutral",
             "Double-quantisation periodicity of low-frequency DCT histograms (centre crop): ~0.1-0.5 saved once, "
             ">1 saved first at a lower quality and then re-saved at a higher one.",
         ),
-        FeatureSpec("ela_mean", 0.0, 255.0, "neutral", "Mean error level (grey levels) after a JPEG re-save at ela_quality, centre crop."),
+        FeatureSpec(
+            "ela_mean", 0.0, 255.0, "neutral",
+            "Mean error level (grey levels) after a JPEG re-save at ela_quality, centre crop.",
+        ),
         FeatureSpec("ela_std", 0.0, 255.0, "neutral", "Standard deviation of the error level over the centre crop."),
-        FeatureSpec("ela_high_fraction", 0.0, 1.0, "neutral", "Share of centre-crop pixels whose error level exceeds ela_high_level."),
-        FeatureSpec("noise_log_variance", 0.0, 6.1, "real_high", "log10(1 + variance) of the luma's 3x3 Laplacian residual, centre crop at native resolution."),
-        FeatureSpec("noise_log_kurtosis", 0.0, 6.1, "neutral", "log10 of the Laplacian residual's kurtosis (0.48 = Gaussian), centre crop."),
-        FeatureSpec("spectrum_hf_slope", -30.0, 30.0, "neutral", "Slope of log10 power vs log10 frequency over 1/8..1/2 cycles/px (natural photos ~ -2 to -3), centre crop."),
+        FeatureSpec(
+            "ela_high_fraction", 0.0, 1.0, "neutral",
+            "Share of centre-crop pixels whose error level exceeds ela_high_level.",
+        ),
+        FeatureSpec(
+            "noise_log_variance", 0.0, 6.1, "real_high",
+            "log10(1 + variance) of the luma's 3x3 Laplacian residual, centre crop at native resolution.",
+        ),
+        FeatureSpec(
+            "noise_log_kurtosis", 0.0, 6.1, "neutral",
+            "log10 of the Laplacian residual's kurtosis (0.48 = Gaussian), centre crop.",
+        ),
+        FeatureSpec(
+            "spectrum_hf_slope", -30.0, 30.0, "neutral",
+            "Slope of log10 power vs log10 frequency over 1/8..1/2 cycles/px (photos about -2 to -4), centre crop.",
+        ),
         FeatureSpec(
             "spectrum_upsampling_peak", -10.0, 10.0, "ai_high",
             "log10 peak/background at 1/2, 1/3, 1/4 cycles/px in the residual profile spectra: periodic "
             "traces of upsampling (JPEG's 8x8 grid also adds to 1/2 and 1/4).",
         ),
-        FeatureSpec("geometry_pow2_alignment", 0.0, 7.0, "ai_high", "Largest k<=7 with both sides multiples of 2**k (>=6: multiples of 64, as generators emit)."),
-        FeatureSpec("geometry_generator_size", 0.0, 1.0, "ai_high", "1 when width x height is a standard generator output size (square 512/1024/..., SDXL, DALL-E, Midjourney, Gemini buckets)."),
+        FeatureSpec(
+            "geometry_pow2_alignment", 0.0, 7.0, "ai_high",
+            "Largest k<=7 with both sides multiples of 2**k (>=6: multiples of 64, as generators emit).",
+        ),
+        FeatureSpec(
+            "geometry_generator_size", 0.0, 1.0, "ai_high",
+            "1 when width x height is a standard generator output size (square 512/1024/..., SDXL, DALL-E, "
+            "Midjourney, Gemini buckets).",
+        ),
     )
     default_config: dict[str, Any] = {
         "crop_size": 1024,  # side of the centre crop for ELA, noise, spectrum and DCT statistics
@@ -646,122 +700,127 @@ class ForensicsDetector(Detector):
     # ---- measurement ----------------------------------------------------------------------------------
 
     def _measure(self, item: ForensicsInput) -> ForensicsOutput:
-        features: dict[str, float] = {}
-        omitted: dict[str, str] = {}
-        evidence: list[str] = []
-        details: dict[str, Any] = {"format": item.format, "omitted": omitted}
-        self._container_features(item, features, omitted, details, evidence)
-        self._geometry_features(item, features, evidence)
-        self._pixel_features(item, features, omitted, details, evidence)
-        return ForensicsOutput(features, details, evidence, item)
+        report = _Report(details={"format": item.format})
+        self._container_features(item, report)
+        self._geometry_features(item, report)
+        if min(item.stored_rgb.shape[:2]) < PIXEL_MIN_SIDE:
+            report.omit(PIXEL_FEATURES, f"image side below {PIXEL_MIN_SIDE} px")
+        else:
+            self._pixel_features(item, report)
+        report.details["omitted"] = report.omitted
+        return ForensicsOutput(report.features, report.details, report.evidence, item)
 
-    def _container_features(self, item, features, omitted, details, evidence) -> None:
+    def _container_features(self, item: ForensicsInput, report: _Report) -> None:
+        """compression_level and the jpeg_* container features."""
         container = item.container
-        details["container_problems"] = container.problems
-        evidence.extend(container.problems)
-        jpeg_only = ("jpeg_quality", "jpeg_table_nonstandard", "jpeg_chroma_subsampling", "jpeg_double_compression")
+        report.details["container_problems"] = container.problems
+        report.evidence.extend(f"{problem}." for problem in container.problems)
         if item.format != "JPEG":
-            omitted.update({name: f"not a JPEG ({item.format})" for name in jpeg_only})
+            report.omit(JPEG_FEATURES, f"not a JPEG ({item.format})")
             if container.lossless:
-                features["compression_level"] = 0.0
-                details["compression"] = "lossless"
+                report.features["compression_level"] = 0.0
+                report.details["compression"] = "lossless"
             elif container.webp_quantizers:
                 quality = webp_quality_from_quantizer(float(np.mean(container.webp_quantizers)))
-                features["compression_level"] = compression_level_from_quality(quality)
-                details["compression"] = "lossy WebP (VP8)"
-                details["webp_quantizers"] = container.webp_quantizers
-                details["webp_quality_estimate"] = round(quality, 1)
+                report.features["compression_level"] = compression_level_from_quality(quality)
+                report.details.update(
+                    compression="lossy WebP (VP8)",
+                    webp_quantizers=container.webp_quantizers,
+                    webp_quality_estimate=round(quality, 1),
+                )
             else:
-                omitted["compression_level"] = "compression of this file could not be read"
+                report.omit(["compression_level"], "the file's compression could not be read")
             return
         if container.jpeg_chroma_subsampling is not None:
-            features["jpeg_chroma_subsampling"] = float(container.jpeg_chroma_subsampling)
+            report.features["jpeg_chroma_subsampling"] = float(container.jpeg_chroma_subsampling)
+        elif container.jpeg_components is None:
+            report.omit(["jpeg_chroma_subsampling"], "JPEG frame header unreadable")
         else:
-            omitted["jpeg_chroma_subsampling"] = f"JPEG has {container.jpeg_components} component(s), not YCbCr"
+            report.omit(["jpeg_chroma_subsampling"], f"JPEG has {container.jpeg_components} component(s), not YCbCr")
         if container.jpeg_luma_table is None:
-            reason = "no usable quantisation table"
-            omitted.update({name: reason for name in ("jpeg_quality", "jpeg_table_nonstandard", "compression_level")})
-            omitted["jpeg_double_compression"] = reason
+            no_table = ["jpeg_quality", "jpeg_table_nonstandard", "compression_level", "jpeg_double_compression"]
+            report.omit(no_table, "no usable quantisation table")
             return
         quality, nonstandard = estimate_jpeg_quality(container.jpeg_luma_table, container.jpeg_chroma_table)
-        features["jpeg_quality"] = float(quality)
-        features["jpeg_table_nonstandard"] = nonstandard
-        features["compression_level"] = compression_level_from_quality(quality)
-        details["compression"] = "JPEG"
-        details["jpeg_luma_table"] = container.jpeg_luma_table.tolist()
-        kind = "standard libjpeg tables" if nonstandard == 0 else f"custom tables ({nonstandard:.0%} of entries differ)"
-        evidence.append(f"JPEG quality about {quality} with {kind}.")
+        report.features.update(
+            jpeg_quality=float(quality),
+            jpeg_table_nonstandard=nonstandard,
+            compression_level=compression_level_from_quality(quality),
+        )
+        report.details.update(compression="JPEG", jpeg_luma_table=container.jpeg_luma_table.tolist())
+        tables = "standard libjpeg tables" if nonstandard == 0 else f"custom tables ({nonstandard:.0%} differ)"
+        report.evidence.append(f"JPEG quality about {quality} with {tables}.")
 
-    def _geometry_features(self, item, features, evidence) -> None:
+    def _geometry_features(self, item: ForensicsInput, report: _Report) -> None:
         alignment = pow2_alignment(item.width, item.height)
         generator_size = (item.width, item.height) in GENERATOR_SIZES
-        features["geometry_pow2_alignment"] = float(alignment)
-        features["geometry_generator_size"] = float(generator_size)
+        report.features["geometry_pow2_alignment"] = float(alignment)
+        report.features["geometry_generator_size"] = float(generator_size)
         if generator_size:
-            evidence.append(f"{item.width}x{item.height} is a standard output size of image generators.")
+            report.evidence.append(f"{item.width}x{item.height} is a standard output size of image generators.")
         elif alignment >= 6:
-            evidence.append(f"Both sides of {item.width}x{item.height} are multiples of 64, as generators emit.")
+            report.evidence.append(f"Both sides of {item.width}x{item.height} are multiples of 64, as generators emit.")
 
-    def _pixel_features(self, item, features, omitted, details, evidence) -> None:
+    def _pixel_features(self, item: ForensicsInput, report: _Report) -> None:
+        """Entropy on the whole image; everything else on the grid-aligned centre crop."""
         stored = item.stored_rgb
-        height, width = stored.shape[:2]
-        pixel_names = ("image_entropy", "ela_mean", "ela_std", "ela_high_fraction", "noise_log_variance", "noise_log_kurtosis")
-        if min(height, width) < PIXEL_MIN_SIDE:
-            omitted.update({name: f"image side below {PIXEL_MIN_SIDE} px" for name in pixel_names})
-            omitted.update({name: f"image side below {SPECTRUM_MIN_SIDE} px" for name in ("spectrum_hf_slope", "spectrum_upsampling_peak")})
-            if "jpeg_double_compression" not in omitted:
-                omitted["jpeg_double_compression"] = f"image side below {DOUBLE_COMPRESSION_MIN_SIDE} px"
-            return
-        features["image_entropy"] = grey_entropy(stored)
-        top, left, crop_h, crop_w = centre_crop_box(height, width, int(self.config["crop_size"]))
-        details["crop"] = {"top": top, "left": left, "height": crop_h, "width": crop_w, "orientation": "as stored in the file"}
+        report.features["image_entropy"] = grey_entropy(stored)
+        top, left, crop_h, crop_w = centre_crop_box(*stored.shape[:2], int(self.config["crop_size"]))
+        report.details["crop"] = {"top": top, "left": left, "height": crop_h, "width": crop_w,
+                                  "orientation": "as stored in the file"}
         crop = np.ascontiguousarray(stored[top : top + crop_h, left : left + crop_w])
         luma = luminance(crop)
 
         levels = error_levels(crop, int(self.config["ela_quality"]))
-        features["ela_mean"] = float(levels.mean())
-        features["ela_std"] = float(levels.std())
-        features["ela_high_fraction"] = float(np.mean(levels > float(self.config["ela_high_level"])))
-
+        report.features.update(
+            ela_mean=float(levels.mean()),
+            ela_std=float(levels.std()),
+            ela_high_fraction=float(np.mean(levels > float(self.config["ela_high_level"]))),
+        )
         noise = noise_statistics(luma)
-        features.update(noise)
+        report.features.update(noise)
         if "noise_log_kurtosis" not in noise:
-            omitted["noise_log_kurtosis"] = "the crop is flat: no residual to measure"
-
+            report.omit(["noise_log_kurtosis"], "the crop is flat: no residual to measure")
         if item.format == "JPEG" and item.container.jpeg_luma_table is not None:
-            if min(crop_h, crop_w) < DOUBLE_COMPRESSION_MIN_SIDE:
-                omitted["jpeg_double_compression"] = f"image side below {DOUBLE_COMPRESSION_MIN_SIDE} px"
-            elif item.source_mode not in ("RGB", "L"):
-                omitted["jpeg_double_compression"] = f"{item.source_mode} JPEG: luma not recoverable from RGB"
-            else:
-                score, used = double_compression_score(luma, item.container.jpeg_luma_table)
-                details["double_compression_frequencies_used"] = used
-                if score is None:
-                    omitted["jpeg_double_compression"] = "too few 8x8 blocks for the DCT histograms"
-                else:
-                    features["jpeg_double_compression"] = score
-                    if score > DOUBLE_COMPRESSION_EVIDENCE:
-                        evidence.append(
-                            f"DCT histograms show double-quantisation periodicity (score {score:.2f}): "
-                            "the JPEG was saved at least twice."
-                        )
+            self._double_compression(item, luma, report)
+        self._spectrum_features(item, luma, report)
 
-        if min(crop_h, crop_w) < SPECTRUM_MIN_SIDE:
-            omitted.update({name: f"image side below {SPECTRUM_MIN_SIDE} px" for name in ("spectrum_hf_slope", "spectrum_upsampling_peak")})
-        elif float(luma.std()) == 0.0:
-            omitted.update({name: "the crop is flat: no spectrum" for name in ("spectrum_hf_slope", "spectrum_upsampling_peak")})
-        else:
-            features["spectrum_hf_slope"] = spectrum_slope(luma)
-            peak, per_frequency = upsampling_peak(luma)
-            features["spectrum_upsampling_peak"] = peak
-            details["upsampling_peaks"] = {name: round(value, 3) for name, value in per_frequency.items()}
-            strongest = max(per_frequency, key=per_frequency.get)
-            # In a JPEG, peaks at 1/2 and 1/4 may be the 8x8 block grid: no sentence for those.
-            if peak > UPSAMPLING_EVIDENCE and (item.format != "JPEG" or strongest == "1/3"):
-                evidence.append(
-                    f"Periodic residual peaks at {strongest} cycles/px (log10 ratio {peak:.2f}), "
-                    "typical of upsampling."
-                )
+    def _double_compression(self, item: ForensicsInput, luma: np.ndarray, report: _Report) -> None:
+        if min(luma.shape) < DOUBLE_COMPRESSION_MIN_SIDE:
+            report.omit(["jpeg_double_compression"], f"image side below {DOUBLE_COMPRESSION_MIN_SIDE} px")
+            return
+        if item.source_mode not in ("RGB", "L"):
+            report.omit(["jpeg_double_compression"], f"{item.source_mode} JPEG: its luma is not the RGB's luma")
+            return
+        score, used = double_compression_score(luma, item.container.jpeg_luma_table)
+        report.details["double_compression_frequencies_used"] = used
+        if score is None:
+            report.omit(["jpeg_double_compression"], "too few 8x8 blocks for the DCT histograms")
+            return
+        report.features["jpeg_double_compression"] = score
+        if score > DOUBLE_COMPRESSION_EVIDENCE:
+            report.evidence.append(
+                f"DCT histograms show double-quantisation periodicity (score {score:.2f}): "
+                "the JPEG was saved at least twice."
+            )
+
+    def _spectrum_features(self, item: ForensicsInput, luma: np.ndarray, report: _Report) -> None:
+        spectrum_features = ["spectrum_hf_slope", "spectrum_upsampling_peak"]
+        if min(luma.shape) < SPECTRUM_MIN_SIDE:
+            report.omit(spectrum_features, f"image side below {SPECTRUM_MIN_SIDE} px")
+            return
+        if float(luma.std()) == 0.0:
+            report.omit(spectrum_features, "the crop is flat: no spectrum")
+            return
+        peak, per_frequency = upsampling_peak(luma)
+        report.features.update(spectrum_hf_slope=spectrum_slope(luma), spectrum_upsampling_peak=peak)
+        report.details["upsampling_peaks"] = {name: round(value, 3) for name, value in per_frequency.items()}
+        strongest = max(per_frequency, key=per_frequency.get)
+        # In a JPEG, peaks at 1/2 and 1/4 may be its 8x8 block grid: no sentence for those.
+        if peak > UPSAMPLING_EVIDENCE and (item.format != "JPEG" or strongest == "1/3"):
+            report.evidence.append(
+                f"Periodic residual peaks at {strongest} cycles/px (log10 ratio {peak:.2f}), typical of upsampling."
+            )
 
     def ela_heatmap(self, item: ForensicsInput) -> np.ndarray:
         """Whole-image error levels as float32 in [0, 1], shape (H, W) of the displayed image."""
