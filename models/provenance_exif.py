@@ -245,18 +245,27 @@ def _date_check(exif: ExifData, now: dt.datetime) -> dict[str, Any]:
 
 
 def _gps_check(gps: dict[str, Any]) -> dict[str, Any]:
+    """GPS IFD: is there a position, and is it a real one (refs N/S/E/W, within range, not 0,0)?"""
     if not gps:
         return {"present": False}
+    if "GPSLatitude" not in gps and "GPSLongitude" not in gps:
+        return {"present": True, "position": "missing"}  # a GPS IFD without a fix (common on phones)
     lat, lon = _degrees(gps.get("GPSLatitude")), _degrees(gps.get("GPSLongitude"))
     refs_ok = gps.get("GPSLatitudeRef") in ("N", "S") and gps.get("GPSLongitudeRef") in ("E", "W")
-    sane = lat is not None and lon is not None and lat <= 90 and lon <= 180 and refs_ok and (lat, lon) != (0, 0)
-    return {"present": True, "sane": sane}
+    if lat is None or lon is None or not refs_ok or lat > 90 or lon > 180:
+        return {"present": True, "position": "invalid"}
+    return {"present": True, "position": "zero" if lat == lon == 0 else "valid"}
 
 
 def _degrees(value: Any) -> float | None:
-    if not isinstance(value, tuple) or len(value) != 3 or any(v != v or v < 0 for v in value):
+    if not isinstance(value, tuple) or len(value) != 3:
         return None
-    return value[0] + value[1] / 60 + value[2] / 3600
+    degrees, minutes, seconds = value
+    if seconds != seconds:  # "0/0" seconds: writers that put the fraction in the minutes
+        seconds = 0.0
+    if degrees != degrees or minutes != minutes or min(degrees, minutes, seconds) < 0:
+        return None
+    return degrees + minutes / 60 + seconds / 3600
 
 
 # ---- EXIF text fields that carry generator parameters ---------------------------------------------------

@@ -309,6 +309,9 @@ def test_camera_and_exif_samples_have_no_ai_claim_and_broken_exif_is_reported(sh
     assert any("EXIF is malformed" in s for s in named["Sony_DCR-PC110.jpg"].evidence)
     assert provenance(named["Nikon_E885.jpg"])["exif"]["dates"]["problems"][0] == (
         "DateTimeOriginal '0000:00:00 00:00:00' is not a valid date")
+    assert provenance(named["DSCN0010.jpg"])["exif"]["gps"] == {"present": True, "position": "valid"}
+    assert provenance(named["FLIR_Vue_Pro_640.jpg"])["exif"]["gps"] == {"present": True, "position": "zero"}
+    assert provenance(named["Nikon_D5000.jpg"])["exif"]["gps"] == {"present": True, "position": "valid"}  # 0/0 s
     # A straight-from-camera file, a GIMP-processed one, and one without EXIF.
     assert named["Panasonic_DMC-LC70_(Lumix).jpg"].features["exif_score"] == pytest.approx(0.95)
     assert named["Panasonic_DMC-LC70_(Lumix).jpg"].features["software_flag"] == 0.0
