@@ -200,7 +200,7 @@ class OpenClipBackbone:
         self.weights_id = f"tag:{pretrained}" if tag_cfg else f"sha256:{file_sha256(pretrained)[:16]}"
         self.preprocess = preprocess
         self.visual = model.visual
-        self.dtype = next(model.visual.parameters()).dtype
+        self.dtype = input_dtype(model.visual)
         self.output_dim = int(model.visual.output_dim)
         # The text tower is only needed for prompt scoring; probes drop it (about 1/3 of ViT-L's memory).
         self.model = model if keep_text else None
@@ -432,6 +432,18 @@ def rine_transform(backbone: OpenClipBackbone):
         transforms.ToTensor(),
         transforms.Normalize(mean=list(cfg.get("mean", CLIP_MEAN)), std=list(cfg.get("std", CLIP_STD))),
     ])
+
+
+def input_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a module's inputs must have: that of its first conv / linear weight.
+
+    Not ``next(parameters())``: open_clip's fp16 mode (OpenAI's mixed precision) converts conv, linear and
+    attention weights but keeps embeddings such as ``class_embedding`` in fp32.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            return layer.weight.dtype
+    raise TypeError(f"{type(module).__name__} has no conv or linear layer")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -335,3 +335,18 @@ def test_rine_skips_images_smaller_than_its_crop(tiny_open_clip, tiny_rine_head,
     results = detector.predict([small, images[0]])
     assert results[0].skipped and "224" in results[0].skipped and results[0].features == {}
     assert results[1].ok
+
+
+def test_input_dtype_follows_open_clip_mixed_precision(tiny_open_clip):
+    """On CUDA the backbone runs in open_clip's fp16 mode; inputs must match the conv, not class_embedding."""
+    import open_clip
+
+    from models.clip_detector import input_dtype
+
+    tiny = tiny_open_clip["imgverify-test-tiny"]
+    model, _ = open_clip.create_model_from_pretrained(tiny["model_name"], pretrained=tiny["pretrained"], precision="fp16")
+    assert model.visual.class_embedding.dtype == torch.float32
+    assert input_dtype(model.visual) == torch.float16
+    with torch.inference_mode():
+        features = model.encode_image(torch.zeros(1, 3, 64, 64, dtype=input_dtype(model.visual)))
+    assert features.shape == (1, 64) and torch.isfinite(features.float()).all()
