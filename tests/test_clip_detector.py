@@ -344,7 +344,9 @@ def test_input_dtype_follows_open_clip_mixed_precision(tiny_open_clip):
     from models.clip_detector import input_dtype
 
     tiny = tiny_open_clip["imgverify-test-tiny"]
-    model, _ = open_clip.create_model_from_pretrained(tiny["model_name"], pretrained=tiny["pretrained"], precision="fp16")
+    model, _ = open_clip.create_model_from_pretrained(
+        tiny["model_name"], pretrained=tiny["pretrained"], precision="fp16"
+    )
     assert model.visual.class_embedding.dtype == torch.float32
     assert input_dtype(model.visual) == torch.float16
     with torch.inference_mode():
