@@ -222,6 +222,10 @@ def find_generator_metadata(meta: ContainerMetadata, exif: ExifData | None) -> l
                                    fooocus_scheme=text.get("fooocus_scheme"))
         if finding:
             findings.append(finding)
+    if "comment" in text:  # JPEG COM: some front-ends write AUTOMATIC1111 parameters there
+        finding = parse_a1111(text["comment"], "JPEG COM")
+        if finding:
+            findings.append(finding)
     if "prompt" in text or "workflow" in text:
         finding = parse_comfyui(text.get("prompt"), text.get("workflow"), where.get("prompt") or where["workflow"])
         if finding:

@@ -262,7 +262,7 @@ def test_stealth_pnginfo_rgb_variant(detector):
     assert result.features["metadata_ai_claim"] == 1.0
 
 
-def test_midjourney_google_and_utf16_markers(detector):
+def test_midjourney_google_utf16_and_jpeg_comment_markers(detector):
     png = io.BytesIO()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(png, "PNG")
     description = "example --ar 2:1 --stylize 80 --v 6 Job ID: a7421d2f-b262-44f9-977c-ac23e9c7d3e3"
@@ -275,7 +275,8 @@ def test_midjourney_google_and_utf16_markers(detector):
     tiff = (b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x9286, 7, 8 + len(comment), 26)
             + b"\x00\x00\x00\x00" + b"UNICODE\x00" + comment)
     utf16le = insert_jpeg_segment(plain_jpeg(1), 0xE1, b"Exif\x00\x00" + tiff)
-    results = detector.predict([decode_image(d) for d in (midjourney, google, utf16le)])
+    jpeg_comment = insert_jpeg_segment(plain_jpeg(2), 0xFE, b"a dog\nSteps: 30, Sampler: Euler a, CFG scale: 7, Seed: 99")
+    results = detector.predict([decode_image(d) for d in (midjourney, google, utf16le, jpeg_comment)])
     (finding,) = provenance(results[0])["generator_metadata"]
     assert (finding["tool"], finding["model"], finding["prompt"], finding["extra"]["job_id"]) == (
         "Midjourney", "Midjourney v6", "example --ar 2:1 --stylize 80 --v 6", "a7421d2f-b262-44f9-977c-ac23e9c7d3e3")
@@ -283,7 +284,9 @@ def test_midjourney_google_and_utf16_markers(detector):
     assert provenance(results[1])["generator"] == "Google generative AI"
     (finding,) = provenance(results[2])["generator_metadata"]
     assert (finding["tool"], finding["seed"], finding["steps"], finding["model"]) == ("AUTOMATIC1111", 7, 9, "tiny")
-    assert [r.features["metadata_ai_claim"] for r in results] == [1.0, 1.0, 1.0]
+    (finding,) = provenance(results[3])["generator_metadata"]
+    assert (finding["where"], finding["seed"], finding["sampler"], finding["prompt"]) == ("JPEG COM", 99, "Euler a", "a dog")
+    assert [r.features["metadata_ai_claim"] for r in results] == [1.0, 1.0, 1.0, 1.0]
     assert all(len(r.hard_evidence) == 1 for r in results)
 
 
