@@ -275,7 +275,8 @@ def test_midjourney_google_utf16_and_jpeg_comment_markers(detector):
     tiff = (b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x9286, 7, 8 + len(comment), 26)
             + b"\x00\x00\x00\x00" + b"UNICODE\x00" + comment)
     utf16le = insert_jpeg_segment(plain_jpeg(1), 0xE1, b"Exif\x00\x00" + tiff)
-    jpeg_comment = insert_jpeg_segment(plain_jpeg(2), 0xFE, b"a dog\nSteps: 30, Sampler: Euler a, CFG scale: 7, Seed: 99")
+    a1111_text = b"a dog\nSteps: 30, Sampler: Euler a, CFG scale: 7, Seed: 99"
+    jpeg_comment = insert_jpeg_segment(plain_jpeg(2), 0xFE, a1111_text)
     results = detector.predict([decode_image(d) for d in (midjourney, google, utf16le, jpeg_comment)])
     (finding,) = provenance(results[0])["generator_metadata"]
     assert (finding["tool"], finding["model"], finding["prompt"], finding["extra"]["job_id"]) == (
@@ -285,7 +286,8 @@ def test_midjourney_google_utf16_and_jpeg_comment_markers(detector):
     (finding,) = provenance(results[2])["generator_metadata"]
     assert (finding["tool"], finding["seed"], finding["steps"], finding["model"]) == ("AUTOMATIC1111", 7, 9, "tiny")
     (finding,) = provenance(results[3])["generator_metadata"]
-    assert (finding["where"], finding["seed"], finding["sampler"], finding["prompt"]) == ("JPEG COM", 99, "Euler a", "a dog")
+    assert (finding["where"], finding["seed"], finding["sampler"], finding["prompt"]) == (
+        "JPEG COM", 99, "Euler a", "a dog")
     assert [r.features["metadata_ai_claim"] for r in results] == [1.0, 1.0, 1.0, 1.0]
     assert all(len(r.hard_evidence) == 1 for r in results)
 
@@ -445,7 +447,8 @@ def test_huge_binary_png_text_chunk_is_bounded(detector):
     Image.fromarray(np.full((300, 300, 3), 128, np.uint8)).save(base, "PNG")
     # A parameters text built to make a naive "Key: value" regex go quadratic, and XMP built the same way.
     hostile = png_chunk(b"tEXt", b"parameters\x00x\nSteps: " + b"a" * 200_000)
-    hostile_xmp = png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00<x:xmpmeta " + b"x:DigitalSourceType='" * 9000)
+    hostile_xmp = png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00<x:xmpmeta "
+                            + b"x:DigitalSourceType='" * 9000)
     result, slow_text = detector.predict([decode_image(insert_png_chunk(base.getvalue(), chunk)),
                                           decode_image(insert_png_chunk(base.getvalue(), hostile + hostile_xmp))])
     assert slow_text.features["metadata_ai_claim"] == 0.0
