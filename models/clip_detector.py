@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -243,6 +244,7 @@ class HfClipVisionBackbone:
             model_id, cache_dir=cache_dir, local_files_only=local_files_only, dtype=dtype
         ).to(device).eval()
         self.name = model_id
+        self.weights_id = hf_weights_id(model_id)
         self.dtype = dtype
         self.output_dim = int(self.model.config.hidden_size)  # pooler_output = post-layernorm CLS token
         processor = AutoImageProcessor.from_pretrained(
@@ -352,7 +354,7 @@ class ClipDetector(Detector):
     # ---- the contract -------------------------------------------------------------------------------------
     @property
     def version(self) -> str:
-        backbone = f"{self.backbone.name}@{getattr(self.backbone, 'weights_id', 'hf')}"
+        backbone = f"{self.backbone.name}@{self.backbone.weights_id}"
         if self.head_kind == "prompts":
             prompts = json.dumps({"real": self.config["real_prompts"], "ai": self.config["ai_prompts"]})
             head = f"prompts:{hashlib.sha256(prompts.encode()).hexdigest()[:12]}"
@@ -452,6 +454,17 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def hf_weights_id(model_id: str) -> str:
+    """Identity of HF weights: the repo id names them; a local folder is named by its weight files' sha256."""
+    folder = Path(model_id)
+    if not folder.is_dir():
+        return "hub"
+    digest = hashlib.sha256()
+    for weights in sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pth")):
+        digest.update(f"{weights.name}:{file_sha256(weights)}".encode())
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _size_field(size: Any, key: str) -> Any:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from models.base import Detector, DetectorResult, FeatureSpec
+from models.clip_detector import hf_weights_id
 from models.image_input import DecodedImage
 from models.registry import register_detector
 from models.weights import resolve_weights
@@ -209,6 +210,7 @@ class DinoDetector(Detector):
         hub = {"cache_dir": self.config["cache_dir"], "local_files_only": bool(self.config["local_files_only"])}
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.model = AutoModel.from_pretrained(self.config["model_id"], dtype=dtype, **hub).to(self.device).eval()
+        self.weights_id = hf_weights_id(self.config["model_id"])
         self.processor = AutoImageProcessor.from_pretrained(
             self.config["model_id"], backend=self.config["processor_backend"], **hub
         )
@@ -221,7 +223,7 @@ class DinoDetector(Detector):
     @property
     def version(self) -> str:
         return (
-            f"{CODE_VERSION} {self.config['model_id']} pooling={self.config['pooling']} "
+            f"{CODE_VERSION} {self.config['model_id']}@{self.weights_id} pooling={self.config['pooling']} "
             f"processor={self.config['processor_backend']} head={self.head_id}"
         )
 

@@ -229,6 +229,8 @@ def test_cues_real_heads_on_a_1024_d_backbone(tiny_hf_clip, images, shared_data,
     detector = create_detector("clip_probe_cues", config)
     results = detector.predict(images[:2])
     assert detector.head_variant == kind
+    # A local backbone folder is identified by its weights, the head by its file.
+    assert f"{tiny_hf_clip[1024]}@sha256:" in detector.version and "clip_cues:sha256:" in detector.version
 
     # pooler_output -> the checkpoint's own layers, written out by hand -> sigmoid.
     state = load_state_dict(str(shared_data / checkpoint), key="state_dict")

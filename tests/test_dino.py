@@ -85,6 +85,7 @@ def test_embedding_is_the_normalised_cls_token(tiny_dino, embedder, images, no_n
 def test_cls_plus_mean_pooling(tiny_dino, embedder, images, no_network):
     both = create_detector("dino", {"model_id": tiny_dino, "return_embedding": True, "pooling": "cls+mean"})
     assert both.embedding_size == 64 and both.version != embedder.version
+    assert f"{tiny_dino}@sha256:" in embedder.version and "head=none" in embedder.version
     combined = _embeddings(both.predict(images[:2]))
     cls_only = _embeddings(embedder.predict(images[:2]))
     assert combined.shape == (2, 64)
