@@ -655,8 +655,10 @@ class FatFormerDetector(Detector):
             with torch.device("meta"):  # no point initialising 490M parameters that are overwritten next
                 model = FatFormer(arch)
             check_state_dict(model, state, source=str(path))
-            model = model.to_empty(device="cpu")
-            model.load_state_dict(state, strict=True)
+            # assign=True adopts the checkpoint's tensors instead of copying them into a second 2 GB set. The
+            # official checkpoint stores each shared tensor once (torch.save keeps the ties), so the duplicated
+            # names (image_encoder.* / clip_model.visual.*, ...) still point at the same memory afterwards.
+            model.load_state_dict(state, strict=True, assign=True)
             self._weights_id = "sha256:" + (self.config["sha256"] or _file_sha256(path))[:16]
         self.architecture = arch
         self.dtype = torch.float16 if str(self.device).startswith("cuda") else torch.float32
