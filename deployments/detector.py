@@ -90,6 +90,7 @@ class DetectorDeployment:
         assert self.detector is not None
         info = self.detector.describe()
         info["config"] = self.detector.config
+        info["replica"] = serve.get_replica_context().replica_id.unique_id
         info["batching"] = self.user_config.model_dump(exclude={"detector"}) if self.user_config else None
         return info
 

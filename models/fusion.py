@@ -50,6 +50,36 @@ class DetectorOutcome:
             return cls(name, "skipped", latency_ms, version, result, result.skipped)
         return cls(name, "ok", latency_ms, version, result)
 
+    def to_json(self) -> str:
+        """A JSON record (artifacts dropped): how batch scoring carries outcomes between stages and caches them."""
+        result = self.result
+        return json.dumps(
+            {
+                "name": self.name,
+                "status": self.status,
+                "latency_ms": self.latency_ms,
+                "version": self.version,
+                "error": self.error,
+                "result": None
+                if result is None
+                else {
+                    "features": result.features,
+                    "details": result.details,
+                    "evidence": result.evidence,
+                    "hard_evidence": result.hard_evidence,
+                    "error": result.error,
+                    "skipped": result.skipped,
+                },
+            },
+            default=_json_default,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> DetectorOutcome:
+        record = json.loads(text)
+        result = record.pop("result")
+        return cls(**record, result=None if result is None else DetectorResult(**result))
+
     def report(self) -> dict[str, Any]:
         report: dict[str, Any] = {
             "status": self.status,
@@ -299,6 +329,14 @@ def _reasoning(
     if fusion_prob is None and not hard:
         reasons.append("No detector produced a feature the fusion model reads: no verdict.")
     return reasons
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def json_safe(value: Any) -> Any:

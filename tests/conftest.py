@@ -56,3 +56,84 @@ def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), mode: str = 
 def make_image():
     """Factory fixture around :func:`image_bytes`."""
     return image_bytes
+
+
+# ---- one real Ray (and Serve) per test session ------------------------------------------------------
+LOCAL_CONFIG = REPO / "serve_config.local.yaml"
+
+# A second application beside the local profile: one detector that answers, one that is too slow for its
+# timeout, one that raises. URL input is on here, so its refusals can be tested.
+FAULTY_APP = {
+    "name": "faulty",
+    "route_prefix": "/faulty",
+    "import_path": "serve_app.app:build_app",
+    "args": {
+        "detectors": [{"name": "debug_mean"}, {"name": "debug_sleep", "timeout_s": 0.5}, {"name": "debug_fail"}],
+        "input": {"allow_url": True, "url_timeout_s": 2.0, "max_batch_files": 4},
+    },
+    "deployments": [
+        {"name": "FusionIngress", "ray_actor_options": {"num_cpus": 0.05}},
+        {"name": "debug_mean", "ray_actor_options": {"num_cpus": 0.05}},
+        {"name": "debug_sleep", "ray_actor_options": {"num_cpus": 0.05}, "user_config": {"detector": {"sleep_s": 3.0}}},
+        {"name": "debug_fail", "ray_actor_options": {"num_cpus": 0.05}},
+    ],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Ray, started once for the whole session and shut down at its end."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def deploy_config(applications: list[dict]) -> None:
+    """Deploy Serve applications the way `serve deploy` does (the controller imports each app by its
+    import path and applies the config's deployment options), and wait until all are running."""
+    import time
+
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    client = serve.context._get_global_client()
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": applications}))
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        statuses = {name: app.status for name, app in serve.status().applications.items()}
+        failed = {name: app.message for name, app in serve.status().applications.items() if app.status == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"Serve applications failed to deploy: {failed}")
+        if len(statuses) == len(applications) and all(status == "RUNNING" for status in statuses.values()):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"Serve applications not running after 600 s: {statuses}")
+
+
+@pytest.fixture(scope="session")
+def serve_apps(ray_session) -> dict:
+    """A real local Ray Serve on 127.0.0.1 and a free port, running the local offline profile from
+    ``serve_config.local.yaml`` at ``/`` and the faulty test app at ``/faulty``."""
+    import yaml
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    local_app = yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]
+    applications = [local_app, FAULTY_APP]
+    deploy_config(applications)
+    yield {"url": f"http://127.0.0.1:{port}", "applications": applications}
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_url(serve_apps) -> str:
+    return serve_apps["url"]

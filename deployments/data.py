@@ -1,0 +1,197 @@
+"""Detectors as Ray Data stages: the batch-scoring twin of ``deployments/detector.py``.
+
+A dataset of files flows through::
+
+    decode_stage (tasks)  ->  DetectorStage per detector (actor pools)  ->  FusionStage  ->  rows
+
+``decode_stage`` hashes and decodes each file once with the service's ``decode_image``; a file that
+cannot be decoded becomes a row with ``error`` set and flows on untouched. Each ``DetectorStage`` holds
+one detector (the same class the Serve deployment wraps, same config) and adds one JSON column,
+``outcome.<name>``. ``FusionStage`` calls the service's own ``decide``, so a row equals the HTTP answer
+for the same image. Training's feature extraction uses the first two stages and stops before fusion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+import models
+from models.fusion import DetectorOutcome, VerdictPolicy, decide, load_fusion
+from models.image_input import DecodedImage, ImageInputError, InputLimits, decode_image
+
+IMAGE_COLUMNS = ("rgb", "data", "format", "source_mode", "n_frames", "orientation")
+
+
+def outcome_column(detector: str) -> str:
+    return f"outcome.{detector}"
+
+
+def decode_stage(batch: dict[str, np.ndarray], limits: InputLimits, done: frozenset = frozenset()) -> dict[str, Any]:
+    """``path`` + ``bytes`` in; hash, skip what ``done`` holds (resume), decode the rest once."""
+    out: dict[str, list] = {k: [] for k in ("path", "sha256", "error", *IMAGE_COLUMNS)}
+    for path, data in zip(batch["path"], batch["bytes"]):
+        data = bytes(data)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if (str(path), sha256) in done:
+            continue
+        try:
+            image = decode_image(data, limits)
+            error = ""
+        except ImageInputError as err:
+            image, error = None, f"{err.code}: {err.message}"
+        _append_image(out, image, data)
+        out["path"].append(str(path))
+        out["sha256"].append(sha256)
+        out["error"].append(error)
+    return _columns(out)
+
+
+def _append_image(out: dict[str, list], image: DecodedImage | None, data: bytes) -> None:
+    out["rgb"].append(image.rgb if image else np.zeros((0, 0, 3), np.uint8))
+    out["data"].append(data)
+    out["format"].append(image.format if image else "")
+    out["source_mode"].append(image.source_mode if image else "")
+    out["n_frames"].append(image.n_frames if image else 0)
+    out["orientation"].append(image.orientation if image else 0)
+
+
+def _columns(out: dict[str, list]) -> dict[str, Any]:
+    columns: dict[str, Any] = {}
+    for name, values in out.items():
+        if name == "rgb":
+            array = np.empty(len(values), dtype=object)  # ragged: one (H, W, 3) array per row
+            array[:] = values
+            columns[name] = array
+        else:
+            columns[name] = np.asarray(values, dtype=object if name == "data" else None)
+    return columns
+
+
+def images_from_batch(batch: dict[str, np.ndarray]) -> list[DecodedImage | None]:
+    """Rebuild the decoded images a decode stage produced (no decoding here), None for error rows."""
+    images: list[DecodedImage | None] = []
+    for i in range(len(batch["path"])):
+        if batch["error"][i]:
+            images.append(None)
+            continue
+        images.append(
+            DecodedImage(
+                rgb=np.asarray(batch["rgb"][i], dtype=np.uint8),
+                data=bytes(batch["data"][i]),
+                format=str(batch["format"][i]),
+                source_mode=str(batch["source_mode"][i]),
+                sha256=str(batch["sha256"][i]),
+                n_frames=int(batch["n_frames"][i]),
+                orientation=int(batch["orientation"][i]),
+            )
+        )
+    return images
+
+
+class DetectorStage:
+    """One detector as a Ray Data actor: loads once, scores each batch, adds ``outcome.<name>``.
+
+    With ``cache`` (``{key: outcome JSON}`` for this detector's current version), cached rows are not
+    recomputed; the ``key`` column names each row's cache key.
+    """
+
+    def __init__(self, name: str, config: dict[str, Any], cache_dir: str | None = None):
+        from deployments.detector import pick_device
+
+        self.name = name
+        self.detector = models.create_detector(name, config, device=pick_device())
+        self.cache = load_outcome_cache(Path(cache_dir), name, self.detector.version) if cache_dir else {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = images_from_batch(batch)
+        keys = batch["key"] if "key" in batch else [None] * len(images)
+        outcomes: list[str | None] = [self.cache.get(k) if k is not None else None for k in keys]
+        todo = [i for i, image in enumerate(images) if image is not None and outcomes[i] is None]
+        if todo:
+            started = time.perf_counter()
+            results = self.detector.predict([images[i] for i in todo])
+            # Batch time shared evenly: in batch scoring, per-image latency is throughput's inverse.
+            per_image_ms = (time.perf_counter() - started) * 1000 / len(todo)
+            for i, result in zip(todo, results):
+                outcome = DetectorOutcome.from_result(self.name, result, self.detector.version, per_image_ms)
+                outcomes[i] = outcome.to_json()
+        batch[outcome_column(self.name)] = np.asarray([o or "" for o in outcomes], dtype=object)
+        return batch
+
+
+class FusionStage:
+    """The service's verdict for each row, from the outcome columns, as flat output columns."""
+
+    def __init__(self, detectors: list[str], fusion_model: str | None, policy: dict[str, Any]):
+        self.detectors = detectors
+        self.schema = models.feature_schema(detectors)
+        self.fusion = load_fusion(fusion_model, self.schema)
+        self.policy = VerdictPolicy(**policy)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        rows = []
+        for i in range(len(batch["path"])):
+            row: dict[str, Any] = {"path": batch["path"][i], "sha256": batch["sha256"][i], "error": batch["error"][i] or None}
+            if not row["error"]:
+                outcomes = [DetectorOutcome.from_json(batch[outcome_column(n)][i]) for n in self.detectors]
+                row.update(decide(outcomes, self.fusion, self.schema, self.policy))
+            rows.append(row)
+        return output_table(rows, list(self.schema))
+
+
+def output_table(rows: list[dict[str, Any]], features: list[str]) -> pa.Table:
+    """Flatten verdicts into the batch output schema."""
+    import json
+
+    schema = output_schema(features)
+    encoded = ("reasoning", "missing", "detectors", "details")
+    columns = {
+        field.name: [json.dumps(r.get(field.name) or ([] if field.name in ("reasoning", "missing") else {})) for r in rows]
+        if field.name in encoded
+        else [r.get(field.name) for r in rows]
+        for field in schema
+    }
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def output_schema(features: list[str]) -> pa.Schema:
+    """One row per input file. JSON-encoded columns hold lists and maps whose keys vary by profile."""
+    fixed = [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("label", pa.string()),  # AI | NON-AI | UNKNOWN; null on error
+        pa.field("fusion_prob", pa.float64()),
+        pa.field("threshold", pa.float64()),
+        pa.field("uncertain", pa.bool_()),
+        pa.field("decided_by", pa.string()),  # fusion | hard_evidence | none
+        pa.field("reasoning", pa.string()),  # JSON list of sentences
+        pa.field("missing", pa.string()),  # JSON list of detectors that did not answer
+        pa.field("error", pa.string()),  # set when the file could not be decoded: "code: message"
+        pa.field("fusion_model", pa.string()),
+        pa.field("detectors", pa.string()),  # JSON {detector: {status, latency_ms, version, error}}
+        pa.field("details", pa.string()),  # JSON {detector: details}
+    ]
+    return pa.schema(fixed + [pa.field(name, pa.float64()) for name in features])
+
+
+# ---- the feature cache (training) ------------------------------------------------------------------
+def cache_path(cache_dir: Path, detector: str, version: str) -> Path:
+    return cache_dir / detector / hashlib.sha256(version.encode()).hexdigest()[:16]
+
+
+def load_outcome_cache(cache_dir: Path, detector: str, version: str) -> dict[str, str]:
+    """``{key: outcome JSON}`` from every Parquet part under this detector version's cache folder."""
+    import pyarrow.parquet as pq
+
+    folder = cache_path(cache_dir, detector, version)
+    cache: dict[str, str] = {}
+    for part in sorted(folder.glob("*.parquet")):
+        table = pq.read_table(part, columns=["key", "outcome"])
+        cache.update(zip(table.column("key").to_pylist(), table.column("outcome").to_pylist()))
+    return cache

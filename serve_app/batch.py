@@ -1,0 +1,224 @@
+"""``imgverify batch``: score a bucket of images with Ray Data, to Parquet, resumably.
+
+    imgverify batch INPUT --out OUT [--config serve_config.local.yaml]
+
+INPUT is a local folder (recursive), a glob, a manifest (.csv/.parquet with a ``filepath`` column) or
+a URI any pyarrow filesystem reads (``s3://bucket/prefix``). The detectors, their settings, resources
+and batch sizes, the fusion model and the verdict policy all come from the same Serve config file as
+the HTTP service (``serve_app.config.load_profile``), and the same stages compute the same answer
+(``deployments/data.py``).
+
+Output: Parquet files ``part-<run>-<n>.parquet`` under OUT with ``deployments.data.output_schema``, one row per
+input file, failed files included (``error`` set). Each part is written whole or not at all (a
+temporary name renamed into place), so a run killed midway keeps every part it finished, and a re-run
+skips every (path, sha256) already in OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob as globlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+import models
+from deployments.data import output_schema
+from serve_app.config import Profile, load_profile
+
+log = logging.getLogger(__name__)
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.local.yaml"
+FILES_PER_BLOCK = 4
+
+
+# ---- inputs ------------------------------------------------------------------------------------------
+def list_inputs(source: str) -> tuple[list[str], pafs.FileSystem | None]:
+    """Every file INPUT names, and the filesystem to read them with (None: local)."""
+    if "://" in source:
+        filesystem, root = pafs.FileSystem.from_uri(source)
+        infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File), filesystem
+    path = Path(source)
+    if path.is_file() and path.suffix in (".csv", ".parquet"):
+        from training.dataset import load_manifest
+
+        return [str(Path(p).resolve()) for p in load_manifest(path).column("filepath").to_pylist()], None
+    if path.is_dir():
+        return sorted(str(p.resolve()) for p in path.rglob("*") if p.is_file()), None
+    matches = sorted(str(Path(p).resolve()) for p in globlib.glob(source, recursive=True) if Path(p).is_file())
+    if not matches:
+        raise FileNotFoundError(f"{source} is not a folder, manifest, URI or glob that matches any file")
+    return matches, None
+
+
+# ---- outputs -------------------------------------------------------------------------------------------
+def _out_filesystem(out: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in out:
+        return pafs.FileSystem.from_uri(out)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return pafs.LocalFileSystem(), str(Path(out).resolve())
+
+
+def already_scored(out: str) -> frozenset[tuple[str, str]]:
+    """(path, sha256) of every row in OUT's finished parts."""
+    filesystem, root = _out_filesystem(out)
+    infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
+    done = set()
+    for info in infos:
+        if info.type == pafs.FileType.File and info.base_name.startswith("part-") and info.base_name.endswith(".parquet"):
+            table = pq.read_table(info.path, columns=["path", "sha256"], filesystem=filesystem)
+            done.update(zip(table.column("path").to_pylist(), table.column("sha256").to_pylist()))
+    return frozenset(done)
+
+
+class PartWriter:
+    """Writes rows to OUT in parts of ``rows_per_file``; each part appears whole or not at all."""
+
+    def __init__(self, out: str, schema: pa.Schema, rows_per_file: int):
+        self.filesystem, self.root = _out_filesystem(out)
+        self.schema, self.rows_per_file = schema, rows_per_file
+        self.run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.pending: list[pa.Table] = []
+        self.parts = 0
+
+    def add(self, batch: pa.Table) -> None:
+        self.pending.append(batch.select(self.schema.names).cast(self.schema))
+        while sum(t.num_rows for t in self.pending) >= self.rows_per_file:
+            table = pa.concat_tables(self.pending)
+            self.pending = [table.slice(self.rows_per_file)]
+            self._write(table.slice(0, self.rows_per_file))
+
+    def flush(self) -> None:
+        """Write what is pending (fewer than ``rows_per_file`` rows) as a last part."""
+        table = pa.concat_tables(self.pending) if self.pending else None
+        self.pending = []
+        if table is not None and table.num_rows:
+            self._write(table)
+
+    def _write(self, table: pa.Table) -> None:
+        name = f"part-{self.run}-{self.parts:05d}.parquet"
+        final = f"{self.root}/{name}"
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            temporary = f"{self.root}/.{name}.tmp"
+            pq.write_table(table, temporary, filesystem=self.filesystem)
+            os.replace(temporary, final)  # atomic on one filesystem
+        else:
+            pq.write_table(table, final, filesystem=self.filesystem)  # an object store PUT is all-or-nothing
+        self.parts += 1
+
+
+# ---- the job ----------------------------------------------------------------------------------------------
+@dataclass
+class Summary:
+    files: int
+    skipped: int
+    scored: int
+    failed: int
+    seconds: float
+    parts: int
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.scored + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.files} files: {self.scored} scored, {self.failed} failed, {self.skipped} already in OUT; "
+            f"{self.images_per_s:.2f} images/s over {self.seconds:.1f} s; {self.parts} new part files"
+        )
+
+
+def build_dataset(paths: list[str], filesystem, profile: Profile, done: frozenset, stage_cpus: float = 0.1):
+    """The Ray Data pipeline: read -> decode once -> one actor pool per detector -> fusion."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    from deployments.data import DetectorStage, FusionStage, decode_stage
+
+    # Small read blocks (a few files each, at most 2000 blocks) keep rows streaming to OUT as they finish,
+    # instead of arriving all at once at the end of a big block.
+    blocks = max(1, min(2000, -(-len(paths) // FILES_PER_BLOCK)))
+    ds = ray.data.read_binary_files(
+        paths, include_paths=True, filesystem=filesystem, num_cpus=stage_cpus, override_num_blocks=blocks
+    )
+    ds = ds.map_batches(
+        decode_stage,
+        fn_kwargs={"limits": profile.args.input.limits(), "done": done},
+        batch_size=8,
+        batch_format="numpy",
+        num_cpus=stage_cpus,
+    )
+    for name, detector in profile.detectors.items():
+        ds = ds.map_batches(
+            DetectorStage,
+            fn_constructor_kwargs={"name": name, "config": detector.user_config.detector},
+            batch_size=detector.user_config.max_batch_size,
+            batch_format="numpy",
+            num_cpus=detector.num_cpus,
+            num_gpus=detector.num_gpus,
+            # As many actors as the deployment has replicas (autoscaling deployments: up to 4).
+            compute=ActorPoolStrategy(min_size=1, max_size=detector.num_replicas if isinstance(detector.num_replicas, int) else 4),
+        )
+    fusion = profile.args.fusion
+    return ds.map_batches(
+        FusionStage,
+        fn_constructor_kwargs={
+            "detectors": profile.args.detector_names(),
+            "fusion_model": fusion.model,
+            "policy": {"threshold": fusion.threshold, "uncertain_band": fusion.uncertain_band, "hard_evidence": fusion.hard_evidence},
+        },
+        batch_size=None,  # whatever the detectors pass on: batching here would hold rows back from OUT
+        batch_format="numpy",
+        num_cpus=stage_cpus,
+        compute=ActorPoolStrategy(size=1),
+    )
+
+
+def run_batch(source: str, out: str, config: str | Path = DEFAULT_CONFIG, rows_per_file: int = 1000, progress: bool = True) -> Summary:
+    """Score every file of ``source`` into ``out``; files already in ``out`` are skipped."""
+    import ray
+    from ray.data import DataContext
+    from tqdm import tqdm
+
+    profile = load_profile(config)
+    started = time.perf_counter()
+    paths, filesystem = list_inputs(source)
+    done = already_scored(out)
+    if not ray.is_initialized():
+        # A cluster when RAY_ADDRESS names one, else a fresh local instance.
+        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False, log_to_driver=False)
+    DataContext.get_current().enable_progress_bars = False  # one bar, ours, in files
+    features = list(models.feature_schema(profile.args.detector_names()))
+    writer = PartWriter(out, output_schema(features), rows_per_file)
+    scored = failed = 0
+    already = len({p for p, _ in done} & set(paths))  # approximate: a changed file is scored again
+    with tqdm(total=len(paths) - already, unit="img", disable=not progress, desc="imgverify batch") as bar:
+        if paths:
+            for batch in build_dataset(paths, filesystem, profile, done).iter_batches(batch_size=None, batch_format="pyarrow"):
+                writer.add(batch)
+                errors = batch.num_rows - batch.column("error").null_count
+                failed += errors
+                scored += batch.num_rows - errors
+                bar.update(batch.num_rows)
+    writer.flush()
+    return Summary(len(paths), len(paths) - scored - failed, scored, failed, time.perf_counter() - started, writer.parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="imgverify batch", description=__doc__.splitlines()[0])
+    parser.add_argument("input", help="folder, glob, manifest (.csv/.parquet) or URI (s3://...)")
+    parser.add_argument("--out", required=True, help="output folder or URI for the Parquet parts")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config file naming the detectors")
+    parser.add_argument("--rows-per-file", type=int, default=1000)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    summary = run_batch(args.input, args.out, args.config, args.rows_per_file, progress=not args.no_progress)
+    print(summary)
+    return 0

@@ -1,0 +1,137 @@
+"""Batch scoring with real Ray Data: error rows, resume after a kill, equality with the HTTP service."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import REPO, image_bytes
+from serve_app.batch import run_batch
+
+DEBUG_CONFIG = {
+    "applications": [
+        {
+            "name": "debug",
+            "import_path": "serve_app.app:build_app",
+            "args": {"detectors": [{"name": "debug_mean"}, {"name": "debug_sleep"}]},
+            "deployments": [
+                {"name": "debug_mean", "ray_actor_options": {"num_cpus": 0.05}, "user_config": {"max_batch_size": 2}},
+                {
+                    "name": "debug_sleep",
+                    "ray_actor_options": {"num_cpus": 0.05},
+                    "user_config": {"max_batch_size": 1, "detector": {"sleep_s": 0.5}},
+                },
+            ],
+        }
+    ]
+}
+
+
+@pytest.fixture
+def bucket(tmp_path, shared_data) -> Path:
+    """Good images of several formats, a corrupt JPEG, a non-image and a zero-byte file."""
+    folder = tmp_path / "bucket"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(shared_data / "camera-models" / "real" / "Canon_EOS_7D.jpg", folder / "camera.jpg")
+    shutil.copy(next((shared_data / "early-generators-ai" / "ai").rglob("*.png")), folder / "nested" / "generated.png")
+    (folder / "random.webp").write_bytes(image_bytes("WEBP", size=(80, 60)))
+    (folder / "corrupt.jpg").write_bytes((folder / "camera.jpg").read_bytes()[:3000])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "empty.jpg").write_bytes(b"")
+    return folder
+
+
+def debug_config(tmp_path: Path) -> Path:
+    path = tmp_path / "debug.yaml"
+    path.write_text(yaml.safe_dump(DEBUG_CONFIG))
+    return path
+
+
+def read_rows(out: Path) -> list[dict]:
+    return pq.read_table(out).to_pylist()
+
+
+def test_every_file_gets_exactly_one_row_errors_included(ray_session, bucket, tmp_path):
+    out = tmp_path / "out"
+    summary = run_batch(str(bucket), str(out), debug_config(tmp_path), rows_per_file=4, progress=False)
+    rows = {Path(r["path"]).name: r for r in read_rows(out)}
+    assert sorted(rows) == sorted(["camera.jpg", "generated.png", "random.webp", "corrupt.jpg", "notes.txt", "empty.jpg"])
+    assert (summary.scored, summary.failed, summary.skipped) == (3, 3, 0)
+    assert rows["notes.txt"]["error"].startswith("not_an_image")
+    assert rows["empty.jpg"]["error"].startswith("empty_input")
+    assert rows["corrupt.jpg"]["error"].split(":")[0] in ("truncated_image", "corrupt_image")
+    for name in ("camera.jpg", "generated.png", "random.webp"):
+        row = rows[name]
+        assert row["error"] is None and row["label"] in ("AI", "NON-AI")
+        assert row["fusion_prob"] == pytest.approx((row["debug_prob"] + row["debug_sleep_prob"]) / 2, abs=1e-5)
+        assert json.loads(row["missing"]) == [] and json.loads(row["detectors"])["debug_mean"]["status"] == "ok"
+    assert len(list(out.glob("part-*.parquet"))) == 2  # 6 rows at 4 per file
+    # A second run over the same OUT finds everything done and writes nothing.
+    again = run_batch(str(bucket), str(out), debug_config(tmp_path), rows_per_file=4, progress=False)
+    assert (again.scored, again.failed, again.skipped, again.parts) == (0, 0, 6, 0)
+    assert len(read_rows(out)) == 6
+
+
+def test_a_run_killed_midway_resumes_with_every_file_exactly_once(ray_session, shared_data, tmp_path):
+    bucket = tmp_path / "many"
+    bucket.mkdir()
+    for path in sorted((shared_data / "imagenet-real" / "real").glob("*.JPEG"))[:20]:
+        shutil.copy(path, bucket / path.name)
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "serve_app.cli", "batch", str(bucket), "--out", str(out),
+               "--config", str(debug_config(tmp_path)), "--rows-per-file", "1", "--no-progress"]
+    job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while len(list(out.glob("part-*.parquet"))) < 2:
+            assert job.poll() is None, "the batch job ended before it could be interrupted"
+            assert time.time() < deadline, "no part written in 300 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # the driver and its local Ray, mid-run
+        job.wait()
+    written_before = len(read_rows(out))
+    assert 2 <= written_before < 20
+    summary = run_batch(str(bucket), str(out), debug_config(tmp_path), rows_per_file=5, progress=False)
+    paths = [r["path"] for r in read_rows(out)]
+    assert sorted(paths) == sorted(str(p.resolve()) for p in bucket.iterdir())  # every file exactly once
+    assert summary.skipped == written_before and summary.scored == 20 - written_before
+
+
+def test_batch_rows_equal_the_service_answers(serve_url, shared_data, tmp_path):
+    bucket = tmp_path / "same"
+    bucket.mkdir()
+    sources = [
+        shared_data / "camera-models" / "real" / "Canon_EOS_7D.jpg",
+        shared_data / "c2pa" / "ai" / "DALL-E_cloud_surfing_puppy.webp",
+        next((shared_data / "modern-matched" / "ai").glob("*.jpg")),
+        next((shared_data / "sd15-grids" / "ai").glob("*.webp")),
+    ]
+    for path in sources:
+        shutil.copy(path, bucket / path.name)
+    out = tmp_path / "out"
+    run_batch(str(bucket), str(out), REPO / "serve_config.local.yaml", progress=False)
+    rows = {Path(r["path"]).name: r for r in read_rows(out)}
+    with httpx.Client(base_url=serve_url, timeout=120) as client:
+        for path in sources:
+            answer = client.post("/v1/detect", files={"file": (path.name, path.read_bytes())}).json()
+            row = rows[path.name]
+            assert row["sha256"] == answer["image"]["sha256"]
+            assert (row["label"], row["decided_by"], row["uncertain"]) == (answer["label"], answer["decided_by"], answer["uncertain"])
+            assert row["fusion_prob"] == pytest.approx(answer["fusion_prob"], abs=1e-6)
+            for feature, value in answer.items():
+                if feature in row and isinstance(value, float):
+                    assert row[feature] == pytest.approx(value, abs=1e-6), feature
+            assert json.loads(row["missing"]) == answer["missing"] == []
