@@ -13,14 +13,15 @@ image, and for one ViT-B/16 forward pass (torchvision ``vit_b_16(weights=None)``
 
 * sets everything up (imports, detector or model, the image already decoded),
 * runs ``--warmup`` calls, then ``--runs`` timed calls, and reports their median in ms,
-* reports peak memory as the growth of ``ru_maxrss`` from before the first (warm-up) call to after the
-  last: the extra resident memory the calls need on top of the loaded detector or model.
+* reports peak memory: the resident-set high-water mark (``VmHWM``) after the calls minus the resident
+  set (``VmRSS``) before the first (warm-up) call, with the high-water mark reset to the current RSS
+  just before that call (``/proc/self/clear_refs``): the extra memory the calls need on top of the loaded
+  detector or model.
 
-Why subprocesses and ru_maxrss: ``ru_maxrss`` is the process's peak resident memory, and it counts what
-tracemalloc misses (OpenCV, libjpeg, Pillow and PyTorch allocate outside Python's allocator). A fresh
-process per measurement keeps one measurement's peak out of the next. The image reaches the child as an
-``.npy`` array plus the file bytes (no decode in the child), so decoding's transient memory is not in the
-baseline. The ViT timing is the forward pass only (no resize/normalise), which favours the ViT.
+Why subprocesses and the resident-set peak rather than tracemalloc: the RSS peak counts what tracemalloc
+misses (OpenCV, libjpeg, Pillow and PyTorch allocate outside Python's allocator). A fresh process per
+measurement keeps one measurement's memory and caches out of the next. The image reaches the child as an
+``.npy`` array plus the file bytes (no decode in the child). Linux only (/proc). The ViT timing is the forward pass only (no resize/normalise), which favours the ViT.
 
 The ViT is measured first and last; ratios use the faster of the two medians (the conservative choice on a
 machine shared with other work). ``forensics`` is also timed with ``artifacts=True`` (full-image ELA
@@ -33,7 +34,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,12 +51,21 @@ SIZES = {"1024x1024": (1024, 1024), "4000x3000": (4000, 3000)}
 # ---- child: one measurement in a fresh process ------------------------------------------------------------
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+def _memory_mib(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (resident peak) of this process, from /proc (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _timed(call, warmup: int, runs: int) -> dict:
-    before = _peak_rss_mib()  # after setup, before the first call: the calls' own peak is what grows
+    # Reset the peak to the current RSS, so that setup (imports, loading, a transient at import time)
+    # cannot hide the calls' own peak.
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    before = _memory_mib("VmRSS")
     for _ in range(warmup):
         call()
     times = []
@@ -67,8 +76,8 @@ def _timed(call, warmup: int, runs: int) -> dict:
     return {
         "median_ms": statistics.median(times),
         "min_ms": min(times),
-        "peak_rss_growth_mib": _peak_rss_mib() - before,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_growth_mib": _memory_mib("VmHWM") - before,
+        "rss_before_mib": before,
     }
 
 

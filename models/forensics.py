@@ -405,7 +405,8 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
 def grey_entropy(rgb: np.ndarray) -> float:
     """Shannon entropy in bits of the 256-bin grey-level histogram."""
     grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
-    counts = np.bincount(grey.ravel(), minlength=256).astype(np.float64)
+    # calcHist counts uint8 in place (np.bincount would first widen every pixel to int64).
+    counts = cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel().astype(np.float64)
     p = counts[counts > 0] / counts.sum()
     return float(max(0.0, -(p * np.log2(p)).sum()))
 
@@ -424,12 +425,13 @@ def error_levels(rgb: np.ndarray, quality: int) -> np.ndarray:
 def noise_statistics(luma: np.ndarray) -> dict[str, float]:
     """log10(1 + variance) and log10(kurtosis) of the 3x3 Laplacian residual (image borders excluded)."""
     residual = cv2.Laplacian(luma, cv2.CV_32F, ksize=1)[1:-1, 1:-1]
-    centred = residual - residual.mean(dtype=np.float64)
-    squared = centred * centred
+    squared = residual - np.float32(residual.mean(dtype=np.float64))
+    squared *= squared  # in place: one crop-sized buffer
     variance = float(squared.mean(dtype=np.float64))
     stats = {"noise_log_variance": math.log10(1.0 + variance)}
     if variance > 1e-12:
-        fourth_moment = float((squared * squared).mean(dtype=np.float64))
+        squared *= squared
+        fourth_moment = float(squared.mean(dtype=np.float64))
         stats["noise_log_kurtosis"] = math.log10(max(1.0, fourth_moment / variance**2))
     return stats
 
@@ -451,7 +453,7 @@ def spectrum_slope(luma: np.ndarray, low: float = 1 / 8, high: float = 1 / 2, bi
     The crop is Hann-windowed (no edge cross); power is averaged in ``bins`` log-spaced annuli.
     """
     window, which, centres = _radial_bins(*luma.shape, low, high, bins)
-    spectrum = np.fft.rfft2((luma - luma.mean(dtype=np.float64)).astype(np.float32) * window)
+    spectrum = np.fft.rfft2((luma - np.float32(luma.mean(dtype=np.float64))) * window)
     power = (spectrum.real**2 + spectrum.imag**2).ravel()
     inside = which >= 0
     sums = np.bincount(which[inside], weights=power[inside], minlength=bins)
