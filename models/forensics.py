@@ -64,7 +64,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import cv2
 import numpy as np
@@ -560,7 +560,7 @@ class _Report:
     details: dict[str, Any] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)
 
-    def omit(self, names, reason: str) -> None:
+    def omit(self, names: Iterable[str], reason: str) -> None:
         for name in names:
             self.omitted.setdefault(name, reason)  # the first reason is the real one
 
@@ -580,6 +580,8 @@ class ForensicsInput:
 
 @dataclass
 class ForensicsOutput:
+    """One image's measurements, or the error that stopped them."""
+
     features: dict[str, float]
     details: dict[str, Any]
     evidence: list[str]
