@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +29,7 @@ from torch import nn
 from models.base import Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import load_state_dict, resolve_weights
+from models.weights import file_sha256, hf_weights_id, load_state_dict, resolve_weights
 
 CODE_VERSION = "clip-1"
 
@@ -446,25 +444,6 @@ def input_dtype(module: nn.Module) -> torch.dtype:
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             return layer.weight.dtype
     raise TypeError(f"{type(module).__name__} has no conv or linear layer")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def hf_weights_id(model_id: str) -> str:
-    """Identity of HF weights: the repo id names them; a local folder is named by its weight files' sha256."""
-    folder = Path(model_id)
-    if not folder.is_dir():
-        return "hub"
-    digest = hashlib.sha256()
-    for weights in sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pth")):
-        digest.update(f"{weights.name}:{file_sha256(weights)}".encode())
-    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _size_field(size: Any, key: str) -> Any:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from models.base import Detector, DetectorResult, FeatureSpec
-from models.clip_detector import hf_weights_id
+from models.weights import hf_weights_id
 from models.image_input import DecodedImage
 from models.registry import register_detector
 from models.weights import resolve_weights

@@ -49,7 +49,7 @@ from torch import nn
 from models.base import Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import WeightsUnavailable, resolve_weights
+from models.weights import WeightsUnavailable, file_sha256, resolve_weights
 
 CODE_VERSION = "1"
 
@@ -580,14 +580,6 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
         )
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---- the detector ----------------------------------------------------------------------------------------------
 
 
@@ -659,7 +651,7 @@ class FatFormerDetector(Detector):
             # official checkpoint stores each shared tensor once (torch.save keeps the ties), so the duplicated
             # names (image_encoder.* / clip_model.visual.*, ...) still point at the same memory afterwards.
             model.load_state_dict(state, strict=True, assign=True)
-            self._weights_id = "sha256:" + (self.config["sha256"] or _file_sha256(path))[:16]
+            self._weights_id = "sha256:" + (self.config["sha256"] or file_sha256(path))[:16]
         self.architecture = arch
         self.dtype = torch.float16 if str(self.device).startswith("cuda") else torch.float32
         self.model = model.eval().to(device=self.device, dtype=self.dtype)

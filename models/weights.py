@@ -41,7 +41,7 @@ def resolve_weights(location: str, sha256: str | None = None) -> Path:
         path = Path(location).expanduser()
         if not path.exists():
             raise WeightsUnavailable(f"weights file {path} does not exist")
-    if sha256 and _sha256(path) != sha256.lower():
+    if sha256 and file_sha256(path) != sha256.lower():
         raise WeightsUnavailable(f"weights file {path} does not match sha256 {sha256}")
     return path
 
@@ -86,9 +86,22 @@ def _hf_file(repo_id: str, filename: str) -> Path:
         raise WeightsUnavailable(f"cannot get {filename} from Hugging Face repo {repo_id}: {err}") from err
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def hf_weights_id(model_id: str) -> str:
+    """Identity of Hugging Face weights for version strings: a repo id names its weights ("hub"); a local
+    folder is named by the sha256 of its weight files."""
+    folder = Path(model_id)
+    if not folder.is_dir():
+        return "hub"
+    digest = hashlib.sha256()
+    for weights in sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pth")):
+        digest.update(f"{weights.name}:{file_sha256(weights)}".encode())
+    return f"sha256:{digest.hexdigest()[:16]}"
