@@ -45,14 +45,14 @@ def decode_stage(batch: dict[str, np.ndarray], limits: InputLimits, done: frozen
             error = ""
         except ImageInputError as err:
             image, error = None, f"{err.code}: {err.message}"
-        _append_image(out, image, data)
+        append_image(out, image, data)
         out["path"].append(str(path))
         out["sha256"].append(sha256)
         out["error"].append(error)
-    return _columns(out)
+    return to_columns(out)
 
 
-def _append_image(out: dict[str, list], image: DecodedImage | None, data: bytes) -> None:
+def append_image(out: dict[str, list], image: DecodedImage | None, data: bytes) -> None:
     out["rgb"].append(image.rgb if image else np.zeros((0, 0, 3), np.uint8))
     out["data"].append(data)
     out["format"].append(image.format if image else "")
@@ -61,7 +61,7 @@ def _append_image(out: dict[str, list], image: DecodedImage | None, data: bytes)
     out["orientation"].append(image.orientation if image else 0)
 
 
-def _columns(out: dict[str, list]) -> dict[str, Any]:
+def to_columns(out: dict[str, list]) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for name, values in out.items():
         if name == "rgb":

@@ -1,0 +1,57 @@
+"""Metrics for probabilities of "AI" (label 1) against real (label 0): one definition for training,
+calibration, threshold choice and the evaluation report."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+
+def threshold_for_fpr(p_real: np.ndarray, target_fpr: float) -> float:
+    """The smallest threshold whose false-positive rate on real images (share of them with p >= t)
+    is at most ``target_fpr``."""
+    scores = np.sort(np.asarray(p_real, dtype=np.float64))
+    if scores.size == 0:
+        raise ValueError("no real images to choose a threshold on")
+    allowed = int(np.floor(target_fpr * scores.size))  # real images allowed at or above the threshold
+    if allowed == 0:
+        return float(np.nextafter(scores[-1], np.inf))
+    # Any t in (scores[-allowed-1], scores[-allowed]] flags exactly `allowed` reals; take the upper end.
+    return float(scores[-allowed])
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """ECE with equal-width bins: the bin-weighted mean |observed AI rate - mean predicted p|."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            error += mask.mean() * abs(y[mask].mean() - p[mask].mean())
+    return float(error)
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float, target_fpr: float = 0.05) -> dict[str, float | int | None]:
+    """AUC, AP, accuracy on real and on AI separately, TPR at ``target_fpr``, ECE, Brier. Metrics that
+    need both classes are None when a class is absent (never a made-up 0.5)."""
+    y, p = np.asarray(y, dtype=np.int64), np.asarray(p, dtype=np.float64)
+    real, ai = p[y == 0], p[y == 1]
+    both = real.size > 0 and ai.size > 0
+    tpr = None
+    if both:
+        t = threshold_for_fpr(real, target_fpr)
+        tpr = float((ai >= t).mean())
+    return {
+        "n_real": int(real.size),
+        "n_ai": int(ai.size),
+        "auc": float(roc_auc_score(y, p)) if both else None,
+        "ap": float(average_precision_score(y, p)) if both else None,
+        "acc_real": float((real < threshold).mean()) if real.size else None,
+        "acc_ai": float((ai >= threshold).mean()) if ai.size else None,
+        "accuracy": float(((p >= threshold) == (y == 1)).mean()) if y.size else None,
+        f"tpr_at_{round(target_fpr * 100)}pct_fpr": tpr,
+        "ece": expected_calibration_error(y, p) if y.size else None,
+        "brier": float(np.mean((p - y) ** 2)) if y.size else None,
+    }
