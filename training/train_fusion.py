@@ -1,0 +1,248 @@
+"""Step 4 of training: the fusion meta-model, calibrated, with its threshold and uncertain band.
+
+    imgverify train fusion FEATURES.parquet --out models/weights/fusion_local.json
+        [--model logistic|xgboost|mlp] [--calibration auto|isotonic|platt] [--target-fpr 0.05]
+        [--band 0.1] [--dropout 0.15] [--config serve_config.local.yaml]
+
+FEATURES comes from ``imgverify features extract`` (rows with a ``split`` column). The model is fitted on
+``train``; probabilities are calibrated on ``val``, where the threshold is also chosen (the one that
+flags at most ``target_fpr`` of the real images); ``test`` is only reported, never tuned on.
+
+The missing-feature path is trained, not improvised: every feature gets a missing indicator, and the
+training rows are repeated with whole detectors randomly dropped (``--dropout``), so a detector that is
+down at serve time is a situation the model has seen. The artifact is JSON (plus XGBoost's own JSON
+for ``xgboost``): the feature schema it was trained on, detector versions, the training-data hash and
+the metrics. ``models.fusion.load_fusion`` refuses it if the live feature schema differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import models
+from models.fusion import ARTIFACT_FORMAT, TrainedFusion, apply_calibration, design_matrix
+from serve_app.config import load_profile
+from training.dataset import check_two_classes
+from training.features import DEFAULT_CONFIG, feature_rows
+from training.metrics import binary_metrics, threshold_for_fpr
+
+MODEL_TYPES = ("logistic", "xgboost", "mlp")
+
+
+# ---- pieces, each testable on its own ------------------------------------------------------------
+def detector_dropout(
+    rows: list[dict[str, float]], groups: dict[str, list[str]], rate: float, copies: int, rng: np.random.Generator
+) -> list[dict[str, float]]:
+    """``copies`` extra copies of ``rows`` in which each detector's features vanish with probability ``rate``."""
+    out = []
+    for _ in range(copies):
+        for row in rows:
+            dropped = {f for feats in groups.values() if rng.random() < rate for f in feats}
+            out.append({k: v for k, v in row.items() if k not in dropped})
+    return out
+
+
+def fit_calibration(raw: np.ndarray, y: np.ndarray, method: str) -> dict[str, Any]:
+    """Map raw scores to probabilities on held-out data: isotonic (monotone steps) or Platt (a logistic
+    curve on the score's logit, better when there are few held-out images)."""
+    if method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y)
+        return {"method": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
+    if method == "platt":
+        from sklearn.linear_model import LogisticRegression
+
+        logit = np.log(np.clip(raw, 1e-9, 1 - 1e-9) / np.clip(1 - raw, 1e-9, 1)).reshape(-1, 1)
+        platt = LogisticRegression(C=1e6).fit(logit, y)
+        return {"method": "platt", "a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0])}
+    raise ValueError(f"unknown calibration {method!r}; use isotonic or platt")
+
+
+def fit_model(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
+    """Fit one of the three model types; return its part of the artifact (plain arrays, no pickle)."""
+    if kind == "logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=0.5, max_iter=5000, class_weight="balanced").fit(x, y)
+        return {"logistic": {"coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0])}}
+    if kind == "mlp":
+        from sklearn.neural_network import MLPClassifier
+
+        model = MLPClassifier(hidden_layer_sizes=(32, 16), alpha=1e-3, max_iter=2000, early_stopping=True, random_state=seed)
+        model.fit(x, y)
+        layers = [{"W": w.tolist(), "b": b.tolist()} for w, b in zip(model.coefs_, model.intercepts_)]
+        return {"mlp": {"layers": layers, "activation": "relu"}}
+    if kind == "xgboost":
+        import xgboost
+
+        positive = max(1, int(y.sum()))
+        model = xgboost.XGBClassifier(
+            n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.8, colsample_bytree=0.8,
+            scale_pos_weight=(len(y) - positive) / positive, random_state=seed, n_jobs=2,
+        ).fit(x, y)
+        return {"_booster": model.get_booster()}
+    raise ValueError(f"unknown model {kind!r}; use one of {MODEL_TYPES}")
+
+
+def training_data_hash(table: pa.Table) -> str:
+    """sha256 over the sorted (key, label, split) of every row used."""
+    triples = sorted(zip(*(table.column(c).to_pylist() for c in ("key", "label", "split"))))
+    return hashlib.sha256("\n".join("|".join(t) for t in triples).encode()).hexdigest()
+
+
+# ---- the whole step ------------------------------------------------------------------------------
+def train_fusion(
+    table: pa.Table,
+    detectors: list[str],
+    out: Path,
+    kind: str = "logistic",
+    calibration: str = "auto",
+    target_fpr: float = 0.05,
+    band: float = 0.1,
+    dropout: float = 0.15,
+    dropout_copies: int = 3,
+    seed: int = 0,
+    command: str = "",
+) -> dict[str, Any]:
+    """Fit, calibrate, choose the threshold, measure, and write the artifact to ``out``."""
+    if "error" in table.column_names:
+        table = table.filter(pa.compute.equal(pa.compute.fill_null(table["error"], ""), ""))
+    splits = {s: table.filter(pa.compute.equal(table["split"], s)) for s in ("train", "val", "test")}
+    check_two_classes(splits["train"], "the train split")
+    check_two_classes(splits["val"], "the val split (calibration and threshold)")
+    schema = models.feature_schema(detectors)
+    rng = np.random.default_rng(seed)
+
+    train_rows = feature_rows(splits["train"], list(schema))
+    # Features with one value on all of train carry nothing the model could learn: left out, and named.
+    constant = [f for f in schema if len({row.get(f) for row in train_rows}) <= 1]
+    features = [f for f in schema if f not in constant]
+    if not features:
+        raise ValueError("every feature is constant on the train split: nothing to learn")
+    groups = {d: [s.name for s in models.get_detector_class(d).features if s.name in features] for d in detectors}
+    y_train = _labels(splits["train"])
+    augmented = train_rows + detector_dropout(train_rows, groups, dropout, dropout_copies, rng)
+    y_augmented = np.concatenate([y_train] * (1 + dropout_copies))
+
+    values = np.array([[row.get(f, np.nan) for f in features] for row in train_rows], dtype=np.float64)
+    impute = np.nanmedian(values, axis=0)
+    impute = np.where(np.isnan(impute), 0.0, impute)  # a feature never present on train: its indicator decides
+    filled = np.where(np.isnan(values), impute, values)
+    mean, scale = filled.mean(axis=0), filled.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    x_train = design_matrix(augmented, features, impute, mean, scale)
+    fitted = fit_model(kind, x_train, y_augmented, seed)
+
+    booster = fitted.pop("_booster", None)
+    artifact: dict[str, Any] = {
+        "format": ARTIFACT_FORMAT,
+        "version": "",
+        "model_type": kind,
+        "features": features,
+        "dropped_constant_features": constant,
+        "feature_specs": {f: {"low": schema[f].low, "high": schema[f].high, "direction": schema[f].direction} for f in features},
+        "detectors": detectors,
+        "detector_versions": _detector_versions(table, detectors),
+        "impute": impute.tolist(),
+        "scaler": {"mean": mean.tolist(), "scale": scale.tolist()},
+        **fitted,
+        "calibration": {"method": "none"},
+        "threshold": 0.5,
+        "uncertain_band": band,
+        "target_fpr": target_fpr,
+        "training": {
+            "data_sha256": training_data_hash(table),
+            "rows": {s: t.num_rows for s, t in splits.items()},
+            "dropout": dropout,
+            "dropout_copies": dropout_copies,
+            "seed": seed,
+            "command": command,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    }
+    if booster is not None:
+        model_file = out.with_suffix(".xgb.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        booster.save_model(str(model_file))
+        artifact["xgboost"] = {"model_file": model_file.name}
+    model = TrainedFusion(artifact, out.parent)
+
+    # Calibration and threshold on val, with every detector present (the live situation).
+    y_val = _labels(splits["val"])
+    raw_val = model.raw_scores(model.design_matrix(feature_rows(splits["val"], features)))
+    method = calibration if calibration != "auto" else ("isotonic" if len(y_val) >= 500 else "platt")
+    artifact["calibration"] = fit_calibration(raw_val, y_val, method)
+    p_val = apply_calibration(artifact["calibration"], raw_val)
+    artifact["threshold"] = threshold_for_fpr(p_val[y_val == 0], target_fpr)
+    model = TrainedFusion(artifact, out.parent)
+
+    artifact["metrics"] = {
+        split: _split_metrics(model, t, features, artifact["threshold"], target_fpr, band)
+        for split, t in splits.items()
+        if t.num_rows
+    }
+    artifact["version"] = f"fusion-{kind}-" + hashlib.sha256(json.dumps(artifact, sort_keys=True).encode()).hexdigest()[:12]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(artifact, indent=1))
+    return artifact
+
+
+def _labels(table: pa.Table) -> np.ndarray:
+    return np.array([1 if label == "ai" else 0 for label in table.column("label").to_pylist()], dtype=np.int64)
+
+
+def _detector_versions(table: pa.Table, detectors: list[str]) -> dict[str, list[str]]:
+    versions: dict[str, set[str]] = {d: set() for d in detectors}
+    for d in detectors:
+        column = f"outcome.{d}"
+        if column in table.column_names:
+            versions[d] = {json.loads(t)["version"] for t in table.column(column).to_pylist() if t}
+    return {d: sorted(v) for d, v in versions.items()}
+
+
+def _split_metrics(model: TrainedFusion, table: pa.Table, features: list[str], threshold: float, fpr: float, band: float) -> dict[str, Any]:
+    y = _labels(table)
+    p = model.predict_proba_rows(feature_rows(table, features))
+    overall = binary_metrics(y, p, threshold, fpr)
+    overall["uncertain_rate"] = float((np.abs(p - threshold) < band).mean())
+    per_source = {}
+    for source in sorted(set(table.column("source").to_pylist())):
+        mask = np.array([s == source for s in table.column("source").to_pylist()])
+        per_source[source] = binary_metrics(y[mask], p[mask], threshold, fpr)
+    return {"overall": overall, "per_source": per_source}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="imgverify train fusion", description=__doc__.splitlines()[0])
+    parser.add_argument("features", type=Path, nargs="+", help="features .parquet file(s) with train/val/test rows")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", choices=MODEL_TYPES, default="logistic")
+    parser.add_argument("--calibration", choices=("auto", "isotonic", "platt"), default="auto")
+    parser.add_argument("--target-fpr", type=float, default=0.05)
+    parser.add_argument("--band", type=float, default=0.1, help="uncertain when |p - threshold| < band")
+    parser.add_argument("--dropout", type=float, default=0.15, help="per-detector drop rate in training copies")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="names the detectors whose features are used")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    table = pa.concat_tables([pq.read_table(p) for p in args.features], promote_options="default")
+    detectors = load_profile(args.config).args.detector_names()
+    command = "imgverify train fusion " + " ".join(sys.argv[3:] if argv is None else argv)
+    artifact = train_fusion(
+        table, detectors, args.out, args.model, args.calibration, args.target_fpr, args.band, args.dropout,
+        seed=args.seed, command=command,
+    )
+    for split, metrics in artifact["metrics"].items():
+        print(split, json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics["overall"].items()}))
+    print(f"{artifact['version']} -> {args.out} (threshold {artifact['threshold']:.4f}, {artifact['calibration']['method']})")
+    return 0
