@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serve_app.local import config_applications, deploy_apps, start_serve
+
 # Tests never reach a model hub: everything they load is built by the tests themselves.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -80,12 +82,6 @@ FAULTY_APP = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def ray_session():
     """Ray, started once for the whole session and shut down at its end."""
@@ -96,41 +92,16 @@ def ray_session():
     ray.shutdown()
 
 
-def deploy_config(applications: list[dict]) -> None:
-    """Deploy Serve applications the way `serve deploy` does (the controller imports each app by its
-    import path and applies the config's deployment options), and wait until all are running."""
-    import time
-
-    from ray import serve
-    from ray.serve.schema import ServeDeploySchema
-
-    client = serve.context._get_global_client()
-    client.deploy_apps(ServeDeploySchema.model_validate({"applications": applications}))
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        statuses = {name: app.status for name, app in serve.status().applications.items()}
-        failed = {name: app.message for name, app in serve.status().applications.items() if app.status == "DEPLOY_FAILED"}
-        if failed:
-            raise RuntimeError(f"Serve applications failed to deploy: {failed}")
-        if len(statuses) == len(applications) and all(status == "RUNNING" for status in statuses.values()):
-            return
-        time.sleep(1)
-    raise TimeoutError(f"Serve applications not running after 600 s: {statuses}")
-
-
 @pytest.fixture(scope="session")
 def serve_apps(ray_session) -> dict:
     """A real local Ray Serve on 127.0.0.1 and a free port, running the local offline profile from
     ``serve_config.local.yaml`` at ``/`` and the faulty test app at ``/faulty``."""
-    import yaml
     from ray import serve
 
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    local_app = yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]
-    applications = [local_app, FAULTY_APP]
-    deploy_config(applications)
-    yield {"url": f"http://127.0.0.1:{port}", "applications": applications}
+    url = start_serve()
+    applications = [*config_applications(LOCAL_CONFIG), FAULTY_APP]
+    deploy_apps(applications)
+    yield {"url": url, "applications": applications}
     serve.shutdown()
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import deploy_config, image_bytes
+from conftest import image_bytes
+from serve_app.local import deploy_apps
 
 pytestmark = pytest.mark.serve
 
@@ -190,7 +191,7 @@ def test_reconfigure_swaps_detector_settings_without_a_restart(client, serve_app
     for deployment in changed[1]["deployments"]:
         if deployment["name"] == "debug_mean":
             deployment["user_config"] = {"max_batch_size": 4, "detector": {"busy_ms": 1.0}}
-    deploy_config(changed)
+    deploy_apps(changed)
     deadline = time.time() + 120  # the controller applies a new user_config asynchronously
     while (after := client.get("/faulty/v1/detectors").json()["detectors"]["debug_mean"])["version"] == before["version"]:
         assert time.time() < deadline, "reconfigure never took effect"
@@ -198,4 +199,4 @@ def test_reconfigure_swaps_detector_settings_without_a_restart(client, serve_app
     assert before["version"] == "debug_mean-1 busy_ms=0.0" and after["version"] == "debug_mean-1 busy_ms=1.0"
     assert after["batching"]["max_batch_size"] == 4
     assert after["replica"] == before["replica"], "user_config changes must not restart the replica"
-    deploy_config(serve_apps["applications"])
+    deploy_apps(serve_apps["applications"])

@@ -1,0 +1,54 @@
+"""Running Serve applications from a config in this process's Ray: for tests and benchmarks.
+
+``deploy_apps`` goes through the same path as ``serve deploy``: the controller imports each
+application by its ``import_path``, calls the builder with the config's ``args`` and applies the
+``deployments`` options (replicas, resources, user_config).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def config_applications(path: str | Path) -> list[dict]:
+    """The ``applications`` of a Serve config file."""
+    return yaml.safe_load(Path(path).read_text())["applications"]
+
+
+def start_serve(port: int | None = None) -> str:
+    """Start Serve's HTTP proxy on 127.0.0.1 (a free port by default); return its base URL."""
+    from ray import serve
+
+    port = port or free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
+
+
+def deploy_apps(applications: list[dict], timeout_s: float = 600) -> None:
+    """Deploy ``applications`` (replacing what runs) and wait until every one is RUNNING."""
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    serve.context._get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": applications}))
+    deadline = time.time() + timeout_s
+    statuses: dict = {}
+    while time.time() < deadline:
+        apps = serve.status().applications
+        failed = {name: app.message for name, app in apps.items() if app.status == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"Serve applications failed to deploy: {failed}")
+        statuses = {name: app.status for name, app in apps.items()}
+        if len(statuses) == len(applications) and all(status == "RUNNING" for status in statuses.values()):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"Serve applications not running after {timeout_s} s: {statuses}")
