@@ -137,6 +137,7 @@ class Summary:
 
 def build_dataset(paths: list[str], filesystem, profile: Profile, done: frozenset, stage_cpus: float = 0.1):
     """The Ray Data pipeline: read -> decode once -> one actor pool per detector -> fusion."""
+    import ray
     import ray.data
     from ray.data import ActorPoolStrategy
 
@@ -145,6 +146,7 @@ def build_dataset(paths: list[str], filesystem, profile: Profile, done: frozense
     # Small read blocks (a few files each, at most 2000 blocks) keep rows streaming to OUT as they finish,
     # instead of arriving all at once at the end of a big block.
     blocks = max(1, min(2000, -(-len(paths) // FILES_PER_BLOCK)))
+    max_actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = ray.data.read_binary_files(
         paths, include_paths=True, filesystem=filesystem, num_cpus=stage_cpus, override_num_blocks=blocks
     )
@@ -163,8 +165,8 @@ def build_dataset(paths: list[str], filesystem, profile: Profile, done: frozense
             batch_format="numpy",
             num_cpus=detector.num_cpus,
             num_gpus=detector.num_gpus,
-            # As many actors as the deployment has replicas (autoscaling deployments: up to 4).
-            compute=ActorPoolStrategy(min_size=1, max_size=detector.num_replicas if isinstance(detector.num_replicas, int) else 4),
+            # Ray Data grows each pool while it has work and CPUs: up to one actor per cluster CPU.
+            compute=ActorPoolStrategy(min_size=1, max_size=max_actors),
         )
     fusion = profile.args.fusion
     return ds.map_batches(
