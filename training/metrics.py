@@ -55,3 +55,35 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float, target_fpr: f
         "ece": expected_calibration_error(y, p) if y.size else None,
         "brier": float(np.mean((p - y) ** 2)) if y.size else None,
     }
+
+
+def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float | int]]:
+    """The reliability diagram behind :func:`expected_calibration_error` (same equal-width bins): for
+    each non-empty bin its edges, count, mean predicted p and observed AI rate."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            out.append(
+                {
+                    "low": float(edges[b]),
+                    "high": float(edges[b + 1]),
+                    "count": int(mask.sum()),
+                    "mean_p": float(p[mask].mean()),
+                    "observed_ai_rate": float(y[mask].mean()),
+                }
+            )
+    return out
+
+
+def oriented_auc(y: np.ndarray, values: np.ndarray, direction: str) -> float | None:
+    """AUC of one raw feature as a score for "AI", turned the way its ``FeatureSpec.direction`` says:
+    ``ai_high`` as is, ``real_high`` negated; ``neutral`` as is (so below 0.5 means higher = real).
+    None when a class is absent."""
+    y, values = np.asarray(y, dtype=np.int64), np.asarray(values, dtype=np.float64)
+    if not ((y == 0).any() and (y == 1).any()):
+        return None
+    return float(roc_auc_score(y, -values if direction == "real_high" else values))
