@@ -218,14 +218,20 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
 
+def resolve_fusion_path(location: str) -> Path:
+    """A fusion artifact's file: ``location`` itself, or a file of that name in ``models/weights``."""
+    path = Path(location)
+    if not path.is_absolute() and not path.exists():
+        path = PACKAGED_WEIGHTS / location
+    return path
+
+
 def load_fusion(location: str | None, schema: dict[str, FeatureSpec]) -> FusionModel:
     """The fusion model for ``location`` (an artifact path, or a file name in ``models/weights``), or the
     rule when ``location`` is None. Refuses an artifact whose features are not the enabled detectors' own."""
     if location is None:
         return RuleFusion(schema)
-    path = Path(location)
-    if not path.is_absolute() and not path.exists():
-        path = PACKAGED_WEIGHTS / location
+    path = resolve_fusion_path(location)
     artifact = json.loads(path.read_text())
     model = TrainedFusion(artifact, path.parent)
     problems = []

@@ -37,7 +37,6 @@ import models
 from deployments.data import outcome_column
 from models.base import FeatureSpec
 from models.fusion import (
-    PACKAGED_WEIGHTS,
     FusionModel,
     SchemaMismatch,
     TrainedFusion,
@@ -45,7 +44,9 @@ from models.fusion import (
     decide,
     json_safe,
     load_fusion,
+    resolve_fusion_path,
 )
+from models.weights import file_sha256
 from models.registry import feature_owner
 from serve_app.config import load_profile
 from training.augment import ROBUSTNESS
@@ -232,10 +233,7 @@ def _artifact_sha256(location: str | None) -> str | None:
     """sha256 of the fusion artifact file, resolved the way ``load_fusion`` resolves it."""
     if location is None:
         return None
-    path = Path(location)
-    if not path.is_absolute() and not path.exists():
-        path = PACKAGED_WEIGHTS / location
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(resolve_fusion_path(location))
 
 
 def _rows_of(table: pa.Table, column: str, value: str) -> pa.Table:
