@@ -1,0 +1,156 @@
+"""Fusion models, calibration, thresholds and the verdict, on synthetic data with known answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import models
+from models.base import DetectorResult
+from models.fusion import DetectorOutcome, RuleFusion, SchemaMismatch, VerdictPolicy, apply_calibration, decide, load_fusion
+from training.metrics import binary_metrics, expected_calibration_error, threshold_for_fpr
+from training.train_fusion import fit_calibration, train_fusion
+
+SCHEMA = models.feature_schema(["debug_mean", "debug_sleep", "debug_fail"])
+
+
+def outcome(name: str, **features: float) -> DetectorOutcome:
+    return DetectorOutcome.from_result(name, DetectorResult(features=features), f"{name}-1", 1.0)
+
+
+def test_rule_fusion_averages_only_what_is_present():
+    rule = RuleFusion(SCHEMA)
+    assert rule.predict_proba({"debug_prob": 0.9, "debug_sleep_prob": 0.5}) == pytest.approx(0.7)
+    assert rule.predict_proba({"debug_prob": 0.9}) == pytest.approx(0.9)
+    assert rule.predict_proba({}) is None
+
+
+def test_decide_lists_missing_detectors_and_invents_nothing():
+    outcomes = [
+        outcome("debug_mean", debug_prob=0.8),
+        DetectorOutcome("debug_sleep", "timeout", 500.0, error="no answer within 0.5 s"),
+        DetectorOutcome("debug_fail", "failed", 3.0, "debug_fail-1", error="boom"),
+    ]
+    body = decide(outcomes, RuleFusion(SCHEMA), SCHEMA)
+    assert body["missing"] == ["debug_sleep", "debug_fail"]
+    assert body["fusion_prob"] == pytest.approx(0.8) and body["label"] == "AI" and body["decided_by"] == "fusion"
+    assert "debug_sleep_prob" not in body and "debug_fail_prob" not in body
+    assert body["detectors"]["debug_sleep"] == {"status": "timeout", "latency_ms": 500.0, "version": None, "error": "no answer within 0.5 s"}
+    assert any("debug_sleep not used (timeout" in r for r in body["reasoning"])
+
+
+def test_uncertain_band_and_threshold_override():
+    body = decide([outcome("debug_mean", debug_prob=0.55)], RuleFusion(SCHEMA), SCHEMA)
+    assert body["label"] == "AI" and body["uncertain"] is True  # |0.55 - 0.5| < 0.15
+    body = decide([outcome("debug_mean", debug_prob=0.55)], RuleFusion(SCHEMA), SCHEMA, VerdictPolicy(threshold=0.6, uncertain_band=0.01))
+    assert body["label"] == "NON-AI" and body["uncertain"] is False and body["threshold"] == 0.6
+
+
+def test_hard_evidence_decides_unless_switched_off():
+    hard = DetectorOutcome.from_result(
+        "debug_mean", DetectorResult(features={"debug_prob": 0.1}, hard_evidence=["valid C2PA claim: trainedAlgorithmicMedia"]), "v", 1.0
+    )
+    body = decide([hard], RuleFusion(SCHEMA), SCHEMA)
+    assert (body["label"], body["decided_by"], body["uncertain"]) == ("AI", "hard_evidence", False)
+    assert body["reasoning"][0] == "Provenance: valid C2PA claim: trainedAlgorithmicMedia"
+    body = decide([hard], RuleFusion(SCHEMA), SCHEMA, VerdictPolicy(hard_evidence=False))
+    assert (body["label"], body["decided_by"]) == ("NON-AI", "fusion")
+
+
+def test_no_usable_feature_means_no_verdict():
+    body = decide([DetectorOutcome("debug_fail", "failed", 1.0, error="x")], RuleFusion(SCHEMA), SCHEMA)
+    assert body["fusion_prob"] is None and body["label"] == "UNKNOWN" and body["uncertain"] is True
+
+
+def test_outcome_json_round_trip():
+    original = DetectorOutcome.from_result("debug_mean", DetectorResult(features={"debug_prob": 0.25}, details={"a": [1]}, evidence=["e"]), "v1", 2.5)
+    assert DetectorOutcome.from_json(original.to_json()) == original
+
+
+# ---- thresholds and calibration --------------------------------------------------------------------
+def test_threshold_for_fpr_flags_exactly_the_allowed_share_of_reals():
+    reals = np.arange(100) / 100.0
+    threshold = threshold_for_fpr(reals, 0.05)
+    assert (reals >= threshold).sum() == 5 and threshold == pytest.approx(0.95)
+    assert (reals >= threshold_for_fpr(reals, 0.0)).sum() == 0
+
+
+@pytest.mark.parametrize("method", ["platt", "isotonic"])
+def test_calibration_recovers_a_known_distortion(method):
+    # Raw scores s; the true P(AI | s) is sigmoid(2 logit(s) - 1): s is overconfident in the middle and biased.
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0.02, 0.98, 40_000)
+    truth = 1 / (1 + np.exp(-(2 * np.log(s / (1 - s)) - 1)))
+    y = (rng.uniform(size=s.size) < truth).astype(int)
+    calibration = fit_calibration(s[:20_000], y[:20_000], method)
+    calibrated = apply_calibration(calibration, s[20_000:])
+    assert np.abs(calibrated - truth[20_000:]).mean() < 0.02
+    assert expected_calibration_error(y[20_000:], calibrated) < 0.02 < expected_calibration_error(y[20_000:], s[20_000:])
+    if method == "platt":
+        assert calibration["a"] == pytest.approx(2.0, abs=0.1) and calibration["b"] == pytest.approx(-1.0, abs=0.1)
+
+
+def test_binary_metrics_on_known_scores():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    m = binary_metrics(y, p, threshold=0.5)
+    assert m["auc"] == pytest.approx(15 / 16) and m["acc_real"] == 0.75 and m["acc_ai"] == 0.75
+    assert binary_metrics(np.array([1, 1]), np.array([0.9, 0.2]), 0.5)["auc"] is None
+
+
+# ---- training a fusion model end to end on synthetic features ------------------------------------------
+def synthetic_features(n: int = 600, seed: int = 1) -> pa.Table:
+    """Two forensics-like features: one informative, one noise; ``split`` and ``source`` as the pipeline writes."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    rows = {
+        "key": [f"k{i}" for i in range(n)],
+        "label": ["ai" if v else "real" for v in y],
+        "split": rng.choice(["train", "val", "test"], n, p=[0.6, 0.2, 0.2]).tolist(),
+        "source": ["synthetic"] * n,
+        "image_entropy": np.clip(6 + 1.2 * y + rng.normal(0, 0.6, n), 0, 8).tolist(),
+        "noise_log_variance": rng.normal(0, 1, n).tolist(),
+    }
+    return pa.table(rows)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "mlp", "xgboost"])
+def test_train_fusion_writes_a_calibrated_artifact_that_loads_and_handles_missing_features(tmp_path, kind):
+    out = tmp_path / f"fusion_{kind}.json"
+    artifact = train_fusion(synthetic_features(), ["forensics"], out, kind=kind, dropout=0.3, band=0.05)
+    saved = json.loads(out.read_text())
+    assert saved["version"].startswith(f"fusion-{kind}-") and saved["features"] == ["image_entropy", "noise_log_variance"]
+    assert set(saved["dropped_constant_features"]) == set(models.feature_schema(["forensics"])) - set(saved["features"])
+    assert saved["training"]["data_sha256"] and saved["calibration"]["method"] == "platt"
+    assert artifact["metrics"]["test"]["overall"]["auc"] > 0.8  # the signal is real and learnt
+    # The threshold flags at most 5% of the val reals, as asked.
+    model = load_fusion(str(out), models.feature_schema(["forensics"]))
+    full = model.predict_proba({"image_entropy": 7.5, "noise_log_variance": 0.0})
+    low = model.predict_proba({"image_entropy": 5.0, "noise_log_variance": 0.0})
+    assert full > model.threshold > low
+    # A missing feature takes the trained missing path: a probability, not a crash, not the full answer.
+    partial = model.predict_proba({"noise_log_variance": 0.0})
+    assert partial is not None and 0 < partial < 1 and partial != full
+    assert model.predict_proba({}) is None
+
+
+def test_loading_refuses_a_schema_mismatch(tmp_path):
+    out = tmp_path / "fusion.json"
+    train_fusion(synthetic_features(), ["forensics"], out)
+    with pytest.raises(SchemaMismatch, match="no enabled detector produces it"):
+        load_fusion(str(out), models.feature_schema(["provenance"]))
+    artifact = json.loads(out.read_text())
+    artifact["feature_specs"]["image_entropy"]["high"] = 16.0
+    out.write_text(json.dumps(artifact))
+    with pytest.raises(SchemaMismatch, match="image_entropy"):
+        load_fusion(str(out), models.feature_schema(["forensics"]))
+
+
+def test_single_class_training_split_is_refused(tmp_path):
+    table = synthetic_features()
+    only_ai = table.filter(pa.compute.equal(table["label"], "ai"))
+    with pytest.raises(ValueError, match="needs both"):
+        train_fusion(only_ai, ["forensics"], tmp_path / "x.json")
