@@ -44,10 +44,8 @@ generated image is "uniform" to it, so its scores are evidence of editing, not o
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,7 +56,7 @@ from torch import nn
 from models.base import Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import load_state_dict, resolve_weights
+from models.weights import file_sha256, load_state_dict, resolve_weights
 
 CODE_VERSION = "1"
 # The port's published checkpoint (state dict of its MantraNet(), ConvLSTM variant).
@@ -361,7 +359,7 @@ class ManTraNetDetector(Detector):
             self._weights_id = "random_init(seed=0)"
         else:
             path = resolve_weights(str(config["weights"]), config["weights_sha256"])
-            self._weights_id = "sha256:" + _file_sha256(path)
+            self._weights_id = "sha256:" + file_sha256(path)
             state = load_state_dict(str(path))
             _check_layout(state, model, str(config["weights"]))
             model.load_state_dict(state, strict=True)
@@ -463,11 +461,3 @@ def _check_layout(state: dict[str, Any], model: nn.Module, location: str) -> Non
             f"{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}, "
             f"{len(wrong)} shape mismatches {wrong[:4]}"
         )
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
