@@ -20,7 +20,7 @@ from ray.serve.metrics import Counter, Histogram
 import models
 from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
-from serve_app.config import DetectorUserConfig
+from serve_app.config import DEFAULT_DETECTOR_CPUS, DetectorUserConfig
 
 log = logging.getLogger("ray.serve")
 
@@ -37,7 +37,7 @@ def pick_device() -> str:
 @serve.deployment(
     # Large enough that a batch can fill: Serve's default of 5 caps @serve.batch and collapses throughput.
     max_ongoing_requests=64,
-    ray_actor_options={"num_cpus": 0.25},
+    ray_actor_options={"num_cpus": DEFAULT_DETECTOR_CPUS},
     health_check_period_s=10,
 )
 class DetectorDeployment:

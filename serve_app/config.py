@@ -74,6 +74,11 @@ class AppArgs(BaseModel):
         return [d.name for d in self.detectors]
 
 
+# A detector replica's CPU reservation when the config names none (Ray's own default of 1 CPU makes
+# deployments on a small machine wait for CPUs forever, without a word).
+DEFAULT_DETECTOR_CPUS = 0.25
+
+
 class DetectorUserConfig(BaseModel):
     """A detector deployment's ``user_config``: batching plus the detector's own settings.
 
@@ -91,7 +96,7 @@ class DetectorProfile(BaseModel):
 
     name: str
     user_config: DetectorUserConfig = DetectorUserConfig()
-    num_cpus: float = 1.0
+    num_cpus: float = DEFAULT_DETECTOR_CPUS
     num_gpus: float = 0.0
     num_replicas: int | str | None = None
 
@@ -121,7 +126,7 @@ def load_profile(path: str | Path, app_name: str | None = None) -> Profile:
         detectors[name] = DetectorProfile(
             name=name,
             user_config=DetectorUserConfig.model_validate(deployment.get("user_config") or {}),
-            num_cpus=actor.get("num_cpus", 1.0),
+            num_cpus=actor.get("num_cpus", DEFAULT_DETECTOR_CPUS),
             num_gpus=actor.get("num_gpus", 0.0),
             num_replicas=deployment.get("num_replicas"),
         )
