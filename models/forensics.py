@@ -76,6 +76,8 @@ from models.registry import register_detector
 
 CODE_VERSION = "1"
 
+# A crop whose luminance varies less than this (in 8-bit levels) is flat: it has no spectrum to measure.
+FLAT_STD = 1e-3
 # Pixel statistics below these sides are omitted, not guessed.
 PIXEL_MIN_SIDE = 16
 DOUBLE_COMPRESSION_MIN_SIDE = 32
@@ -447,10 +449,11 @@ def _radial_bins(height: int, width: int, low: float, high: float, bins: int) ->
     return window, which.ravel(), np.sqrt(edges[:-1] * edges[1:])
 
 
-def spectrum_slope(luma: np.ndarray, low: float = 1 / 8, high: float = 1 / 2, bins: int = 16) -> float:
+def spectrum_slope(luma: np.ndarray, low: float = 1 / 8, high: float = 1 / 2, bins: int = 16) -> float | None:
     """Least-squares slope of log10 power against log10 radial frequency in [low, high] cycles/px.
 
-    The crop is Hann-windowed (no edge cross); power is averaged in ``bins`` log-spaced annuli.
+    The crop is Hann-windowed (no edge cross); power is averaged in ``bins`` log-spaced annuli. None when
+    fewer than two annuli carry any power (a flat or nearly flat crop has no slope to measure).
     """
     window, which, centres = _radial_bins(*luma.shape, low, high, bins)
     spectrum = np.fft.rfft2((luma - np.float32(luma.mean(dtype=np.float64))) * window)
@@ -459,6 +462,8 @@ def spectrum_slope(luma: np.ndarray, low: float = 1 / 8, high: float = 1 / 2, bi
     sums = np.bincount(which[inside], weights=power[inside], minlength=bins)
     counts = np.bincount(which[inside], minlength=bins)
     usable = (counts > 0) & (sums > 0)
+    if usable.sum() < 2:
+        return None
     slope, _ = np.polyfit(np.log10(centres[usable]), np.log10(sums[usable] / counts[usable]), 1)
     return float(slope)
 
@@ -813,11 +818,12 @@ class ForensicsDetector(Detector):
         if min(luma.shape) < SPECTRUM_MIN_SIDE:
             report.omit(spectrum_features, f"image side below {SPECTRUM_MIN_SIDE} px")
             return
-        if float(luma.std()) == 0.0:
+        slope = spectrum_slope(luma) if float(luma.std()) > FLAT_STD else None
+        if slope is None:
             report.omit(spectrum_features, "the crop is flat: no spectrum")
             return
         peak, per_frequency = upsampling_peak(luma)
-        report.features.update(spectrum_hf_slope=spectrum_slope(luma), spectrum_upsampling_peak=peak)
+        report.features.update(spectrum_hf_slope=slope, spectrum_upsampling_peak=peak)
         report.details["upsampling_peaks"] = {name: round(value, 3) for name, value in per_frequency.items()}
         strongest = max(per_frequency, key=per_frequency.get)
         # In a JPEG, peaks at 1/2 and 1/4 may be its 8x8 block grid: no sentence for those.

@@ -329,3 +329,15 @@ def test_crop_size_bounds_the_work(photos):
     crop = result.details["crop"]
     assert (crop["top"], crop["left"], crop["height"], crop["width"]) == (112, 256, 128, 128)
     assert result.features["jpeg_quality"] == 85.0
+
+
+@pytest.mark.parametrize(("mode", "fmt"), [("CMYK", "JPEG"), ("RGB", "PNG"), ("RGB", "JPEG"), ("L", "PNG")])
+def test_flat_images_are_measured_not_failed(mode, fmt):
+    """A single-colour image has no spectrum or noise: those features are omitted with a reason, the rest measured."""
+    colour = {"CMYK": (0, 200, 200, 0), "RGB": (0, 200, 200), "L": 7}[mode]
+    buffer = io.BytesIO()
+    Image.new(mode, (64, 64), colour).save(buffer, fmt)
+    (result,) = create_detector("forensics").predict([decode_image(buffer.getvalue())])
+    assert result.error is None
+    assert "spectrum_hf_slope" not in result.features and "flat" in result.details["omitted"]["spectrum_hf_slope"]
+    assert result.features["ela_mean"] >= 0 and "compression_level" in result.features
