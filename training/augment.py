@@ -26,13 +26,20 @@ def _encode(image: Image.Image, fmt: str, **options) -> bytes:
 
 @dataclass(frozen=True)
 class Reencode:
-    """Random crop, resize and JPEG re-encode; metadata is dropped (Pillow does not copy it)."""
+    """Random crop, resize and re-encode (JPEG by default); metadata is dropped (Pillow does not copy it).
+
+    ``formats`` and ``blur_probability`` widen the processing for the fusion model; with their defaults
+    no extra random draw is made, so the ghostnet and DINO training that use the defaults reproduce.
+    """
 
     quality: tuple[int, int] = (65, 97)
     scale: tuple[float, float] = (0.5, 1.0)
     crop_fraction: tuple[float, float] = (0.6, 1.0)  # side of the crop relative to the image side
     max_side: int = 1024
     min_side: int = 32
+    formats: tuple[tuple[str, float], ...] = (("JPEG", 1.0),)  # (Pillow format, probability)
+    blur_probability: float = 0.0
+    blur_sigma: tuple[float, float] = (0.3, 1.0)
 
     def __call__(self, image: DecodedImage, rng: np.random.Generator) -> bytes:
         pil = image.to_pil()
@@ -47,7 +54,23 @@ class Reencode:
             pil = pil.resize(size, Image.Resampling.BICUBIC)
         quality = int(rng.integers(self.quality[0], self.quality[1] + 1))
         subsampling = int(rng.choice([0, 2]))  # 4:4:4 or 4:2:0, both common in the wild
-        return _encode(pil, "JPEG", quality=quality, subsampling=subsampling)
+        if self.blur_probability and rng.random() < self.blur_probability:
+            pil = pil.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*self.blur_sigma))))
+        fmt = self.formats[0][0]
+        if len(self.formats) > 1:
+            names, weights = zip(*self.formats)
+            fmt = str(rng.choice(names, p=np.asarray(weights) / sum(weights)))
+        if fmt == "JPEG":
+            return _encode(pil, "JPEG", quality=quality, subsampling=subsampling)
+        if fmt == "WEBP":
+            return _encode(pil, "WEBP", quality=quality)
+        return _encode(pil, fmt)  # lossless (PNG)
+
+
+# What the fusion model's training images go through: the shared data's AI images are mostly PNG and its
+# photos JPEG, so every format has to occur in both classes (and some blur, which real photos and
+# generated images both get on the way to a platform), or the model learns "PNG means AI".
+FUSION_PROCESSING = Reencode(formats=(("JPEG", 0.6), ("PNG", 0.2), ("WEBP", 0.2)), blur_probability=0.15)
 
 
 def _center_crop(pil: Image.Image, fraction: float = 0.75) -> Image.Image:

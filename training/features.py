@@ -6,8 +6,9 @@
 Each enabled detector runs as an actor pool (``deployments.data.DetectorStage``: the same class and
 config as its Serve deployment). A *variant* says what happens to an image before it is decoded the
 service's way: ``clean`` (as stored), ``reencode`` (``training.augment.Reencode``, seeded per item, the
-same processing for both classes), or one of ``training.augment.ROBUSTNESS``. Outcomes are cached per
-detector version under ``--cache`` keyed by ``<item key>|<variant>``, so a re-run computes only what is
+same processing for both classes: ``training.augment.FUSION_PROCESSING``), or one of
+``training.augment.ROBUSTNESS``. Outcomes are cached per
+detector version under ``--cache`` keyed by ``row_key(item key, variant)``, so a re-run computes only what is
 missing, and a new detector version recomputes only that detector.
 
 Output columns: key, variant, filepath, label, split, source, generator, error, one float column per
@@ -32,12 +33,22 @@ from deployments.data import IMAGE_COLUMNS, append_image, cache_path, to_columns
 from models.fusion import DetectorOutcome
 from models.image_input import ImageInputError, decode_image
 from serve_app.config import Profile, load_profile
-from training.augment import ROBUSTNESS, Reencode
+from training.augment import FUSION_PROCESSING, ROBUSTNESS
 from training.dataset import DATASET_LIMITS, item_bytes, load_manifest
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.local.yaml"
 DEFAULT_CACHE = Path("cache/features")
 ITEM_COLUMNS = ("key", "variant", "filepath", "label", "split", "source", "generator")
+
+
+# A variant's name plus, for re-encoded variants, the processing's parameters: changing FUSION_PROCESSING
+# changes every cache key it produced, so stale features are never served from the cache.
+PROCESSING_ID = hashlib.sha256(repr(FUSION_PROCESSING).encode()).hexdigest()[:8]
+
+
+def row_key(key: str, variant: str) -> str:
+    """The feature row's (and cache's) key for one item under one variant."""
+    return f"{key}|{variant}@{PROCESSING_ID}" if variant.startswith("reencode") else f"{key}|{variant}"
 
 
 def variant_bytes(filepath: str, crop: str, key: str, variant: str) -> bytes:
@@ -49,7 +60,7 @@ def variant_bytes(filepath: str, crop: str, key: str, variant: str) -> bytes:
     original = decode_image(data, DATASET_LIMITS)
     if variant.startswith("reencode"):
         seed = int.from_bytes(hashlib.sha256(f"{key}|{variant}".encode()).digest()[:8], "big")
-        return Reencode()(original, np.random.default_rng(seed))
+        return FUSION_PROCESSING(original, np.random.default_rng(seed))
     if variant in ROBUSTNESS:
         return ROBUSTNESS[variant](original)
     raise ValueError(f"unknown variant {variant!r}; use clean, reencode[#n] or one of {sorted(ROBUSTNESS)}")
@@ -71,7 +82,7 @@ def load_stage(batch: dict[str, np.ndarray]) -> dict[str, Any]:
         out["sha256"].append(image.sha256 if image else "")
         out["error"].append(error)
         for column, value in item.items():
-            out[column].append(f"{value}|{item['variant']}" if column == "key" else value)
+            out[column].append(row_key(value, item["variant"]) if column == "key" else value)
     return to_columns(out)
 
 
@@ -101,8 +112,8 @@ def extract_features(
     keep = [*ITEM_COLUMNS, "error", *(outcome_column(n) for n in detectors)]
     # Items every detector already has in its cache (at its current version) skip the pipeline entirely.
     caches = {n: load_outcome_cache(cache_dir, n, v) for n, v in detector_versions(profile).items()}
-    cached = [i for i in items if all(f"{i['key']}|{i['variant']}" in c for c in caches.values())]
-    todo = [i for i in items if not all(f"{i['key']}|{i['variant']}" in c for c in caches.values())]
+    cached = [i for i in items if all(row_key(i["key"], i["variant"]) in c for c in caches.values())]
+    todo = [i for i in items if not all(row_key(i["key"], i["variant"]) in c for c in caches.values())]
     tables = [_cached_table(cached, caches, keep)] if cached else []
     with tqdm(total=len(todo), unit="img", disable=not progress, desc=f"features ({len(cached)} cached)") as bar:
         if todo:
@@ -145,7 +156,7 @@ def detector_versions(profile: Profile) -> dict[str, str]:
 def _cached_table(items: list[dict], caches: dict[str, dict[str, str]], columns: list[str]) -> pa.Table:
     rows = {c: [] for c in columns}
     for item in items:
-        key = f"{item['key']}|{item['variant']}"
+        key = row_key(item["key"], item["variant"])
         for column in ITEM_COLUMNS:
             rows[column].append(key if column == "key" else item[column])
         rows["error"].append("")
