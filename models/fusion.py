@@ -8,7 +8,7 @@ Two fusion models share one interface (``predict_proba`` on a dict of the featur
 * :class:`TrainedFusion`, an artifact written by ``training/train_fusion.py``: a logistic regression,
   MLP or XGBoost model on the imputed features plus one missing-indicator per feature (the model was
   trained with random detector dropout, so "this detector is down" is an input it has seen), then a
-  probability calibration, a threshold chosen for a target false-positive rate, and an uncertain band.
+  probability calibration, a threshold chosen for a target false-positive rate, and an uncertain range of probabilities.
 
 :func:`decide` turns the per-detector outcomes into the response body: features, ``fusion_prob``,
 ``label``, ``threshold``, ``uncertain``, ``reasoning``, ``detectors`` and ``missing``.
@@ -96,7 +96,7 @@ class FusionModel(Protocol):
     version: str
     features: list[str]
     threshold: float
-    uncertain_band: float
+    uncertain_range: tuple[float, float]  # [low, high): fusion_prob in here is "uncertain"
 
     def predict_proba(self, features: dict[str, float]) -> float | None: ...
 
@@ -108,7 +108,7 @@ class RuleFusion:
 
     version = "rule-mean-probability/1"
     threshold = 0.5
-    uncertain_band = 0.15
+    uncertain_range = (0.35, 0.65)
 
     def __init__(self, schema: dict[str, FeatureSpec]):
         self.features = [name for name, spec in schema.items() if spec.probability]
@@ -136,7 +136,8 @@ class TrainedFusion:
         self.version: str = artifact["version"]
         self.features: list[str] = list(artifact["features"])
         self.threshold: float = float(artifact["threshold"])
-        self.uncertain_band: float = float(artifact["uncertain_band"])
+        low, high = artifact["uncertain_range"]
+        self.uncertain_range: tuple[float, float] = (float(low), float(high))
         self.impute = np.asarray(artifact["impute"], dtype=np.float64)
         self.mean = np.asarray(artifact["scaler"]["mean"], dtype=np.float64)
         self.scale = np.asarray(artifact["scaler"]["scale"], dtype=np.float64)
@@ -253,7 +254,7 @@ def load_fusion(location: str | None, schema: dict[str, FeatureSpec]) -> FusionM
 @dataclass
 class VerdictPolicy:
     threshold: float | None = None  # None: the fusion model's own
-    uncertain_band: float | None = None
+    uncertain_range: tuple[float, float] | None = None
     hard_evidence: bool = True  # hard provenance evidence decides the verdict on its own
     max_reasons: int = 6
 
@@ -270,7 +271,7 @@ def decide(
         if outcome.status == "ok" and outcome.result is not None:
             features.update(outcome.result.features)
     threshold = fusion.threshold if policy.threshold is None else policy.threshold
-    band = fusion.uncertain_band if policy.uncertain_band is None else policy.uncertain_band
+    uncertain_range = fusion.uncertain_range if policy.uncertain_range is None else tuple(policy.uncertain_range)
     fusion_prob = fusion.predict_proba(features)
     hard = [s for o in outcomes if o.status == "ok" and o.result for s in o.result.hard_evidence]
 
@@ -280,7 +281,7 @@ def decide(
         label, decided_by, uncertain = "UNKNOWN", "none", True
     else:
         label = "AI" if fusion_prob >= threshold else "NON-AI"
-        decided_by, uncertain = "fusion", abs(fusion_prob - threshold) < band
+        decided_by, uncertain = "fusion", uncertain_range[0] <= fusion_prob < uncertain_range[1]
 
     missing = [o.name for o in outcomes if o.status != "ok"]
     body: dict[str, Any] = {name: round(value, 6) for name, value in features.items()}
@@ -291,7 +292,7 @@ def decide(
             "threshold": threshold,
             "uncertain": uncertain,
             "decided_by": decided_by,
-            "reasoning": _reasoning(outcomes, features, fusion, schema, fusion_prob, threshold, band, hard, policy),
+            "reasoning": _reasoning(outcomes, features, fusion, schema, fusion_prob, threshold, uncertain_range, hard, policy),
             "detectors": {o.name: o.report() for o in outcomes},
             "missing": missing,
             "details": {o.name: o.result.details for o in outcomes if o.status == "ok" and o.result and o.result.details},
@@ -308,7 +309,7 @@ def _reasoning(
     schema: dict[str, FeatureSpec],
     fusion_prob: float | None,
     threshold: float,
-    band: float,
+    uncertain_range: tuple[float, float],
     hard: list[str],
     policy: VerdictPolicy,
 ) -> list[str]:
@@ -325,9 +326,10 @@ def _reasoning(
         if outcome.status == "ok" and outcome.result:
             reasons.extend(s for s in outcome.result.evidence if s not in hard)
     reasons = reasons[: policy.max_reasons]
-    if fusion_prob is not None and abs(fusion_prob - threshold) < band and not (hard and policy.hard_evidence):
+    if fusion_prob is not None and uncertain_range[0] <= fusion_prob < uncertain_range[1] and not (hard and policy.hard_evidence):
         reasons.append(
-            f"fusion_prob {fusion_prob:.2f} is within {band:.2f} of the threshold {threshold:.2f}: uncertain."
+            f"fusion_prob {fusion_prob:.2f} lies in the uncertain range [{uncertain_range[0]:.2f}, {uncertain_range[1]:.2f}): "
+            f"the evidence is not strong either way (label threshold {threshold:.2f})."
         )
     for outcome in outcomes:
         if outcome.status != "ok":

@@ -117,7 +117,7 @@ class FusionIngress:
         self.fusion = load_fusion(self.args.fusion.model, self.schema)
         self.policy = VerdictPolicy(
             threshold=self.args.fusion.threshold,
-            uncertain_band=self.args.fusion.uncertain_band,
+            uncertain_range=self.args.fusion.uncertain_range,
             hard_evidence=self.args.fusion.hard_evidence,
         )
         self.limits = self.args.input.limits()
@@ -184,7 +184,7 @@ class FusionIngress:
                         "model": self.fusion.version,
                         "features": self.fusion.features,
                         "threshold": self.policy.threshold or self.fusion.threshold,
-                        "uncertain_band": self.policy.uncertain_band or self.fusion.uncertain_band,
+                        "uncertain_range": self.policy.uncertain_range or self.fusion.uncertain_range,
                         "hard_evidence": self.policy.hard_evidence,
                     },
                 }

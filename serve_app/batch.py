@@ -174,7 +174,7 @@ def build_dataset(paths: list[str], filesystem, profile: Profile, done: frozense
         fn_constructor_kwargs={
             "detectors": profile.args.detector_names(),
             "fusion_model": fusion.model,
-            "policy": {"threshold": fusion.threshold, "uncertain_band": fusion.uncertain_band, "hard_evidence": fusion.hard_evidence},
+            "policy": {"threshold": fusion.threshold, "uncertain_range": fusion.uncertain_range, "hard_evidence": fusion.hard_evidence},
         },
         batch_size=None,  # whatever the detectors pass on: batching here would hold rows back from OUT
         batch_format="numpy",

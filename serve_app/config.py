@@ -44,8 +44,17 @@ class FusionArgs(BaseModel):
 
     model: str | None = Field(None, description="fusion artifact (path or file name in models/weights); None: rule")
     threshold: float | None = Field(None, ge=0, le=1, description="override the model's threshold")
-    uncertain_band: float | None = Field(None, ge=0, le=0.5, description="override the model's band")
+    uncertain_range: tuple[float, float] | None = Field(
+        None, description="override the model's [low, high) range of fusion_prob reported as uncertain"
+    )
     hard_evidence: bool = Field(True, description="valid C2PA AI claims, generator metadata, watermarks decide alone")
+
+    @field_validator("uncertain_range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0.0 <= value[0] <= value[1] <= 1.0:
+            raise ValueError(f"uncertain_range {value} must be [low, high] with 0 <= low <= high <= 1")
+        return value
 
 
 class AppArgs(BaseModel):

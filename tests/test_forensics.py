@@ -21,7 +21,7 @@ from models.forensics import (
     parse_container,
     webp_quality_from_quantizer,
 )
-from models.image_input import DecodedImage, decode_image
+from models.image_input import decode_image
 
 JPEG_ONLY = {"jpeg_quality", "jpeg_table_nonstandard", "jpeg_chroma_subsampling", "jpeg_double_compression"}
 PIXEL_FEATURES = {

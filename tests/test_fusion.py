@@ -42,10 +42,12 @@ def test_decide_lists_missing_detectors_and_invents_nothing():
     assert any("debug_sleep not used (timeout" in r for r in body["reasoning"])
 
 
-def test_uncertain_band_and_threshold_override():
+def test_uncertain_range_and_threshold_override():
     body = decide([outcome("debug_mean", debug_prob=0.55)], RuleFusion(SCHEMA), SCHEMA)
-    assert body["label"] == "AI" and body["uncertain"] is True  # |0.55 - 0.5| < 0.15
-    body = decide([outcome("debug_mean", debug_prob=0.55)], RuleFusion(SCHEMA), SCHEMA, VerdictPolicy(threshold=0.6, uncertain_band=0.01))
+    assert body["label"] == "AI" and body["uncertain"] is True  # 0.55 in [0.35, 0.65)
+    assert decide([outcome("debug_mean", debug_prob=0.65)], RuleFusion(SCHEMA), SCHEMA)["uncertain"] is False
+    policy = VerdictPolicy(threshold=0.6, uncertain_range=(0.5, 0.52))
+    body = decide([outcome("debug_mean", debug_prob=0.55)], RuleFusion(SCHEMA), SCHEMA, policy)
     assert body["label"] == "NON-AI" and body["uncertain"] is False and body["threshold"] == 0.6
 
 
@@ -120,11 +122,13 @@ def synthetic_features(n: int = 600, seed: int = 1) -> pa.Table:
 @pytest.mark.parametrize("kind", ["logistic", "mlp", "xgboost"])
 def test_train_fusion_writes_a_calibrated_artifact_that_loads_and_handles_missing_features(tmp_path, kind):
     out = tmp_path / f"fusion_{kind}.json"
-    artifact = train_fusion(synthetic_features(), ["forensics"], out, kind=kind, dropout=0.3, band=0.05)
+    artifact = train_fusion(synthetic_features(), ["forensics"], out, kind=kind, dropout=0.3, confidence=0.9)
     saved = json.loads(out.read_text())
     assert saved["version"].startswith(f"fusion-{kind}-") and saved["features"] == ["image_entropy", "noise_log_variance"]
     assert set(saved["dropped_constant_features"]) == set(models.feature_schema(["forensics"])) - set(saved["features"])
     assert saved["training"]["data_sha256"] and saved["calibration"]["method"] == "platt"
+    low, high = saved["uncertain_range"]
+    assert low == pytest.approx(min(0.1, saved["threshold"])) and high == pytest.approx(max(0.9, saved["threshold"]))
     assert artifact["metrics"]["test"]["overall"]["auc"] > 0.8  # the signal is real and learnt
     # The threshold flags at most 5% of the val reals, as asked.
     model = load_fusion(str(out), models.feature_schema(["forensics"]))

@@ -67,8 +67,8 @@ DEFINITIONS = f"""\
   images below the threshold, acc_ai the share of AI images at or above it.
 - **Verdict accuracy** uses every readable item and the service's full verdict, hard provenance evidence
   included: `AI` is right for AI images, `NON-AI` for real ones, `UNKNOWN` for neither.
-- **Uncertain rate**: share of readable items the service flags `uncertain` (fusion_prob within the band of the
-  threshold, or no verdict at all). **Confident accuracy**: verdict accuracy on the other items.
+- **Uncertain rate**: share of readable items the service flags `uncertain` (fusion_prob inside the model's uncertain
+  range, or no verdict at all). **Confident accuracy**: verdict accuracy on the other items.
 - Metrics that need both classes are n/a for a one-class group; a metric of a class that is absent is n/a.
 - Unreadable items (the file or its variant could not be decoded) are left out of every metric and listed below.
 """
@@ -266,11 +266,11 @@ def evaluate(
         ) from None
     policy = VerdictPolicy(
         threshold=profile.args.fusion.threshold,
-        uncertain_band=profile.args.fusion.uncertain_band,
+        uncertain_range=profile.args.fusion.uncertain_range,
         hard_evidence=profile.args.fusion.hard_evidence,
     )
     threshold = fusion.threshold if policy.threshold is None else policy.threshold
-    band = fusion.uncertain_band if policy.uncertain_band is None else policy.uncertain_band
+    band = fusion.uncertain_range if policy.uncertain_range is None else tuple(policy.uncertain_range)
 
     # A missing file is an unreadable item like a corrupt one: listed in the report, never an abort.
     manifest = load_manifest(manifest_path, check_files=False)
@@ -310,7 +310,7 @@ def evaluate(
             "model_features": list(fusion.features),
             "threshold": threshold,
             "threshold_from": "model" if policy.threshold is None else "config",
-            "uncertain_band": band,
+            "uncertain_range": list(band),
             "hard_evidence": policy.hard_evidence,
             "detectors": {
                 name: {"versions": found, "config": profile.detectors[name].user_config.detector}
@@ -506,7 +506,7 @@ def render_report(metrics: dict[str, Any]) -> str:
             ["model features", ", ".join(e["model_features"])],
             [
                 "threshold",
-                f"{e['threshold']:.4f} (from the {e['threshold_from']}); uncertain band ±{e['uncertain_band']:.3f}",
+                f"{e['threshold']:.4f} (from the {e['threshold_from']}); uncertain range [{e['uncertain_range'][0]:.3f}, {e['uncertain_range'][1]:.3f})",
             ],
             ["hard provenance evidence", "decides alone" if e["hard_evidence"] else "ignored (policy)"],
             ["detectors", detector_lines],

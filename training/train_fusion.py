@@ -2,11 +2,13 @@
 
     imgverify train fusion FEATURES.parquet --out models/weights/fusion_local.json
         [--model logistic|xgboost|mlp] [--calibration auto|isotonic|platt] [--target-fpr 0.05]
-        [--band 0.1] [--dropout 0.15] [--config serve_config.local.yaml]
+        [--confidence 0.8] [--dropout 0.15] [--config serve_config.local.yaml]
 
 FEATURES comes from ``imgverify features extract`` (rows with a ``split`` column). The model is fitted on
 ``train``; probabilities are calibrated on ``val``, where the threshold is also chosen (the one that
-flags at most ``target_fpr`` of the real images); ``test`` is only reported, never tuned on.
+flags at most ``target_fpr`` of the real images); ``test`` is only reported, never tuned on. Because the
+probabilities are calibrated, "uncertain" is a range of them: a verdict is confident only where the
+calibrated P(AI) is below ``1 - confidence`` or at least ``confidence`` (the threshold always inside).
 
 The missing-feature path is trained, not improvised: every feature gets a missing indicator, and the
 training rows are repeated with whole detectors randomly dropped (``--dropout``), so a detector that is
@@ -95,6 +97,11 @@ def fit_model(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, A
     raise ValueError(f"unknown model {kind!r}; use one of {MODEL_TYPES}")
 
 
+def uncertain_range(threshold: float, confidence: float) -> list[float]:
+    """[low, high) of calibrated P(AI) reported as uncertain, always holding the threshold."""
+    return [min(1.0 - confidence, threshold), max(confidence, threshold)]
+
+
 def training_data_hash(table: pa.Table) -> str:
     """sha256 over the sorted (key, label, split) of every row used."""
     triples = sorted(zip(*(table.column(c).to_pylist() for c in ("key", "label", "split"))))
@@ -109,7 +116,7 @@ def train_fusion(
     kind: str = "logistic",
     calibration: str = "auto",
     target_fpr: float = 0.05,
-    band: float = 0.1,
+    confidence: float = 0.8,
     dropout: float = 0.15,
     dropout_copies: int = 3,
     seed: int = 0,
@@ -159,7 +166,7 @@ def train_fusion(
         **fitted,
         "calibration": {"method": "none"},
         "threshold": 0.5,
-        "uncertain_band": band,
+        "uncertain_range": uncertain_range(0.5, confidence),
         "target_fpr": target_fpr,
         "training": {
             "data_sha256": training_data_hash(table),
@@ -185,10 +192,11 @@ def train_fusion(
     artifact["calibration"] = fit_calibration(raw_val, y_val, method)
     p_val = apply_calibration(artifact["calibration"], raw_val)
     artifact["threshold"] = threshold_for_fpr(p_val[y_val == 0], target_fpr)
+    artifact["uncertain_range"] = uncertain_range(artifact["threshold"], confidence)
     model = TrainedFusion(artifact, out.parent)
 
     artifact["metrics"] = {
-        split: _split_metrics(model, t, features, artifact["threshold"], target_fpr, band)
+        split: _split_metrics(model, t, features, artifact["threshold"], target_fpr)
         for split, t in splits.items()
         if t.num_rows
     }
@@ -211,11 +219,14 @@ def _detector_versions(table: pa.Table, detectors: list[str]) -> dict[str, list[
     return {d: sorted(v) for d, v in versions.items()}
 
 
-def _split_metrics(model: TrainedFusion, table: pa.Table, features: list[str], threshold: float, fpr: float, band: float) -> dict[str, Any]:
+def _split_metrics(model: TrainedFusion, table: pa.Table, features: list[str], threshold: float, fpr: float) -> dict[str, Any]:
     y = _labels(table)
     p = model.predict_proba_rows(feature_rows(table, features))
     overall = binary_metrics(y, p, threshold, fpr)
-    overall["uncertain_rate"] = float((np.abs(p - threshold) < band).mean())
+    low, high = model.uncertain_range
+    confident = (p < low) | (p >= high)
+    overall["uncertain_rate"] = float(1 - confident.mean())
+    overall["confident_accuracy"] = float(((p >= threshold) == (y == 1))[confident].mean()) if confident.any() else None
     per_source = {}
     for source in sorted(set(table.column("source").to_pylist())):
         mask = np.array([s == source for s in table.column("source").to_pylist()])
@@ -230,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=MODEL_TYPES, default="logistic")
     parser.add_argument("--calibration", choices=("auto", "isotonic", "platt"), default="auto")
     parser.add_argument("--target-fpr", type=float, default=0.05)
-    parser.add_argument("--band", type=float, default=0.1, help="uncertain when |p - threshold| < band")
+    parser.add_argument("--confidence", type=float, default=0.8, help="confident only below 1-c or at/above c")
     parser.add_argument("--dropout", type=float, default=0.15, help="per-detector drop rate in training copies")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="names the detectors whose features are used")
     parser.add_argument("--seed", type=int, default=0)
@@ -239,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     detectors = load_profile(args.config).args.detector_names()
     command = "imgverify train fusion " + " ".join(sys.argv[3:] if argv is None else argv)
     artifact = train_fusion(
-        table, detectors, args.out, args.model, args.calibration, args.target_fpr, args.band, args.dropout,
+        table, detectors, args.out, args.model, args.calibration, args.target_fpr, args.confidence, args.dropout,
         seed=args.seed, command=command,
     )
     for split, metrics in artifact["metrics"].items():
