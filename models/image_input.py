@@ -165,7 +165,7 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> np.ndarray:
     """Convert any Pillow mode to (H, W, 3) uint8 RGB, the same way every time."""
     mode = image.mode
     if mode == "RGB":
-        return np.asarray(image, dtype=np.uint8).copy()
+        return np.array(image, dtype=np.uint8)  # one copy, writable
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode

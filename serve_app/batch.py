@@ -141,7 +141,7 @@ def build_dataset(paths: list[str], filesystem, profile: Profile, done: frozense
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from deployments.data import DetectorStage, FusionStage, decode_stage
+    from deployments.data import IMAGE_COLUMNS, DetectorStage, FusionStage, decode_stage
 
     # Small read blocks (a few files each, at most 2000 blocks) keep rows streaming to OUT as they finish,
     # instead of arriving all at once at the end of a big block.
@@ -165,10 +165,12 @@ def build_dataset(paths: list[str], filesystem, profile: Profile, done: frozense
             batch_format="numpy",
             num_cpus=detector.num_cpus,
             num_gpus=detector.num_gpus,
-            # Ray Data grows each pool while it has work and CPUs: up to one actor per cluster CPU.
-            compute=ActorPoolStrategy(min_size=1, max_size=max_actors),
+            # A fixed pool, one actor per cluster CPU, all started before images flow: an actor started
+            # mid-run (autoscaling) spends seconds loading torch and weights while the others wait.
+            compute=ActorPoolStrategy(size=max_actors),
         )
     fusion = profile.args.fusion
+    ds = ds.drop_columns(list(IMAGE_COLUMNS))  # the pixels' last stop was the last detector
     return ds.map_batches(
         FusionStage,
         fn_constructor_kwargs={

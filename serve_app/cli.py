@@ -51,9 +51,13 @@ def score(argv: list[str]) -> int:
                 print(json.dumps({"path": str(path), "error": "unreadable_file", "detail": str(err)}))
                 failures += 1
                 continue
-            response = client.post(
-                "/v1/detect", params={"artifacts": str(args.artifacts).lower()}, files={"file": (path.name, data)}
-            )
+            try:
+                response = client.post(
+                    "/v1/detect", params={"artifacts": str(args.artifacts).lower()}, files={"file": (path.name, data)}
+                )
+            except httpx.TransportError as err:  # no service there: say so, once, and stop
+                print(json.dumps({"path": str(path), "error": "service_unreachable", "detail": f"{args.url}: {err}"}))
+                return 2
             try:
                 body = response.json()
             except ValueError:
