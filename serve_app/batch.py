@@ -135,8 +135,38 @@ class Summary:
         )
 
 
-def build_dataset(paths: list[str], filesystem, profile: Profile, done: frozenset, stage_cpus: float = 0.1):
-    """The Ray Data pipeline: read -> decode once -> one actor pool per detector -> fusion."""
+def actors_per_detector(profile: Profile, stage_cpus: float, free: dict[str, float]) -> int:
+    """How many full sets of detector actors fit in the resources that are free right now.
+
+    The pools are fixed and all their actors must start before images flow (see ``build_dataset``);
+    a pool larger than what is free waits for resources forever and the job hangs without a word
+    (for example beside a running Serve application on the same cluster). So: size them from what
+    is free, and refuse clearly when not even one actor per detector fits.
+    """
+    need_cpu = sum(d.num_cpus for d in profile.detectors.values())
+    need_gpu = sum(d.num_gpus for d in profile.detectors.values())
+    spare_cpu = free.get("CPU", 0.0) - 3 * stage_cpus  # read, decode and fusion run beside the pools
+    fits = [spare_cpu / need_cpu if need_cpu else float("inf")]
+    if need_gpu:
+        fits.append(free.get("GPU", 0.0) / need_gpu)
+    sets = int(min(fits) + 1e-9)
+    if sets < 1:
+        raise RuntimeError(
+            f"the detectors need {need_cpu:g} CPU and {need_gpu:g} GPU (plus {3 * stage_cpus:g} CPU for reading, "
+            f"decoding and fusion), but only {free.get('CPU', 0.0):g} CPU and {free.get('GPU', 0.0):g} GPU are free "
+            "on this Ray cluster; free some, lower num_cpus/num_gpus in the config, or pass --actors-per-detector "
+            "on an autoscaling cluster"
+        )
+    return sets
+
+
+def build_dataset(
+    paths: list[str], filesystem, profile: Profile, done: frozenset, actors: int | None = None, stage_cpus: float = 0.1
+):
+    """The Ray Data pipeline: read -> decode once -> one actor pool per detector -> fusion.
+
+    ``actors`` per detector pool; by default as many as the free resources hold, at most one per CPU.
+    """
     import ray
     import ray.data
     from ray.data import ActorPoolStrategy
@@ -146,7 +176,9 @@ def build_dataset(paths: list[str], filesystem, profile: Profile, done: frozense
     # Small read blocks (a few files each, at most 2000 blocks) keep rows streaming to OUT as they finish,
     # instead of arriving all at once at the end of a big block.
     blocks = max(1, min(2000, -(-len(paths) // FILES_PER_BLOCK)))
-    max_actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if actors is None:
+        per_cpu = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actors = min(per_cpu, actors_per_detector(profile, stage_cpus, ray.available_resources()))
     ds = ray.data.read_binary_files(
         paths, include_paths=True, filesystem=filesystem, num_cpus=stage_cpus, override_num_blocks=blocks
     )
@@ -165,9 +197,9 @@ def build_dataset(paths: list[str], filesystem, profile: Profile, done: frozense
             batch_format="numpy",
             num_cpus=detector.num_cpus,
             num_gpus=detector.num_gpus,
-            # A fixed pool, one actor per cluster CPU, all started before images flow: an actor started
-            # mid-run (autoscaling) spends seconds loading torch and weights while the others wait.
-            compute=ActorPoolStrategy(size=max_actors),
+            # A fixed pool, all started before images flow: an actor started mid-run (autoscaling)
+            # spends seconds loading torch and weights while the others wait.
+            compute=ActorPoolStrategy(size=actors),
         )
     fusion = profile.args.fusion
     ds = ds.drop_columns(list(IMAGE_COLUMNS))  # the pixels' last stop was the last detector
@@ -185,7 +217,14 @@ def build_dataset(paths: list[str], filesystem, profile: Profile, done: frozense
     )
 
 
-def run_batch(source: str, out: str, config: str | Path = DEFAULT_CONFIG, rows_per_file: int = 1000, progress: bool = True) -> Summary:
+def run_batch(
+    source: str,
+    out: str,
+    config: str | Path = DEFAULT_CONFIG,
+    rows_per_file: int = 1000,
+    progress: bool = True,
+    actors: int | None = None,
+) -> Summary:
     """Score every file of ``source`` into ``out``; files already in ``out`` are skipped."""
     import ray
     from ray.data import DataContext
@@ -205,7 +244,7 @@ def run_batch(source: str, out: str, config: str | Path = DEFAULT_CONFIG, rows_p
     already = len({p for p, _ in done} & set(paths))  # approximate: a changed file is scored again
     with tqdm(total=len(paths) - already, unit="img", disable=not progress, desc="imgverify batch") as bar:
         if paths:
-            for batch in build_dataset(paths, filesystem, profile, done).iter_batches(batch_size=None, batch_format="pyarrow"):
+            for batch in build_dataset(paths, filesystem, profile, done, actors).iter_batches(batch_size=None, batch_format="pyarrow"):
                 writer.add(batch)
                 errors = batch.num_rows - batch.column("error").null_count
                 failed += errors
@@ -222,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config file naming the detectors")
     parser.add_argument("--rows-per-file", type=int, default=1000)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--actors-per-detector", type=int, default=None,
+        help="actors in each detector's pool (default: as many as the free CPUs/GPUs hold, at most one per CPU)",
+    )
     args = parser.parse_args(argv)
-    summary = run_batch(args.input, args.out, args.config, args.rows_per_file, progress=not args.no_progress)
+    summary = run_batch(
+        args.input, args.out, args.config, args.rows_per_file, progress=not args.no_progress, actors=args.actors_per_detector
+    )
     print(summary)
     return 0

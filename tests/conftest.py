@@ -17,6 +17,8 @@ from serve_app.local import config_applications, deploy_apps, start_serve
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# A Ray Data job that stops moving fails the test in minutes, not after the default half hour.
+os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "300")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("IMGVERIFY_DATA", REPO.parent / "shared" / "data")).resolve()

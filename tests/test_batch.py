@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from conftest import REPO, image_bytes
-from serve_app.batch import run_batch
+from serve_app.batch import actors_per_detector, run_batch
+from serve_app.config import load_profile
 
 DEBUG_CONFIG = {
     "applications": [
@@ -135,3 +136,14 @@ def test_batch_rows_equal_the_service_answers(serve_url, shared_data, tmp_path):
                 if feature in row and isinstance(value, float):
                     assert row[feature] == pytest.approx(value, abs=1e-6), feature
             assert json.loads(row["missing"]) == answer["missing"] == []
+
+
+def test_detector_pools_fit_in_the_free_resources_or_are_refused_clearly():
+    """Fixed pools larger than what is free hang Ray Data silently (beside a running Serve app)."""
+    profile = load_profile(REPO / "serve_config.local.yaml")
+    need = sum(d.num_cpus for d in profile.detectors.values())
+    stages = 3 * 0.1
+    assert actors_per_detector(profile, 0.1, {"CPU": 2 * need + stages}) == 2
+    assert actors_per_detector(profile, 0.1, {"CPU": 2 * need + stages - 0.05}) == 1
+    with pytest.raises(RuntimeError, match="only 0.5 CPU"):
+        actors_per_detector(profile, 0.1, {"CPU": 0.5})
