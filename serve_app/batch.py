@@ -72,7 +72,11 @@ def already_scored(out: str) -> frozenset[tuple[str, str]]:
     infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
     done = set()
     for info in infos:
-        if info.type == pafs.FileType.File and info.base_name.startswith("part-") and info.base_name.endswith(".parquet"):
+        if (
+            info.type == pafs.FileType.File
+            and info.base_name.startswith("part-")
+            and info.base_name.endswith(".parquet")
+        ):
             table = pq.read_table(info.path, columns=["path", "sha256"], filesystem=filesystem)
             done.update(zip(table.column("path").to_pylist(), table.column("sha256").to_pylist()))
     return frozenset(done)
@@ -208,7 +212,11 @@ def build_dataset(
         fn_constructor_kwargs={
             "detectors": profile.args.detector_names(),
             "fusion_model": fusion.model,
-            "policy": {"threshold": fusion.threshold, "uncertain_range": fusion.uncertain_range, "hard_evidence": fusion.hard_evidence},
+            "policy": {
+                "threshold": fusion.threshold,
+                "uncertain_range": fusion.uncertain_range,
+                "hard_evidence": fusion.hard_evidence,
+            },
         },
         batch_size=None,  # whatever the detectors pass on: batching here would hold rows back from OUT
         batch_format="numpy",
@@ -244,14 +252,18 @@ def run_batch(
     already = len({p for p, _ in done} & set(paths))  # approximate: a changed file is scored again
     with tqdm(total=len(paths) - already, unit="img", disable=not progress, desc="imgverify batch") as bar:
         if paths:
-            for batch in build_dataset(paths, filesystem, profile, done, actors).iter_batches(batch_size=None, batch_format="pyarrow"):
+            for batch in build_dataset(paths, filesystem, profile, done, actors).iter_batches(
+                batch_size=None, batch_format="pyarrow"
+            ):
                 writer.add(batch)
                 errors = batch.num_rows - batch.column("error").null_count
                 failed += errors
                 scored += batch.num_rows - errors
                 bar.update(batch.num_rows)
     writer.flush()
-    return Summary(len(paths), len(paths) - scored - failed, scored, failed, time.perf_counter() - started, writer.parts)
+    return Summary(
+        len(paths), len(paths) - scored - failed, scored, failed, time.perf_counter() - started, writer.parts
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,12 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-per-file", type=int, default=1000)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
-        "--actors-per-detector", type=int, default=None,
+        "--actors-per-detector",
+        type=int,
+        default=None,
         help="actors in each detector's pool (default: as many as the free CPUs/GPUs hold, at most one per CPU)",
     )
     args = parser.parse_args(argv)
     summary = run_batch(
-        args.input, args.out, args.config, args.rows_per_file, progress=not args.no_progress, actors=args.actors_per_detector
+        args.input,
+        args.out,
+        args.config,
+        args.rows_per_file,
+        progress=not args.no_progress,
+        actors=args.actors_per_detector,
     )
     print(summary)
     return 0
