@@ -92,7 +92,8 @@ def test_a_run_killed_midway_resumes_with_every_file_exactly_once(ray_session, s
     out = tmp_path / "out"
     env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "serve_app.cli", "batch", str(bucket), "--out", str(out),
-               "--config", str(debug_config(tmp_path)), "--rows-per-file", "1", "--no-progress"]
+               "--config", str(debug_config(tmp_path)), "--rows-per-file", "1", "--files-per-block", "2",
+               "--no-progress"]
     job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -142,7 +143,7 @@ def test_detector_pools_fit_in_the_free_resources_or_are_refused_clearly():
     """Fixed pools larger than what is free hang Ray Data silently (beside a running Serve app)."""
     profile = load_profile(REPO / "serve_config.local.yaml")
     need = sum(d.num_cpus for d in profile.detectors.values())
-    stages = 3 * 0.1
+    stages = 4 * 0.1
     assert actors_per_detector(profile, 0.1, {"CPU": 2 * need + stages}) == 2
     assert actors_per_detector(profile, 0.1, {"CPU": 2 * need + stages - 0.05}) == 1
     with pytest.raises(RuntimeError, match="only 0.5 CPU"):
