@@ -78,8 +78,9 @@ def test_every_file_gets_exactly_one_row_errors_included(ray_session, bucket, tm
         assert row["fusion_prob"] == pytest.approx((row["debug_prob"] + row["debug_sleep_prob"]) / 2, abs=1e-5)
         assert json.loads(row["missing"]) == [] and json.loads(row["detectors"])["debug_mean"]["status"] == "ok"
     assert len(list(out.glob("part-*.parquet"))) == 2  # 6 rows at 4 per file
-    # A second run over the same OUT finds everything done and writes nothing.
-    again = run_batch(str(bucket), str(out), debug_config(tmp_path), rows_per_file=4, progress=False)
+    # A second run over the same OUT finds everything done and writes nothing; given as URIs, both go
+    # through the pyarrow filesystem path that s3:// takes, and name the same files.
+    again = run_batch(bucket.as_uri(), out.as_uri(), debug_config(tmp_path), rows_per_file=4, progress=False)
     assert (again.scored, again.failed, again.skipped, again.parts) == (0, 0, 6, 0)
     assert len(read_rows(out)) == 6
 
