@@ -159,9 +159,9 @@ def actors_per_detector(profile: Profile, stage_cpus: float, free: dict[str, flo
     if sets < 1:
         raise RuntimeError(
             f"the detectors need {need_cpu:g} CPU and {need_gpu:g} GPU (plus {stages_cpu:g} CPU for reading, "
-            f"decoding and fusion), but only {free.get('CPU', 0.0):g} CPU and {free.get('GPU', 0.0):g} GPU are free "
-            "on this Ray cluster; free some, lower num_cpus/num_gpus in the config, or pass --actors-per-detector "
-            "on an autoscaling cluster"
+            f"decoding, dropping the pixels and fusion), but only {free.get('CPU', 0.0):g} CPU and "
+            f"{free.get('GPU', 0.0):g} GPU are free on this Ray cluster; free some, lower num_cpus/num_gpus in "
+            "the config, or pass --actors-per-detector on an autoscaling cluster"
         )
     return sets
 
@@ -185,9 +185,9 @@ def build_dataset(
 
     from deployments.data import IMAGE_COLUMNS, DetectorStage, FusionStage, decode_stage
 
-    # Blocks of a few files (default 16, at most 2000 blocks): small enough that rows stream to OUT as they finish, large
-    # enough to pay the per-task scheduling of the read / decode stages rarely. Measured on 2 CPUs
-    # (bench/batch_throughput.py): 4 files per block 8.2 images/s, 8 -> 10.7, 16 -> 22.6.
+    # Blocks of a few files (default 16, at most 2000 blocks): small enough that rows stream to OUT as
+    # they finish, large enough to pay the per-task scheduling of the read / decode stages rarely.
+    # Measured on 2 CPUs (bench/batch_throughput.py): 4 files per block 8.2 images/s, 8 -> 10.7, 16 -> 22.6.
     blocks = max(1, min(2000, -(-len(paths) // files_per_block)))
     if actors is None:
         per_cpu = max(1, int(ray.cluster_resources().get("CPU", 1)))
