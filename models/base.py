@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from models.image_input import DecodedImage
+from models.weights import WeightSource
 
 Direction = Literal["ai_high", "real_high", "neutral"]
 
@@ -81,17 +82,29 @@ class Detector(ABC):
     has_artifacts: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):
-        unknown = set(config or {}) - set(self.default_config)
-        if unknown:
-            raise ValueError(
-                f"detector {self.name!r} got unknown config keys {sorted(unknown)}; "
-                f"it accepts {sorted(self.default_config)}"
-            )
-        self.config: dict[str, Any] = {**self.default_config, **(config or {})}
+        self.config: dict[str, Any] = self.merged_config(config)
         self.device = device
         self.load()
 
+    @classmethod
+    def merged_config(cls, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``config`` over ``default_config``, as the detector would run with it; unknown keys are refused
+        (a misspelt key would otherwise be ignored without a word)."""
+        unknown = set(config or {}) - set(cls.default_config)
+        if unknown:
+            raise ValueError(
+                f"detector {cls.name!r} got unknown config keys {sorted(unknown)}; "
+                f"it accepts {sorted(cls.default_config)}"
+            )
+        return {**cls.default_config, **(config or {})}
+
     # ---- what subclasses write -------------------------------------------------------------------
+    @classmethod
+    def weight_sources(cls, config: dict[str, Any] | None = None) -> list[WeightSource]:
+        """The weight files this detector would load with ``config`` (merged over ``default_config``);
+        ``imgverify weights fetch`` fetches them ahead of time. Weight-free detectors return []."""
+        return []
+
     def load(self) -> None:
         """Load weights / build the model from ``self.config``. Called at init and on reconfigure."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 from models.base import Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import file_sha256, hf_weights_id, load_state_dict, resolve_weights
+from models.weights import WeightSource, file_sha256, hf_weights_id, load_state_dict, resolve_weights
 
 CODE_VERSION = "clip-1"
 
@@ -276,6 +277,26 @@ class ClipDetector(Detector):
         "clip_cues": "clip-cues probe",
         "rine": "RINE intermediate-layer head",
     }
+
+    @classmethod
+    def weight_sources(cls, config: dict[str, Any] | None = None) -> list[WeightSource]:
+        """The probe head, the HF backbone repo of ``clip_cues`` (``hf://OWNER/NAME``), and an open_clip checkpoint
+        given as a path. open_clip tags (``openai``, ``laion2b_...``) are fetched by open_clip itself, not here; HF
+        repos are listed only without ``cache_dir`` (the fetch fills the default Hugging Face cache)."""
+        config = cls.merged_config(config)
+        sources = []
+        if config["head"] == "clip_cues":
+            model_id = str(config["model_name"])
+            if model_id.count("/") == 1 and not Path(model_id).is_dir() and not config["cache_dir"]:
+                sources.append(WeightSource(f"hf://{model_id}", description=f"{cls.name} CLIP backbone (HF repo)"))
+        else:
+            pretrained = str(config.get("pretrained") or "")
+            if Path(pretrained).expanduser().is_file() or "/" in pretrained:  # a checkpoint path, not a tag
+                sources.append(WeightSource(pretrained, description=f"{cls.name} open_clip checkpoint"))
+        if config["head"] != "prompts" and config.get("head_weights"):
+            location, sha256 = str(config["head_weights"]), config.get("head_sha256")
+            sources.append(WeightSource(location, sha256, description=f"{cls.name} {config['head']} head"))
+        return sources
 
     def load(self) -> None:
         head = self.config["head"]

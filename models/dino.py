@@ -32,7 +32,7 @@ from models.base import Detector, DetectorResult, FeatureSpec
 from models.weights import hf_weights_id
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import resolve_weights
+from models.weights import WeightSource, resolve_weights
 
 CODE_VERSION = "dino-1"
 HEAD_FORMAT = "imgverify-dino-svm-1"
@@ -190,6 +190,22 @@ class DinoDetector(Detector):
         "return_embedding": False,  # put the embedding in details["embedding"] (training, caching)
         "processor_backend": "pil",  # transformers image-processor backend; "pil" is the published numerics
     }
+
+    @classmethod
+    def weight_sources(cls, config: dict[str, Any] | None = None) -> list[WeightSource]:
+        """The SVM head, and the DINOv2 repo when ``model_id`` is a hub id (``hf://OWNER/NAME``, whole repo).
+
+        The repo is listed only without ``cache_dir``: the fetch fills the default Hugging Face cache, which a
+        detector configured with another ``cache_dir`` would not read.
+        """
+        config = cls.merged_config(config)
+        sources = []
+        model_id = str(config["model_id"] or "")
+        if model_id.count("/") == 1 and not Path(model_id).is_dir() and not config["cache_dir"]:
+            sources.append(WeightSource(f"hf://{model_id}", description="DINOv2 backbone (Hugging Face repo)"))
+        if config["head"]:
+            sources.append(WeightSource(str(config["head"]), config["head_sha256"], description="DINOv2 SVM head"))
+        return sources
 
     def load(self) -> None:
         from transformers import AutoImageProcessor, AutoModel

@@ -49,7 +49,7 @@ from torch import nn
 from models.base import Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import WeightsUnavailable, file_sha256, resolve_weights
+from models.weights import WeightSource, WeightsUnavailable, file_sha256, resolve_weights
 
 CODE_VERSION = "1"
 
@@ -619,6 +619,14 @@ class FatFormerDetector(Detector):
     }
     # Every image is squashed to 256x256; below 64 px that is mostly interpolation, not the image.
     min_side = 64
+
+    @classmethod
+    def weight_sources(cls, config: dict[str, Any] | None = None) -> list[WeightSource]:
+        """The configured checkpoint; none when ``weights`` is unset (there is no public default to fetch)."""
+        config = cls.merged_config(config)
+        if config["random_init"] or not config["weights"]:
+            return []
+        return [WeightSource(str(config["weights"]), config["sha256"], description="FatFormer checkpoint")]
 
     def load(self) -> None:
         arch = resolve_architecture(self.config["architecture"])

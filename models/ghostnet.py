@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from models.base import Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import file_sha256, load_state_dict, resolve_weights
+from models.weights import WeightSource, file_sha256, load_state_dict, resolve_weights
 
 CODE_VERSION = "1"
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "ghostnet_noise.safetensors"
@@ -265,6 +265,14 @@ class GhostNetNoiseDetector(Detector):
     }
     min_side = 96  # replaced by the configured patch size in ``load``
     has_artifacts = False
+
+    @classmethod
+    def weight_sources(cls, config: dict[str, Any] | None = None) -> list[WeightSource]:
+        """The configured weights file (by default the packaged one, a local path); none with ``random_init``."""
+        config = cls.merged_config(config)
+        if config["random_init"] or not config["weights"]:
+            return []
+        return [WeightSource(str(config["weights"]), config["weights_sha256"], description="GhostNet noise weights")]
 
     def load(self) -> None:
         config = self.config

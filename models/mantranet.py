@@ -56,7 +56,7 @@ from torch import nn
 from models.base import Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import file_sha256, load_state_dict, resolve_weights
+from models.weights import WeightSource, file_sha256, load_state_dict, resolve_weights
 
 CODE_VERSION = "1"
 # The port's published checkpoint (state dict of its MantraNet(), ConvLSTM variant).
@@ -346,6 +346,14 @@ class ManTraNetDetector(Detector):
     # Below the largest local window the local Z-scores collapse onto the global one.
     min_side = 32
     has_artifacts = True
+
+    @classmethod
+    def weight_sources(cls, config: dict[str, Any] | None = None) -> list[WeightSource]:
+        """The configured state dict (by default the published port's); none with ``random_init``."""
+        config = cls.merged_config(config)
+        if config["random_init"] or not config["weights"]:
+            return []
+        return [WeightSource(str(config["weights"]), config["weights_sha256"], description="ManTra-Net state dict")]
 
     def load(self) -> None:
         config = self.config

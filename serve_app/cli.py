@@ -6,6 +6,7 @@
     imgverify features extract MANIFEST --out DIR [--config ...]
     imgverify train fusion|dino-svm|ghostnet ...
     imgverify evaluate ...
+    imgverify weights fetch [--config serve_config.local.yaml] [--dir DIR]  fetch and verify the config's weights
 
 Each training step is also ``python -m training.<step>``; this file only dispatches.
 """
@@ -28,6 +29,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("train", "dino-svm"): "training.train_dino_svm:main",
     ("train", "ghostnet"): "training.train_ghostnet:main",
     ("evaluate",): "training.evaluate:main",
+    ("weights", "fetch"): "serve_app.weights_cli:main",
 }
 
 
