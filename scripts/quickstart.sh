@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install imgverify into .venv, start the local offline profile (serve_config.local.yaml) in the
+# Install imgverify into .venv, fetch its weights, start the local offline profile (serve_config.local.yaml) in the
 # background, wait until every detector is ready, and score one image.
 #   scripts/quickstart.sh [IMAGE]        stop the service with: kill -TERM "$(cat .serve.pid)"
 set -euo pipefail
@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
+# The local profile's weights, fetched and checked against their pins now (the only online step after pip):
+# the service below runs with HF_HUB_OFFLINE=1 and finds them in the cache. A second run fetches nothing.
+.venv/bin/imgverify weights fetch --config serve_config.local.yaml
 
 # Local Ray without token auth (the serve CLI would lack the token), and never a model hub.
 export RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1
