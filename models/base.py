@@ -25,6 +25,8 @@ from models.image_input import DecodedImage
 from models.weights import WeightSource
 
 Direction = Literal["ai_high", "real_high", "neutral"]
+# Evidence sentences that start with this are context (facts any photo can have), listed after real reasons.
+CONTEXT_PREFIX = "Context: "
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class FeatureSpec:
     direction: Direction  # "ai_high": larger values point to AI; "real_high": to a camera; "neutral": context
     description: str
     probability: bool = False  # a calibrated P(AI) in [0, 1]; the rule-based fusion averages these
+    # False for container facts that any real photo can have after an upload (its size, JPEG tables, no EXIF):
+    # reported and explained as context, never an input of the fusion model, so none of them can tip a verdict.
+    fusion_input: bool = True
 
     def check(self, value: float) -> float:
         """Return ``value`` as float, or raise if it is not finite or outside the declared range."""

@@ -70,7 +70,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from models.base import Detector, DetectorResult, FeatureSpec
+from models.base import CONTEXT_PREFIX, Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.registry import register_detector
 
@@ -608,24 +608,29 @@ class ForensicsDetector(Detector):
             "compression_level", 0.0, 1.0, "neutral",
             "Lossy compression strength from the container: 0 = lossless file or JPEG q100, 1 = JPEG q<=10 "
             "(linear in the estimated quality); lossy WebP from its VP8 quantiser (approximate).",
+            fusion_input=False,
         ),
         FeatureSpec(
             "jpeg_quality", 1.0, 100.0, "neutral",
             "IJG quality whose scaled Annex K tables fit the JPEG's quantisation tables best (least squares).",
+            fusion_input=False,
         ),
         FeatureSpec(
             "jpeg_table_nonstandard", 0.0, 1.0, "real_high",
             "Fraction of quantisation-table entries differing from the IJG table at jpeg_quality: 0 = libjpeg "
             "defaults (most software); >0 = custom tables (cameras, some editors).",
+            fusion_input=False,
         ),
         FeatureSpec(
             "jpeg_chroma_subsampling", 1.0, 16.0, "neutral",
             "Luma samples per chroma sample: 1 = 4:4:4, 2 = 4:2:2, 4 = 4:2:0.",
+            fusion_input=False,
         ),
         FeatureSpec(
             "jpeg_double_compression", 0.0, 20.0, "neutral",
             "Double-quantisation periodicity of low-frequency DCT histograms (centre crop): ~0.1-0.5 saved once, "
             ">1 saved first at a lower quality and then re-saved at a higher one.",
+            fusion_input=False,
         ),
         FeatureSpec(
             "ela_mean", 0.0, 255.0, "neutral",
@@ -656,11 +661,13 @@ class ForensicsDetector(Detector):
         FeatureSpec(
             "geometry_pow2_alignment", 0.0, 7.0, "ai_high",
             "Largest k<=7 with both sides multiples of 2**k (>=6: multiples of 64, as generators emit).",
+            fusion_input=False,
         ),
         FeatureSpec(
             "geometry_generator_size", 0.0, 1.0, "ai_high",
             "1 when width x height is a standard generator output size (square 512/1024/..., SDXL, DALL-E, "
             "Midjourney, Gemini buckets).",
+            fusion_input=False,
         ),
     )
     default_config: dict[str, Any] = {
@@ -765,10 +772,18 @@ class ForensicsDetector(Detector):
         generator_size = (item.width, item.height) in GENERATOR_SIZES
         report.features["geometry_pow2_alignment"] = float(alignment)
         report.features["geometry_generator_size"] = float(generator_size)
+        # Context, never a reason on its own: any photo can be cropped and resized to these sizes by a CMS or an
+        # app, so these features are not fusion inputs (FeatureSpec.fusion_input) and the sentence says so.
         if generator_size:
-            report.evidence.append(f"{item.width}x{item.height} is a standard output size of image generators.")
+            report.evidence.append(
+                f"{CONTEXT_PREFIX}{item.width}x{item.height} is a common generator size, which is weak evidence "
+                "(photos are often resized to it); not used by the verdict."
+            )
         elif alignment >= 6:
-            report.evidence.append(f"Both sides of {item.width}x{item.height} are multiples of 64, as generators emit.")
+            report.evidence.append(
+                f"{CONTEXT_PREFIX}both sides of {item.width}x{item.height} are multiples of 64, as generators emit; "
+                "weak evidence, not used by the verdict."
+            )
 
     def _pixel_features(self, item: ForensicsInput, report: _Report) -> None:
         """Entropy on the whole image; everything else on the grid-aligned centre crop."""

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from models.base import DetectorResult, FeatureSpec
+from models.base import CONTEXT_PREFIX, DetectorResult, FeatureSpec
 
 Status = Literal["ok", "failed", "timeout", "skipped"]
 ARTIFACT_FORMAT = "imgverify-fusion/1"
@@ -141,6 +141,10 @@ class TrainedFusion:
         self.impute = np.asarray(artifact["impute"], dtype=np.float64)
         self.mean = np.asarray(artifact["scaler"]["mean"], dtype=np.float64)
         self.scale = np.asarray(artifact["scaler"]["scale"], dtype=np.float64)
+        # The training range of each feature: values outside it are clipped, so a value the model never saw
+        # (a feature that was nearly constant in training) cannot be extrapolated into a confident verdict.
+        self.low = np.asarray(artifact["scaler"].get("low", [-np.inf] * len(self.features)), dtype=np.float64)
+        self.high = np.asarray(artifact["scaler"].get("high", [np.inf] * len(self.features)), dtype=np.float64)
         self.model_type: str = artifact["model_type"]
         if self.model_type == "xgboost":
             import xgboost
@@ -150,7 +154,7 @@ class TrainedFusion:
 
     # The same transform is used by training (training/train_fusion.py imports it): one definition.
     def design_matrix(self, rows: list[dict[str, float]]) -> np.ndarray:
-        return design_matrix(rows, self.features, self.impute, self.mean, self.scale)
+        return design_matrix(rows, self.features, self.impute, self.mean, self.scale, (self.low, self.high))
 
     def raw_scores(self, x: np.ndarray) -> np.ndarray:
         """Uncalibrated P(AI) for each design row."""
@@ -192,14 +196,22 @@ class TrainedFusion:
 
 
 def design_matrix(
-    rows: list[dict[str, float]], features: list[str], impute: np.ndarray, mean: np.ndarray, scale: np.ndarray
+    rows: list[dict[str, float]],
+    features: list[str],
+    impute: np.ndarray,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    value_range: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """[standardised values, missing indicators]: a missing value is imputed AND flagged, so the model
-    sees that it is missing rather than a made-up observation."""
+    sees that it is missing rather than a made-up observation. Values are clipped to ``value_range``
+    (the training range) first."""
     values = np.array([[row.get(name, np.nan) for name in features] for row in rows], dtype=np.float64)
     values = values.reshape(len(rows), len(features))
     missing = np.isnan(values)
     values = np.where(missing, impute[None, :], values)
+    if value_range is not None:
+        values = np.clip(values, value_range[0][None, :], value_range[1][None, :])
     return np.hstack([(values - mean) / scale, missing.astype(np.float64)])
 
 
@@ -241,6 +253,8 @@ def load_fusion(location: str | None, schema: dict[str, FeatureSpec]) -> FusionM
         saved = artifact.get("feature_specs", {}).get(name, {})
         if spec is None:
             problems.append(f"{name} (no enabled detector produces it)")
+        elif not spec.fusion_input:
+            problems.append(f"{name} (a container fact, context only: it must never decide a verdict)")
         elif saved and (saved.get("low"), saved.get("high"), saved.get("direction")) != (spec.low, spec.high, spec.direction):
             problems.append(f"{name} (trained with {saved}, declared now as [{spec.low}, {spec.high}] {spec.direction})")
     if problems:
@@ -322,9 +336,9 @@ def _reasoning(
         towards = "AI" if push > 0 else "a camera"
         meaning = spec.description.split(". ")[0].rstrip(".")
         reasons.append(f"{name} = {features[name]:.3g} points towards {towards} ({meaning}).")
-    for outcome in outcomes:
-        if outcome.status == "ok" and outcome.result:
-            reasons.extend(s for s in outcome.result.evidence if s not in hard)
+    evidence = [s for o in outcomes if o.status == "ok" and o.result for s in o.result.evidence if s not in hard]
+    # Context sentences (container facts such as a generator-typical size) come last: weak, never a first reason.
+    reasons.extend(sorted(evidence, key=lambda sentence: sentence.startswith(CONTEXT_PREFIX)))
     reasons = reasons[: policy.max_reasons]
     if fusion_prob is not None and uncertain_range[0] <= fusion_prob < uncertain_range[1] and not (hard and policy.hard_evidence):
         reasons.append(

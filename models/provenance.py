@@ -24,7 +24,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from models.base import Detector, DetectorResult, FeatureSpec
+from models.base import CONTEXT_PREFIX, Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.provenance_c2pa import c2pa_settings, read_c2pa
 from models.provenance_container import read_container
@@ -58,15 +58,19 @@ class ProvenanceDetector(Detector):
         FeatureSpec("exif_score", 0.0, 1.0, "real_high",
                     "How camera-like the EXIF is: weighted share of make+model (0.30), exposure time / f-number / "
                     "ISO / focal length (0.30), a valid consistent capture date (0.15), a maker note (0.10), "
-                    "flash/metering/program/white balance (0.05), a thumbnail (0.05), lens (0.05). 0 = no EXIF."),
-        FeatureSpec("has_exif", 0.0, 1.0, "real_high", "1 when the file carries an EXIF block (even a broken one)."),
+                    "flash/metering/program/white balance (0.05), a thumbnail (0.05), lens (0.05). 0 = no EXIF.",
+                    fusion_input=False),
+        FeatureSpec("has_exif", 0.0, 1.0, "real_high", "1 when the file carries an EXIF block (even a broken one).",
+                    fusion_input=False),
         FeatureSpec("software_flag", 0.0, 1.0, "ai_high",
                     "Software / CreatorTool tags: 0 none or camera firmware, 0.5 an editor or other software, "
                     "1 an AI generator named in the tag. The highest over all such tags."),
-        FeatureSpec("c2pa_present", 0.0, 1.0, "neutral", "1 when the file carries a C2PA manifest store."),
+        FeatureSpec("c2pa_present", 0.0, 1.0, "neutral", "1 when the file carries a C2PA manifest store.",
+                    fusion_input=False),
         FeatureSpec("c2pa_valid", 0.0, 1.0, "neutral",
                     "1 when the C2PA claim signature verifies, the content hash matches and only signer-trust codes "
-                    "(untrusted / expired / off-profile certificate) are reported; 0 otherwise or without C2PA."),
+                    "(untrusted / expired / off-profile certificate) are reported; 0 otherwise or without C2PA.",
+                    fusion_input=False),
         FeatureSpec("c2pa_ai_claim", 0.0, 1.0, "ai_high",
                     "1 when a C2PA manifest (or one of its ingredients) declares AI generation "
                     "(digitalSourceType trainedAlgorithmicMedia / compositeWithTrainedAlgorithmicMedia, or a signed "
@@ -265,8 +269,8 @@ def _exif_features(exif: dict[str, Any], features: dict[str, float], add) -> Non
     features["has_exif"] = 1.0 if exif.get("present") else 0.0
     if not exif.get("present"):
         features["exif_score"] = 0.0  # defined: no EXIF scores 0
-        add("exif", "file", "No EXIF metadata (usual for generated images, also for screenshots and "
-            "images re-saved by web platforms)", "weak", "ai")
+        add("exif", "file", f"{CONTEXT_PREFIX}no EXIF metadata (usual for generated images, and just as usual for "
+            "screenshots and photos re-saved by web platforms); not used by the verdict", "weak", "neutral")
         return
     if exif.get("broken"):
         add("exif", exif.get("where", "EXIF"), f"EXIF is malformed: {'; '.join(exif['problems'][:3])}",

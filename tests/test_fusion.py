@@ -125,7 +125,8 @@ def test_train_fusion_writes_a_calibrated_artifact_that_loads_and_handles_missin
     artifact = train_fusion(synthetic_features(), ["forensics"], out, kind=kind, dropout=0.3, confidence=0.9)
     saved = json.loads(out.read_text())
     assert saved["version"].startswith(f"fusion-{kind}-") and saved["features"] == ["image_entropy", "noise_log_variance"]
-    assert set(saved["dropped_constant_features"]) == set(models.feature_schema(["forensics"])) - set(saved["features"])
+    fusion_inputs = {name for name, spec in models.feature_schema(["forensics"]).items() if spec.fusion_input}
+    assert set(saved["dropped_constant_features"]) == fusion_inputs - set(saved["features"])
     assert saved["training"]["data_sha256"] and saved["calibration"]["method"] == "platt"
     low, high = saved["uncertain_range"]
     assert low == pytest.approx(min(0.1, saved["threshold"])) and high == pytest.approx(max(0.9, saved["threshold"]))

@@ -128,7 +128,8 @@ def train_fusion(
     splits = {s: table.filter(pa.compute.equal(table["split"], s)) for s in ("train", "val", "test")}
     check_two_classes(splits["train"], "the train split")
     check_two_classes(splits["val"], "the val split (calibration and threshold)")
-    schema = models.feature_schema(detectors)
+    # Container facts (size, JPEG tables, EXIF presence) are context only: see FeatureSpec.fusion_input.
+    schema = {name: spec for name, spec in models.feature_schema(detectors).items() if spec.fusion_input}
     rng = np.random.default_rng(seed)
 
     train_rows = feature_rows(splits["train"], list(schema))
@@ -148,7 +149,8 @@ def train_fusion(
     filled = np.where(np.isnan(values), impute, values)
     mean, scale = filled.mean(axis=0), filled.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
-    x_train = design_matrix(augmented, features, impute, mean, scale)
+    value_range = (filled.min(axis=0), filled.max(axis=0))
+    x_train = design_matrix(augmented, features, impute, mean, scale, value_range)
     fitted = fit_model(kind, x_train, y_augmented, seed)
 
     booster = fitted.pop("_booster", None)
@@ -162,7 +164,8 @@ def train_fusion(
         "detectors": detectors,
         "detector_versions": _detector_versions(table, detectors),
         "impute": impute.tolist(),
-        "scaler": {"mean": mean.tolist(), "scale": scale.tolist()},
+        "scaler": {"mean": mean.tolist(), "scale": scale.tolist(), "low": value_range[0].tolist(),
+                   "high": value_range[1].tolist()},
         **fitted,
         "calibration": {"method": "none"},
         "threshold": 0.5,
