@@ -69,6 +69,9 @@ DEFINITIONS = f"""\
   included: `AI` is right for AI images, `NON-AI` for real ones, `UNKNOWN` for neither.
 - **Uncertain rate**: share of readable items the service flags `uncertain` (fusion_prob inside the model's uncertain
   range, or no verdict at all). **Confident accuracy**: verdict accuracy on the other items.
+- **Real called AI**: share of the readable real images the service labels `AI`; **confident**: labelled `AI`
+  and not `uncertain`. The `generator_size` variant crops and resizes every image to a standard generator size
+  (JPEG q90), the trap of a real photo at a common size.
 - Metrics that need both classes are n/a for a one-class group; a metric of a class that is absent is n/a.
 - Unreadable items (the file or its variant could not be decoded) are left out of every metric and listed below.
 """
@@ -138,6 +141,19 @@ def group_metrics(
         "n_hard_evidence": int(sum(d == "hard_evidence" for d in decided_by)),
         "uncertain_rate": float((~confident).mean()) if y.size else None,
         "confident_accuracy": float(correct[confident].mean()) if confident.any() else None,
+        **false_accusations(y, verdict, confident),
+    }
+
+
+def false_accusations(y: np.ndarray, verdict: np.ndarray, confident: np.ndarray) -> dict[str, float | None]:
+    """Share of the real images labelled AI, and labelled AI without "uncertain": the worst failure."""
+    real = y == 0
+    if not real.any():
+        return {"real_called_ai": None, "real_called_ai_confident": None}
+    called_ai = np.asarray([v == "AI" for v in verdict], dtype=bool)
+    return {
+        "real_called_ai": float(called_ai[real].mean()),
+        "real_called_ai_confident": float((called_ai & confident)[real].mean()),
     }
 
 
@@ -455,6 +471,8 @@ ROBUSTNESS_COLUMNS = [
     ("ece", "ECE"),
     ("uncertain_rate", "uncertain rate"),
     ("verdict_accuracy", "verdict acc"),
+    ("real_called_ai", "real called AI"),
+    ("real_called_ai_confident", "real called AI, confident"),
     ("n_no_prob", "no prob"),
 ]
 MAX_LISTED_UNREADABLE = 200
