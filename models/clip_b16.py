@@ -10,14 +10,15 @@ Backbones (``backbone``):
   de-quantised, ``(q - zero_point) * scale`` per output channel, transposed; every initializer mapped, strictly).
 
 Which runtime, measured (``bench/clip_b16_cost.py`` and the comparison behind it; 2-core Xeon shared with other
-jobs, load 4-6, so absolute times swing 3x between runs; ratios are from interleaved runs):
+jobs, load up to 4-6, so absolute times swing up to 3x between runs; compare ratios from interleaved runs):
 
 * agreement, 30 real images (10 modern-matched real, 10 modern-matched AI, 10 imagenet-real), rebuild vs
   onnxruntime: image_embeds cosine mean 0.985, min 0.959; CLS token mean 0.973, min 0.942;
 * onnxruntime batches interact: dynamic quantisation scales activations over the whole input, so an image's
   embedding in a batch of 8 differs from its own (cosine mean 0.988, min 0.971). Here it runs one image per call;
-* speed at batch 8: onnxruntime 52 ms/image in the quietest run (175-233 under load), one image per call 1.35x
-  that; the fp32 rebuild 445 ms/image quietest (733-794 under load): 3-8x slower. Only onnxruntime can meet the
+* speed, ``bench/clip_b16_cost.py`` (8 images of 1280x720, whole ``predict``, interleaved rounds): at batch 8,
+  onnxruntime (one image per call) 82 ms/image, the fp32 rebuild 215 ms/image (2.6x; 2.5-3.4x in other
+  interleaved runs under load, up to 8.5x against onnxruntime fed whole batches). Only onnxruntime meets the
   150 ms/image target on this CPU;
 * the published probe (fitted on this INT8 build in onnxruntime) on modern-matched, 100 real + 100 AI: AUC 0.570
   in onnxruntime, 0.558 in the rebuild: it transfers, but it barely separates Gemini 3 Pro Image from Unsplash

@@ -85,7 +85,8 @@ def tiny_onnx(tmp_path_factory) -> dict[str, Path]:
                       input_names=["pixel_values"], output_names=["image_embeds", "last_hidden_state"],
                       dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"},
                                     "last_hidden_state": {0: "batch"}})
-    quantize_dynamic(str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    quantize_dynamic(str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"])
     return {"fp32": fp32, "int8": int8}
 
 

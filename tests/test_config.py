@@ -12,7 +12,8 @@ from conftest import REPO
 from serve_app.app import build_app
 from serve_app.config import AppArgs, DetectorUserConfig, load_profile
 
-SEED_DETECTORS = {"provenance", "forensics", "ghostnet", "clip_h14", "clip_bigg", "dino", "fatformer", "mantranet"}
+SEED_DETECTORS = {"provenance", "forensics", "ghostnet", "clip_h14", "clip_bigg", "dino", "fatformer", "mantranet",
+                  "clip_b16"}
 
 
 @pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.local.yaml"])
@@ -45,7 +46,8 @@ def test_production_config_runs_the_whole_ensemble_on_gpu_fractions():
     profile = load_profile(REPO / "serve_config.yaml")
     assert set(profile.args.detector_names()) == SEED_DETECTORS
     gpu = {name: d.num_gpus for name, d in profile.detectors.items()}
-    assert all(0 < gpu[name] < 1 for name in ("clip_h14", "clip_bigg", "dino", "fatformer", "mantranet", "ghostnet"))
+    fractions = ("clip_h14", "clip_bigg", "dino", "clip_b16", "fatformer", "mantranet", "ghostnet")
+    assert all(0 < gpu[name] < 1 for name in fractions)
     assert gpu["provenance"] == gpu["forensics"] == 0
 
 
