@@ -7,6 +7,7 @@
     imgverify train fusion|dino-svm|ghostnet ...
     imgverify evaluate ...
     imgverify weights fetch [--config serve_config.local.yaml] [--dir DIR]  fetch and verify the config's weights
+    imgverify trust update [--dir DIR]                                      refresh the C2PA trust lists (online)
 
 Each training step is also ``python -m training.<step>``; this file only dispatches.
 """
@@ -30,6 +31,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("train", "ghostnet"): "training.train_ghostnet:main",
     ("evaluate",): "training.evaluate:main",
     ("weights", "fetch"): "serve_app.weights_cli:main",
+    ("trust", "update"): "models.provenance_trust:update",
 }
 
 
