@@ -8,7 +8,9 @@ enabled detector and this FastAPI ingress in front of them::
     POST /v1/detect/batch    multipart, several "files": one result each, in order
     GET  /healthz            200 only when every enabled detector is ready
     GET  /v1/detectors       names, features, versions, status
+    GET  /v1/config          input limits (and whether URL input is on), threshold, uncertain range
     GET  /docs               OpenAPI
+    GET  /                   the web page (serve_app/web.py, serve_app/static)
 
 An image is decoded once (``models.image_input.decode_image``), put in the object store once, and every
 detector receives that reference. Each detector call has its own timeout; one that fails or is slow is
@@ -41,15 +43,18 @@ from models.fusion import DetectorOutcome, VerdictPolicy, decide, json_safe, loa
 from models.image_input import DecodedImage, ImageInputError, decode_image
 from serve_app.config import AppArgs
 from serve_app.url_input import fetch_url
+from serve_app.web import router as web_router
 
 log = logging.getLogger("ray.serve")
 ARTIFACT_MAX_SIDE = 1024  # heatmaps are returned at most this large, to keep responses small
+PUBLIC_INPUT_FIELDS = {"max_bytes", "max_pixels", "min_side", "max_batch_files", "allow_url"}  # GET /v1/config
 
 api = FastAPI(
     title="imgverify",
     version="0.1.0",
     description="Was this image made by a generative model or captured by a camera? And why.",
 )
+api.include_router(web_router)  # GET / and /static/*: the page for people
 
 
 class RequestError(ImageInputError):
@@ -189,6 +194,22 @@ class FusionIngress:
                     },
                 }
             )
+        )
+
+    @api.get("/v1/config", summary="What callers may send (input limits, URL input) and how a verdict is read")
+    async def config(self) -> JSONResponse:
+        policy, fusion = self.policy, self.fusion
+        return JSONResponse(
+            {
+                "input": self.args.input.model_dump(include=PUBLIC_INPUT_FIELDS),
+                "detectors": self.args.detector_names(),
+                # the detectors that add a heatmap to ?artifacts=true
+                "heatmaps": [n for n in self.args.detector_names() if models.get_detector_class(n).has_artifacts],
+                "fusion": {
+                    "threshold": fusion.threshold if policy.threshold is None else policy.threshold,
+                    "uncertain_range": fusion.uncertain_range if policy.uncertain_range is None else policy.uncertain_range,
+                },
+            }
         )
 
     # ---- the pipeline for one image -------------------------------------------------------------------
