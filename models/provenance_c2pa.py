@@ -44,17 +44,28 @@ SIGNER_ONLY_FAILURES = {
 BINDING_MATCHES = {"assertion.dataHash.match", "assertion.boxesHash.match", "assertion.bmffHash.match",
                    "assertion.collectionHash.match"}
 MAX_MANIFEST_DEPTH = 16  # ingredient chains followed at most this deep
+# IPTC digital source types of a camera capture that may decide "NON-AI" when signed by a trusted signer.
+CAPTURE_SOURCE_TYPES = {"digitalCapture", "computationalCapture"}
+# C2PA 2.x standard actions that change the content (c2pa.created / opened / placed / published ... do not).
+EDIT_ACTIONS = {"c2pa.edited", "c2pa.cropped", "c2pa.resized", "c2pa.color_adjustments", "c2pa.drawing",
+                "c2pa.filtered", "c2pa.orientation", "c2pa.enhanced", "c2pa.placed", "c2pa.removed", "c2pa.deleted",
+                "c2pa.redacted"}
 
 
-def c2pa_settings(trust_anchors_pem: str | None) -> dict[str, Any]:
-    """c2pa-rs settings: nothing fetched from the network; trust only the given local anchors."""
+def c2pa_settings(claim_anchors_pem: str | None) -> dict[str, Any]:
+    """c2pa-rs settings: nothing fetched from the network; trust only the given claim-signer anchors.
+
+    Only claim-signer anchors are passed. c2pa-rs 0.91.3 accepts ``trust_kind`` "tsa" but then trusts claim
+    signers chaining to those anchors too (measured: tests/test_provenance_trust.py), so the TSA list is not
+    handed over; c2pa-rs validates RFC 3161 time-stamps on its own (``timeStamp.trusted`` without anchors).
+    """
     settings: dict[str, Any] = {
         "verify": {"ocsp_fetch": False, "remote_manifest_fetch": False, "verify_trust": True,
                    "verify_timestamp_trust": True},
         "cawg_trust": {"verify_trust_list": False},
     }
-    if trust_anchors_pem:
-        settings["trust"] = {"trust_anchors": trust_anchors_pem}
+    if claim_anchors_pem:
+        settings["trust"] = {"anchors": [{"trust_anchors": claim_anchors_pem, "trust_kind": "manifest"}]}
     return settings
 
 
@@ -98,11 +109,15 @@ def judge_store(store: dict[str, Any]) -> dict[str, Any]:
     state = store.get("validation_state")
     claims = _ai_claims(manifests, active_label)
     signature = active.get("signature_info") or {}
+    # Trusted: c2pa-rs chained the signer to a configured anchor and reported nothing at all against it
+    # (an expired or off-profile certificate is not trusted, whatever the chain).
+    trusted = valid and state == "Trusted" and not signer_issues
     return {
         "present": True,
         "readable": True,
         "valid": valid,
-        "validation": ("trusted" if valid and state == "Trusted" else "valid" if valid else "invalid"),
+        "trusted": trusted,
+        "validation": "trusted" if trusted else "valid" if valid else "invalid",
         "c2pa_rs_state": state,
         "signature_validated": signature_ok,
         "content_binding_matched": binding_ok,
@@ -110,12 +125,68 @@ def judge_store(store: dict[str, Any]) -> dict[str, Any]:
         "signer_issues": signer_issues,
         "claim_generator": _claim_generator(active),
         "signer": signature.get("common_name") or signature.get("issuer"),
-        "signed_at": signature.get("time"),
+        # c2pa-rs' "issuer" is the organisation (O) of the signing certificate's subject, not its CA.
+        "signer_org": signature.get("issuer"),
+        "signed_at": signature.get("time"),  # from the RFC 3161 time-stamp when there is one
+        "timestamped": bool(success & {"timeStamp.validated", "timeStamp.trusted"}),
         "ai_claim": bool(claims),
         "ai_claims": claims,
         "generators": _generators(claims),
         "manifests": len(manifests),
+        **classify_history(manifests, active_label, claims),
     }
+
+
+def classify_history(manifests: dict[str, Any], active_label: str, claims: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the signed history says the image is: generated, ai_edited, captured, edited or none.
+
+    The *lineage* is the active manifest and, through ``parentOf`` ingredients, the manifests it was derived
+    from: the image itself. Other ingredients (``componentOf``, ``inputTo``) are parts placed into it.
+    * generated: the lineage declares trainedAlgorithmicMedia (or a signed "AI generated" created action);
+    * ai_edited: any other AI claim: compositeWithTrainedAlgorithmicMedia (Photoshop's Firefly edits, i.e.
+      generative fill), or an AI-made component ingredient;
+    * captured: the lineage's created action declares digitalCapture / computationalCapture, no AI anywhere,
+      and no editing action after it; edited: the same with editing actions, or editing without a capture;
+    * none: the manifest makes no statement about the source.
+    """
+    lineage = {claim_label for claim_label in _walk(manifests, active_label, parents_only=True)}
+    generated = any(c["label"] in lineage and (c["code"] == "trainedAlgorithmicMedia" or c["code"] is None)
+                    for c in claims)
+    capture, edits = None, []
+    for label in lineage:
+        for action in _actions(manifests[label]):
+            code = source_type_code(str(action.get("digitalSourceType") or ""))
+            if action.get("action") == "c2pa.created" and code in CAPTURE_SOURCE_TYPES and capture is None:
+                capture = {"source_type": code, "software_agent": _agent_name(action.get("softwareAgent")),
+                           "claim_generator": _claim_generator(manifests[label]), "when": action.get("when")}
+            elif action.get("action") in EDIT_ACTIONS:
+                edits.append(str(action.get("action")))
+    if generated:
+        kind = "generated"
+    elif claims:
+        kind = "ai_edited"
+    elif capture is not None:
+        kind = "edited" if edits else "captured"
+    else:
+        kind = "edited" if edits else "none"
+    return {"kind": kind, "capture": capture if not claims else None, "edits": sorted(set(edits))}
+
+
+def _walk(manifests: dict[str, Any], active_label: str, parents_only: bool):
+    """Labels of the active manifest and its ingredients' manifests (only ``parentOf`` ones if asked)."""
+    queue, seen = [(active_label, 0)], set()
+    while queue:
+        label, depth = queue.pop(0)
+        manifest = manifests.get(label)
+        if label in seen or not isinstance(manifest, dict) or depth > MAX_MANIFEST_DEPTH:
+            continue
+        seen.add(label)
+        yield label
+        for ingredient in manifest.get("ingredients") or []:
+            if not isinstance(ingredient, dict) or not ingredient.get("active_manifest"):
+                continue
+            if not parents_only or ingredient.get("relationship") == "parentOf":
+                queue.append((ingredient["active_manifest"], depth + 1))
 
 
 def _ai_claims(manifests: dict[str, Any], active_label: str) -> list[dict[str, Any]]:
@@ -131,7 +202,10 @@ def _ai_claims(manifests: dict[str, Any], active_label: str) -> list[dict[str, A
         for action in _actions(manifest):
             reason = _ai_reason(action, manifest)
             if reason:
+                code = source_type_code(str(action.get("digitalSourceType") or ""))
                 claims.append({
+                    "label": label,
+                    "code": code if code in AI_SOURCE_TYPES else None,
                     "manifest": relation,
                     "claim_generator": _claim_generator(manifest),
                     "action": action.get("action"),

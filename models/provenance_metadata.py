@@ -36,6 +36,12 @@ IPTC_SOURCE_TYPES = ("http://cv.iptc.org/newscodes/digitalsourcetype/",
 # algorithm, e.g. fractals) is recorded but is not an AI claim.
 AI_SOURCE_TYPES = {"trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia"}
 ALGORITHMIC_SOURCE_TYPES = AI_SOURCE_TYPES | {"algorithmicMedia"}
+# The IPTC Digital Source Type vocabulary (cv.iptc.org/newscodes/digitalsourcetype): a bare code is read
+# only when it is one of these, so free text that happens to be a value never passes for a declaration.
+IPTC_SOURCE_CODES = ALGORITHMIC_SOURCE_TYPES | {
+    "digitalCapture", "computationalCapture", "negativeFilm", "positiveFilm", "print", "humanEdits",
+    "compositeCapture", "algorithmicallyEnhanced", "digitalCreation", "dataDrivenMedia", "screenCapture",
+    "virtualRecording", "composite", "compositeSynthetic"}
 
 
 @dataclass
@@ -166,11 +172,12 @@ def _xmp_by_pattern(packet: bytes, info: XmpInfo) -> None:
 
 
 def source_type_code(value: str) -> str | None:
-    """``trainedAlgorithmicMedia`` from its IPTC IRI (or from the bare code); None for anything else."""
+    """``trainedAlgorithmicMedia`` from its IPTC IRI (http or https) or from the bare code; None otherwise."""
+    value = value.strip()
     for prefix in IPTC_SOURCE_TYPES:
         if value.startswith(prefix):
             return value[len(prefix) :].strip("/")
-    return value if value in ALGORITHMIC_SOURCE_TYPES else None
+    return value if value in IPTC_SOURCE_CODES else None
 
 
 # ---- IPTC IIM (JPEG APP13) ------------------------------------------------------------------------------
