@@ -150,7 +150,7 @@ def output_table(rows: list[dict[str, Any]], features: list[str]) -> pa.Table:
     import json
 
     schema = output_schema(features)
-    encoded = ("reasoning", "missing", "detectors", "details")
+    encoded = ("reasoning", "missing", "detectors", "details", "provenance")
     columns = {
         field.name: [json.dumps(r.get(field.name) or ([] if field.name in ("reasoning", "missing") else {})) for r in rows]
         if field.name in encoded
@@ -169,13 +169,14 @@ def output_schema(features: list[str]) -> pa.Schema:
         pa.field("fusion_prob", pa.float64()),
         pa.field("threshold", pa.float64()),
         pa.field("uncertain", pa.bool_()),
-        pa.field("decided_by", pa.string()),  # fusion | hard_evidence | none
+        pa.field("decided_by", pa.string()),  # fusion | hard_evidence (AI) | provenance (NON-AI) | none
         pa.field("reasoning", pa.string()),  # JSON list of sentences
         pa.field("missing", pa.string()),  # JSON list of detectors that did not answer
         pa.field("error", pa.string()),  # set when the file could not be decoded: "code: message"
         pa.field("fusion_model", pa.string()),
         pa.field("detectors", pa.string()),  # JSON {detector: {status, latency_ms, version, error}}
         pa.field("details", pa.string()),  # JSON {detector: details}
+        pa.field("provenance", pa.string()),  # JSON {kind, trusted, signer, generator, source, ...}
     ]
     return pa.schema(fixed + [pa.field(name, pa.float64()) for name in features])
 

@@ -65,6 +65,12 @@ class DetectorResult:
     # Evidence strong enough to decide the verdict on its own (a valid C2PA AI claim, generator metadata,
     # a decoded generator watermark). Empty for every pixel model.
     hard_evidence: list[str] = field(default_factory=list)
+    # Evidence that alone decides "NON-AI": a valid C2PA camera-capture manifest from a trusted signer, with no
+    # AI anywhere in its history. Loses to nothing but trusted AI evidence; governed by the same policy switch.
+    hard_evidence_real: list[str] = field(default_factory=list)
+    # What the file's provenance says, summarised for the verdict's top-level ``provenance`` object
+    # ({"kind", "trusted", "signer", "generator", "source", ...}); None for detectors that do not read it.
+    provenance: dict[str, Any] | None = None
     # Set when this image failed in this detector; features are then empty.
     error: str | None = None
     skipped: str | None = None  # set when the detector does not apply (e.g. image smaller than it needs)

@@ -67,6 +67,8 @@ class DetectorOutcome:
                     "details": result.details,
                     "evidence": result.evidence,
                     "hard_evidence": result.hard_evidence,
+                    "hard_evidence_real": result.hard_evidence_real,
+                    "provenance": result.provenance,
                     "error": result.error,
                     "skipped": result.skipped,
                 },
@@ -265,11 +267,15 @@ def load_fusion(location: str | None, schema: dict[str, FeatureSpec]) -> FusionM
 
 
 # ---- the verdict -------------------------------------------------------------------------------------------
+# The top-level ``provenance`` object when no detector read the file's provenance (or it failed).
+NO_PROVENANCE: dict[str, Any] = {"kind": "none", "trusted": False, "signer": None, "generator": None, "source": None}
+
+
 @dataclass
 class VerdictPolicy:
     threshold: float | None = None  # None: the fusion model's own
     uncertain_range: tuple[float, float] | None = None
-    hard_evidence: bool = True  # hard provenance evidence decides the verdict on its own
+    hard_evidence: bool = True  # hard provenance evidence decides the verdict on its own (AI and NON-AI)
     max_reasons: int = 6
 
 
@@ -288,9 +294,14 @@ def decide(
     uncertain_range = fusion.uncertain_range if policy.uncertain_range is None else tuple(policy.uncertain_range)
     fusion_prob = fusion.predict_proba(features)
     hard = [s for o in outcomes if o.status == "ok" and o.result for s in o.result.hard_evidence]
+    # A trusted camera-capture manifest; the provenance detector already let any trusted AI evidence win over it.
+    hard_real = [s for o in outcomes if o.status == "ok" and o.result for s in o.result.hard_evidence_real]
 
     if policy.hard_evidence and hard:
+        # "hard_evidence" is kept for the AI direction: evaluation reports and stored batch outputs count it.
         label, decided_by, uncertain = "AI", "hard_evidence", False
+    elif policy.hard_evidence and hard_real:
+        label, decided_by, uncertain = "NON-AI", "provenance", False
     elif fusion_prob is None:
         label, decided_by, uncertain = "UNKNOWN", "none", True
     else:
@@ -306,7 +317,10 @@ def decide(
             "threshold": threshold,
             "uncertain": uncertain,
             "decided_by": decided_by,
-            "reasoning": _reasoning(outcomes, features, fusion, schema, fusion_prob, threshold, uncertain_range, hard, policy),
+            "reasoning": _reasoning(outcomes, features, fusion, schema, fusion_prob, threshold, uncertain_range,
+                                    hard or hard_real, policy),
+            "provenance": next((o.result.provenance for o in outcomes
+                                if o.status == "ok" and o.result and o.result.provenance), dict(NO_PROVENANCE)),
             "detectors": {o.name: o.report() for o in outcomes},
             "missing": missing,
             "details": {o.name: o.result.details for o in outcomes if o.status == "ok" and o.result and o.result.details},

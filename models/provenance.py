@@ -7,8 +7,10 @@ traces that generators leave on purpose: the Stable Diffusion invisible watermar
 1. the container walk (:mod:`models.provenance_container`): EXIF, XMP, IPTC, PNG text chunks, C2PA boxes;
 2. EXIF fields and how camera-like they are (:mod:`models.provenance_exif`);
 3. generator metadata and XMP/IPTC declarations (:mod:`models.provenance_metadata`);
-4. C2PA Content Credentials, offline (:mod:`models.provenance_c2pa`);
-5. the SD 1.x / 2.x / XL invisible watermarks (:mod:`models.provenance_watermark`).
+4. China's implicit AIGC label, GB 45438-2025 (:mod:`models.provenance_aigc`);
+5. C2PA Content Credentials, offline, trusted against the shipped C2PA trust lists (:mod:`models.provenance_c2pa`,
+   :mod:`models.provenance_trust`);
+6. the SD 1.x / 2.x / XL invisible watermarks (:mod:`models.provenance_watermark`).
 
 Each step is isolated: a step that fails is listed in ``details["provenance"]["errors"]`` and its features
 are omitted; the other steps still report. Malformed metadata is never a crash: it is evidence or an error.
@@ -16,19 +18,26 @@ are omitted; the other steps still report. Malformed metadata is never a crash: 
 Evidence is split in two: ``hard_evidence`` holds the sentences that alone decide "AI" (a valid C2PA AI
 claim, generator metadata, a decoded generator watermark); ``evidence`` holds the weaker ones (a C2PA AI
 claim whose validation failed, missing or camera-like EXIF, editing software). A sentence is in one list only.
+``hard_evidence_real`` holds the one kind of evidence that alone decides "NON-AI": a valid C2PA manifest from a
+trusted signer whose capture action says digitalCapture / computationalCapture and whose history holds no AI.
+Anyone can self-sign a manifest, so an untrusted, expired or tampered one never decides; it is weak evidence.
+
+When sources disagree (a trusted capture manifest next to XMP that declares AI, two AIGC labels with different
+values) the stronger, trusted source wins, the other is demoted to weak evidence, and ``conflicts`` says so.
+:func:`summarise` gives the verdict's top-level ``provenance`` object: kind (generated / ai_edited / captured /
+edited / none), trusted, signer, generator, source.
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 from models.base import CONTEXT_PREFIX, Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
+from models.provenance_aigc import find_labels
 from models.provenance_c2pa import c2pa_settings, read_c2pa
 from models.provenance_container import read_container
-from models.provenance_exif import ExifData, camera_evidence, parse_exif
+from models.provenance_exif import ExifData, camera_evidence, decode_user_comment, parse_exif
 from models.provenance_metadata import (
     AI_SOURCE_TYPES,
     GeneratorFinding,
@@ -40,10 +49,11 @@ from models.provenance_metadata import (
     software_class,
     source_type_code,
 )
+from models.provenance_trust import load_trust
 from models.provenance_watermark import check_watermarks
 from models.registry import register_detector
 
-CODE_VERSION = "provenance-1"
+CODE_VERSION = "provenance-2"
 SOFTWARE_LEVELS = {"firmware": 0.0, "editor": 0.5, "other": 0.5, "generator": 1.0}
 CAPTURE_SOURCE_TYPES = {"digitalCapture", "computationalCapture", "negativeFilm", "positiveFilm", "print"}
 CAMERA_LIKE_EXIF = 0.6  # exif_score from which the EXIF is called camera-like in the evidence text
@@ -82,23 +92,34 @@ class ProvenanceDetector(Detector):
         FeatureSpec("watermark_detected", 0.0, 1.0, "ai_high",
                     "1 when a Stable Diffusion 1.x / 2.x / XL invisible watermark decodes with >= 95% of its bits. "
                     "Not set for images under 256x256 pixels."),
+        # Container facts, reported for context; the decisions they support go through hard evidence.
+        FeatureSpec("c2pa_trusted", 0.0, 1.0, "neutral",
+                    "1 when the C2PA manifest is valid and its signer chains to a configured trust anchor (by default "
+                    "the official C2PA trust list) with no signer issue; 0 otherwise or without C2PA.",
+                    fusion_input=False),
+        FeatureSpec("c2pa_capture_claim", 0.0, 1.0, "real_high",
+                    "1 when a valid C2PA manifest from a trusted signer declares a camera capture (digitalCapture / "
+                    "computationalCapture) with no AI in its history; 0.5 when a valid but untrusted one does; "
+                    "0 otherwise.", fusion_input=False),
+        FeatureSpec("aigc_label", 0.0, 1.0, "ai_high",
+                    "China's implicit AIGC label (GB 45438-2025): 1 for Label 1 (AI-generated), 0.5 for Label 2 / 3 "
+                    "(possibly / suspected), 0 when the metadata was read and carries no label.",
+                    fusion_input=False),
     )
     default_config: dict[str, Any] = {
-        # Path to a PEM file of C2PA trust anchors. Without it no signer can be "trusted" (offline).
+        # The official C2PA trust lists shipped in models/trust (claim signers + time-stamping authorities).
+        # False replaces them with the anchors below only.
+        "c2pa_official_trust_list": True,
+        # Extra claim-signer trust anchors: a PEM file path or a list of them, added to (or replacing) the lists.
         "c2pa_trust_anchors": None,
         # The watermark is read on a stripe of whole rows from the top with at most this many pixels.
         "watermark_max_pixels": 2_000_000,
     }
 
     def load(self) -> None:
-        anchors = self.config["c2pa_trust_anchors"]
-        self._trust_pem: str | None = None
-        self._trust_id = "none"
-        if anchors:
-            raw = Path(anchors).expanduser().read_bytes()
-            self._trust_pem = raw.decode("ascii")
-            self._trust_id = hashlib.sha256(raw).hexdigest()[:16]
-        self._c2pa_settings = c2pa_settings(self._trust_pem)
+        self._trust = load_trust(bool(self.config["c2pa_official_trust_list"]), self.config["c2pa_trust_anchors"])
+        self._trust_id = self._trust.trust_id
+        self._c2pa_settings = c2pa_settings(self._trust.claim_pem or None)
         try:
             import c2pa
 
@@ -159,6 +180,8 @@ class ProvenanceDetector(Detector):
             findings += [stealth] if stealth else []
         report["generator_metadata"] = [f.to_dict() for f in findings]
         report["software"] = step("software", _software_report, container, exif_data, report["xmp"] or {})
+        comment = decode_user_comment(exif_data.get("UserComment")) if exif_data is not None else None
+        report["aigc"] = step("aigc label", find_labels, xmp_packets, container.text, container.text_where, comment)
         report["metadata_complete"] = len(report["errors"]) == errors_before
         if container.c2pa_box or container.container not in ("JPEG", "PNG", "WEBP"):
             report["c2pa"] = step("c2pa", read_c2pa, image.data, self._c2pa_settings)
@@ -228,14 +251,19 @@ def build_result(report: dict[str, Any]) -> DetectorResult:
     _exif_features(report["exif"], features, add)
     findings, xmp, software = report["generator_metadata"], report["xmp"], report["software"]
     metadata_claim = _metadata_evidence(findings, xmp or {}, software or [], add)
-    if metadata_claim or report["metadata_complete"]:
+    labels = report.get("aigc")
+    label_claim = _aigc_evidence(labels or [], add)
+    if labels is not None and (label_claim is not None or report["metadata_complete"]):
+        features["aigc_label"] = label_claim or 0.0
+    metadata_claim = metadata_claim or label_claim == 1.0  # a Label 1 is a declared AI claim like IPTC's
+    if metadata_claim or (report["metadata_complete"] and labels is not None):
         features["metadata_ai_claim"] = 1.0 if metadata_claim else 0.0
     if software is not None:
         features["software_flag"] = max((SOFTWARE_LEVELS[s["class"]] for s in software), default=0.0)
     xmp = xmp or {}
     c2pa = report.get("c2pa")
     if c2pa is not None:
-        _c2pa_features(c2pa, features, add)
+        _c2pa_features(c2pa, features, add, report["exif"])
     watermark = report.get("watermark")
     if watermark is not None and watermark.get("checked"):
         features["watermark_detected"] = 1.0 if watermark.get("detected") else 0.0
@@ -243,12 +271,17 @@ def build_result(report: dict[str, Any]) -> DetectorResult:
             add("watermark", "pixels (dwtDct, U channel)",
                 f"Invisible {watermark['generator']} watermark decoded ({watermark['match']:.0%} of its bits, "
                 f"{watermark['channel_order']} order)", "hard", "ai")
+    conflicts = _resolve_conflicts(evidence, labels or [])
     generator, model = _headline(report, findings, xmp, software or [])
+    summary = summarise(evidence, c2pa or {}, labels or [], generator, report["exif"], conflicts)
     provenance = {
         "generator": generator,
         "model": model,
+        "summary": summary,
         "evidence": evidence,
+        "conflicts": conflicts,
         "c2pa": c2pa,
+        "aigc": labels,
         "exif": report["exif"],
         "xmp": xmp,
         "software": software,
@@ -261,8 +294,118 @@ def build_result(report: dict[str, Any]) -> DetectorResult:
         features=features,
         details={"provenance": provenance},
         evidence=[e["what"] for e in evidence if e["strength"] == "weak"],
-        hard_evidence=[e["what"] for e in evidence if e["strength"] == "hard"],
+        hard_evidence=[e["what"] for e in evidence if e["strength"] == "hard" and e["points_to"] == "ai"],
+        hard_evidence_real=[e["what"] for e in evidence if e["strength"] == "hard" and e["points_to"] == "real"],
+        provenance=summary,
     )
+
+
+def _aigc_evidence(labels: list[dict[str, Any]], add) -> float | None:
+    """Evidence of the GB 45438 labels; the strongest claim: 1.0 (Label 1), 0.5 (Label 2 / 3) or None."""
+    claim = None
+    for label in labels:
+        if label.get("error"):
+            add("aigc", label["where"], f"AIGC label in {label['where']} is unreadable: {label['error']}",
+                "weak", "neutral")
+            continue
+        parties = f"producer {label['producer']!r}" if label.get("producer") else "no producer named"
+        if label.get("propagator"):
+            parties += f", propagated by {label['propagator']!r}"
+        if label["label"] == "1":
+            add("aigc", label["where"], f"China's implicit AIGC label (GB 45438-2025) in {label['where']} declares "
+                f"the image AI-generated (Label 1; {parties})", "hard", "ai")
+            claim = 1.0
+        elif label["label"] in ("2", "3"):
+            add("aigc", label["where"], f"AIGC label (GB 45438-2025) in {label['where']} says {label['meaning']} "
+                f"(Label {label['label']}; {parties}): the producer's own doubt, not decisive", "weak", "ai")
+            claim = max(claim or 0.0, 0.5)
+        else:
+            add("aigc", label["where"], f"AIGC label in {label['where']} has an unknown Label value "
+                f"{label['label']!r} ({parties})", "weak", "neutral")
+    return claim
+
+
+def _resolve_conflicts(evidence: list[dict[str, str]], labels: list[dict[str, Any]]) -> list[str]:
+    """Say what disagrees; when a trusted capture meets AI claims, the trusted manifest wins.
+
+    Only a trusted C2PA manifest produces hard "real" evidence, and it has no AI anywhere in its history, so
+    hard AI evidence next to it comes from weaker, unsigned sources (XMP, EXIF, text chunks, a watermark
+    decode): those are kept, demoted to weak evidence, and named in the conflict.
+    """
+    conflicts: list[str] = []
+    hard_ai = [e for e in evidence if e["strength"] == "hard" and e["points_to"] == "ai"]
+    hard_real = [e for e in evidence if e["strength"] == "hard" and e["points_to"] == "real"]
+    weak_real = [e for e in evidence if e["strength"] == "weak" and e["points_to"] == "real"
+                 and e["kind"] in ("c2pa", "xmp")]  # declared captures; camera-like EXIF is no declaration
+    if hard_real and hard_ai:
+        for item in hard_ai:
+            conflicts.append(f"{item['where']} claims AI, but a trusted C2PA capture manifest says camera capture; "
+                             "the trusted manifest wins")
+            item["strength"] = "weak"
+            item["what"] = f"Conflict: {item['what']} (outweighed by the trusted C2PA capture manifest)"
+    elif hard_ai and weak_real:
+        for item in weak_real:
+            conflicts.append(f"{item['where']} declares a capture, but {hard_ai[0]['where']} claims AI; "
+                             "the AI claim decides (the capture claim is not from a trusted signer)")
+    values = sorted({label["label"] for label in labels if label.get("label")})
+    if len(values) > 1:
+        conflicts.append(f"AIGC labels disagree (Label values {', '.join(values)}); the strongest claim is used")
+    return conflicts
+
+
+SOURCES = (("c2pa", "c2pa"), ("stealth", "watermark"), ("pixels", "watermark"), ("xmp", "xmp"), ("exif", "exif"),
+           ("tiff", "exif"), ("png", "png_text"), ("iptc", "iptc"), ("jpeg com", "comment"), ("description", "exif"))
+
+
+def _source(where: str) -> str | None:
+    """The ``source`` of the provenance object for an evidence location ("PNG tEXt AIGC" -> "png_text")."""
+    return next((source for key, source in SOURCES if key in where.lower()), None)
+
+
+def summarise(evidence: list[dict[str, str]], c2pa: dict[str, Any], labels: list[dict[str, Any]],
+              generator: str | None, exif: dict[str, Any], conflicts: list[str]) -> dict[str, Any]:
+    """The verdict's top-level ``provenance`` object, from the strongest evidence that says anything.
+
+    Order: a hard AI claim (trusted C2PA first), a trusted camera capture, then what a readable but
+    non-decisive C2PA manifest says, then an untrusted declared capture; ``none`` when nothing claims a source.
+    """
+    summary: dict[str, Any] = {"kind": "none", "trusted": False, "signer": None, "generator": None, "source": None,
+                               "conflicts": conflicts}
+    signer = c2pa.get("signer_org") or c2pa.get("signer")
+    hard_ai = [e for e in evidence if e["strength"] == "hard" and e["points_to"] == "ai"]
+    hard_ai.sort(key=lambda e: e["kind"] != "c2pa")  # the C2PA claim names the kind (generated / ai_edited)
+    hard_real = [e for e in evidence if e["strength"] == "hard" and e["points_to"] == "real"]
+    if hard_ai:
+        first = hard_ai[0]
+        kind = "generated"
+        if first["kind"] == "c2pa":
+            kind = c2pa.get("kind") if c2pa.get("kind") in ("generated", "ai_edited") else "generated"
+        elif "compositeWithTrainedAlgorithmicMedia" in first["what"]:
+            kind = "ai_edited"
+        summary.update(kind=kind, source=_source(first["where"]), generator=generator)
+        if first["kind"] == "c2pa":
+            summary.update(trusted=bool(c2pa.get("trusted")), signer=signer)
+        elif first["kind"] == "aigc":
+            producer = next((label.get("producer") for label in labels if label.get("label") == "1"), None)
+            summary.update(generator=generator or producer)
+    elif hard_real or (c2pa.get("readable") and c2pa.get("kind") not in (None, "none")):
+        summary.update(kind=c2pa["kind"], trusted=bool(c2pa.get("trusted")), signer=signer, source="c2pa",
+                       generator=", ".join(c2pa.get("generators", [])[:1]) or None)
+        if c2pa["kind"] in ("captured", "edited") and c2pa.get("capture"):
+            summary["device"] = _device(c2pa["capture"], exif)
+    elif any(e["kind"] == "xmp" and e["points_to"] == "real" for e in evidence):
+        summary.update(kind="captured", source="xmp")
+    elif c2pa.get("readable"):
+        summary.update(signer=signer, source="c2pa")  # a manifest that says nothing about the source
+    return summary
+
+
+def _device(capture: dict[str, Any], exif: dict[str, Any]) -> str | None:
+    """The capturing device: EXIF make and model when present, else the capture's software agent."""
+    make, model = exif.get("make"), exif.get("model")
+    if model:
+        return model if make and model.lower().startswith(make.split()[0].lower()) else f"{make or ''} {model}".strip()
+    return capture.get("software_agent") or capture.get("claim_generator")
 
 
 def _exif_features(exif: dict[str, Any], features: dict[str, float], add) -> None:
@@ -318,28 +461,43 @@ def _metadata_evidence(findings: list[dict], xmp: dict[str, Any], software: list
     return claim
 
 
-def _c2pa_features(c2pa: dict[str, Any], features: dict[str, float], add) -> None:
+def _c2pa_features(c2pa: dict[str, Any], features: dict[str, float], add, exif: dict[str, Any]) -> None:
     features["c2pa_present"] = 1.0 if c2pa.get("present") else 0.0
     features["c2pa_valid"] = 1.0 if c2pa.get("present") and c2pa.get("valid") else 0.0
+    features["c2pa_trusted"] = 1.0 if c2pa.get("present") and c2pa.get("trusted") else 0.0
     if not c2pa.get("present"):
         features["c2pa_ai_claim"] = 0.0
+        features["c2pa_capture_claim"] = 0.0
         return
     if not c2pa.get("readable"):
         add("c2pa", "C2PA manifest", f"C2PA manifest present but unreadable: {c2pa.get('error')}", "weak", "neutral")
         return
     features["c2pa_ai_claim"] = 1.0 if c2pa["ai_claim"] else 0.0
-    signer = c2pa.get("signer") or "unknown signer"
+    capture = c2pa.get("capture") if c2pa["valid"] else None
+    features["c2pa_capture_claim"] = (1.0 if c2pa["trusted"] else 0.5) if capture else 0.0
+    signer = _signer_text(c2pa)
     if c2pa["ai_claim"]:
         generators = ", ".join(c2pa["generators"][:3]) or "an unnamed tool"
         reason = c2pa["ai_claims"][0]["reason"]
+        made = "editing with AI" if c2pa.get("kind") == "ai_edited" else "AI generation"
         if c2pa["valid"]:
-            trust = "trusted signer" if c2pa["validation"] == "trusted" else "signer not verifiable offline"
-            add("c2pa", "C2PA manifest", f"C2PA Content Credentials declare AI generation by {generators} "
+            trust = f"trusted signer {signer}" if c2pa["trusted"] else f"signer {signer} not on the trust list"
+            add("c2pa", "C2PA manifest", f"C2PA Content Credentials declare {made} by {generators} "
                 f"({reason}; signature and content hash verified, {trust})", "hard", "ai")
         else:
             failed = ", ".join(c2pa["integrity_failures"] or ["signature or content binding not verified"])
-            add("c2pa", "C2PA manifest", f"C2PA manifest declares AI generation by {generators}, but its "
+            add("c2pa", "C2PA manifest", f"C2PA manifest declares {made} by {generators}, but its "
                 f"validation failed ({failed}): not decisive", "weak", "ai")
+    elif capture and c2pa["trusted"]:
+        device = _device(capture, exif) or "an unnamed device"
+        edits = f", then {', '.join(c2pa['edits'])} without AI" if c2pa.get("edits") else ""
+        add("c2pa", "C2PA manifest", f"C2PA Content Credentials signed by trusted signer {signer} declare a camera "
+            f"capture ({capture['source_type']}) by {device}{edits}; signature and content hash verified, no AI "
+            "action or ingredient in its history", "hard", "real")
+    elif capture:
+        issues = ", ".join(c2pa.get("signer_issues") or ["signer not on the trust list"])
+        add("c2pa", "C2PA manifest", f"C2PA manifest declares a camera capture ({capture['source_type']}), signed by "
+            f"{signer} ({issues}): anyone can sign such a manifest, so it is not decisive", "weak", "real")
     elif c2pa["valid"]:
         add("c2pa", "C2PA manifest", f"C2PA manifest by {c2pa.get('claim_generator')} (signed by {signer}) "
             "verifies and makes no AI claim", "weak", "neutral")
@@ -347,6 +505,14 @@ def _c2pa_features(c2pa: dict[str, Any], features: dict[str, float], add) -> Non
         failed = ", ".join(c2pa["integrity_failures"] or ["signature or content binding not verified"])
         add("c2pa", "C2PA manifest", f"C2PA manifest by {c2pa.get('claim_generator')} failed validation "
             f"({failed}); it makes no AI claim", "weak", "neutral")
+
+
+def _signer_text(c2pa: dict[str, Any]) -> str:
+    """"Google LLC (Pixel Camera)" from the certificate's organisation and common name."""
+    org, name = c2pa.get("signer_org"), c2pa.get("signer")
+    if org and name and org != name:
+        return f"{org} ({name})"
+    return org or name or "an unknown signer"
 
 
 def _headline(report: dict, findings: list[dict], xmp: dict, software: list[dict]) -> tuple[str | None, str | None]:

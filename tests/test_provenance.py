@@ -88,7 +88,7 @@ def test_c2pa_ai_claims_are_found_with_their_generators(shared_data, detector, n
         assert result.features["c2pa_ai_claim"] == 1.0
         assert set(expected_generators[name]) <= set(c2pa["generators"]), (name, c2pa["generators"])
         assert provenance(result)["generator"] == expected_generators[name][0]
-        assert c2pa["validation"] == "valid"  # no trust anchors configured: never "trusted"
+        assert c2pa["validation"] == "valid"  # none of these signers chains to the shipped official trust list
         assert "signingCredential.untrusted" in c2pa["signer_issues"]
         assert len(result.hard_evidence) == 1 and "C2PA" in result.hard_evidence[0]
     firefly = provenance(results["ocsp.jpg"])["c2pa"]["ai_claims"]
@@ -154,8 +154,10 @@ def test_c2pa_trust_anchor_config_is_read_and_versioned(shared_data, tmp_path):
     pem = tmp_path / "anchors.pem"
     pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     anchored = create_detector("provenance", {"c2pa_trust_anchors": str(pem)})
-    assert "trust_anchors=none" in create_detector("provenance").version
-    assert "trust_anchors=none" not in anchored.version
+    official = create_detector("provenance").version
+    assert "trust_anchors=none" not in official  # the shipped official C2PA trust list is on by default
+    assert "trust_anchors=none" in create_detector("provenance", {"c2pa_official_trust_list": False}).version
+    assert anchored.version != official
     image = decode_image((shared_data / "c2pa" / "ai" / "DALL-E_cloud_surfing_puppy.webp").read_bytes())
     c2pa = provenance(anchored.predict([image])[0])["c2pa"]
     assert c2pa["validation"] == "valid"  # an unrelated anchor does not make OpenAI's signer trusted
@@ -304,6 +306,7 @@ def test_camera_and_exif_samples_have_no_ai_claim_and_broken_exif_is_reported(sh
         assert result.features["c2pa_ai_claim"] == 0.0 and result.features["c2pa_present"] == 0.0
         assert result.features.get("watermark_detected", 0.0) == 0.0, path.name
         assert result.hard_evidence == [], path.name
+        assert result.hard_evidence_real == [] and result.provenance["kind"] == "none", path.name
         json.dumps(result.details, allow_nan=False)
     checked = sum("watermark_detected" in r.features for r in results)
     assert checked >= 120  # dozens of real photos read for the SD watermarks, none flagged

@@ -63,6 +63,8 @@ def test_c2pa_ai_claim_decides_the_verdict(client, shared_data):
     assert body["label"] == "AI" and body["decided_by"] == "hard_evidence" and body["uncertain"] is False
     assert body["c2pa_ai_claim"] == 1.0
     assert any("C2PA" in reason or "c2pa" in reason for reason in body["reasoning"])
+    assert body["provenance"] == {"kind": "generated", "trusted": False, "signer": "OpenAI", "generator": "DALL·E",
+                                  "source": "c2pa", "conflicts": []}
 
 
 def test_the_three_ways_to_send_an_image_agree(client, shared_data):
