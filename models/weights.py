@@ -38,6 +38,10 @@ HF_REPO_IGNORE = ["*.h5", "*.msgpack", "*.ot", "*.tflite", "*.mlmodel", "tf_mode
 HF_REPO_IGNORE += ["onnx/*", "openvino/*", "coreml/*"]
 
 
+# Weights this project trained itself, shipped inside the package.
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
 class WeightsUnavailable(RuntimeError):
     """The configured weights cannot be found or fetched; the message says where we looked."""
 
@@ -82,7 +86,8 @@ def fetch_weights(location: str, sha256: str | None = None, archive_sha256: str 
 
     ``location`` is one of:
 
-    * a filesystem path;
+    * a filesystem path (a relative one that does not exist is looked up in ``models/weights/``, where the
+      weights this project trained are shipped);
     * an ``http(s)://`` URL, downloaded once into ``cache_dir()/downloads``;
     * ``hf://OWNER/NAME/path/file`` (one file) or ``hf://OWNER/NAME`` (the whole repo, a folder), through
       ``huggingface_hub`` and its cache (which honours ``HF_HUB_OFFLINE``);
@@ -102,6 +107,8 @@ def fetch_weights(location: str, sha256: str | None = None, archive_sha256: str 
         resolved = _hf_location(location, sha256)
     else:
         path = Path(location).expanduser()
+        if not path.is_absolute() and not path.exists() and (PACKAGED_WEIGHTS / path).exists():
+            path = PACKAGED_WEIGHTS / path  # a file this project trained and ships, named as in models/weights/
         if not path.exists():
             raise WeightsUnavailable(f"weights file {path} does not exist")
         resolved = Resolved(path, "local")

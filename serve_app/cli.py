@@ -4,7 +4,7 @@
     imgverify batch INPUT --out OUT [--config serve_config.local.yaml]      Ray Data batch scoring
     imgverify dataset build ROOT... --out M.parquet | dataset clean M --out C.parquet
     imgverify features extract MANIFEST --out DIR [--config ...]
-    imgverify train fusion|dino-svm|ghostnet ...
+    imgverify train fusion|dino-svm|clip-head|ghostnet ...
     imgverify evaluate ...
     imgverify weights fetch [--config serve_config.local.yaml] [--dir DIR]  fetch and verify the config's weights
     imgverify trust update [--dir DIR]                                      refresh the C2PA trust lists (online)
@@ -28,6 +28,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("features", "extract"): "training.features:main",
     ("train", "fusion"): "training.train_fusion:main",
     ("train", "dino-svm"): "training.train_dino_svm:main",
+    ("train", "clip-head"): "training.train_clip_head:main",
     ("train", "ghostnet"): "training.train_ghostnet:main",
     ("evaluate",): "training.evaluate:main",
     ("weights", "fetch"): "serve_app.weights_cli:main",

@@ -1,0 +1,165 @@
+"""Train the ``clip_b16`` detector's head: cached CLIP ViT-B/16 embeddings -> calibrated linear head.
+
+    imgverify train clip-head MANIFEST --out models/weights/clip_b16_head.npz
+        [--config serve_config.local.yaml] [--copies 2] [--kinds image_embeds cls] [--models logreg linear_svm]
+        [--C 0.1 1.0] [--cache cache/features]
+
+The embeddings come through the feature-extraction pipeline (``training.features.extract_features``: Ray Data,
+the detector's own preprocessing, a cache keyed by detector version), with ``clip_b16`` configured as in the
+Serve config but with ``return_embedding`` on and no heads. Each train / val item is embedded as stored and as
+``--copies`` re-encoded copies (``training.augment.FUSION_PROCESSING``: the same random crop, resize, generator
+size, format and blur for both classes), so a head cannot learn the container. Test items are never embedded
+here: ``imgverify evaluate`` measures the head on them.
+
+Every combination of embedding kind (``image_embeds``: the projected 512-d embedding; ``cls``: the 768-d CLS
+token of the last hidden state), linear model and ``C`` is fitted on ``train`` and calibrated on ``val``; the one
+with the best val AUC is saved (plain arrays, ``models.clip_b16.EmbeddingHead``) with every candidate's val AUC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from models.clip_b16 import EmbeddingHead
+from serve_app.config import AppArgs, DetectorArgs, DetectorProfile, Profile, load_profile
+from training.dataset import check_two_classes, load_manifest
+from training.features import DEFAULT_CACHE, DEFAULT_CONFIG, extract_features, outcome_column
+from training.train_fusion import training_data_hash
+
+DETAIL_OF_KIND = {"image_embeds": "embedding", "cls": "cls"}  # where the detector puts each embedding
+
+
+def embedding_profile(config: Path) -> Profile:
+    """A one-detector profile: ``clip_b16`` as the Serve config has it, returning embeddings instead of heads."""
+    detector = load_profile(config).detectors.get("clip_b16") or DetectorProfile(name="clip_b16")
+    settings = {**detector.user_config.detector, "return_embedding": True, "head": None, "head_sha256": None,
+                "published_head": None}
+    user_config = detector.user_config.model_copy(update={"detector": settings})
+    return Profile(
+        args=AppArgs(detectors=[DetectorArgs(name="clip_b16")]),
+        detectors={"clip_b16": detector.model_copy(update={"user_config": user_config})},
+    )
+
+
+def embeddings(table: pa.Table, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) of the rows whose clip_b16 outcome is ok; labels 1 = AI."""
+    X, y = [], []
+    for text, label in zip(table.column(outcome_column("clip_b16")).to_pylist(), table.column("label").to_pylist()):
+        outcome = json.loads(text) if text else None
+        if outcome and outcome["status"] == "ok":
+            X.append(outcome["result"]["details"][DETAIL_OF_KIND[kind]])
+            y.append(1 if label == "ai" else 0)
+    return np.asarray(X, dtype=np.float64), np.asarray(y, dtype=int)
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else None
+
+
+def fit_candidates(
+    train: pa.Table, val: pa.Table, kinds: list[str], linear_models: list[str], Cs: list[float], backbone_id: str
+) -> list[dict[str, Any]]:
+    """Fit every (kind, model, C) on train, calibrate on val; each candidate with its head and val AUC."""
+    candidates = []
+    for kind in kinds:
+        X_train, y_train = embeddings(train, kind)
+        X_val, y_val = embeddings(val, kind)
+        for linear in linear_models:
+            for C in Cs:
+                head = EmbeddingHead(model=linear, C=C, backbone_id=backbone_id, embedding_kind=kind)
+                head.fit(X_train, y_train, X_val=X_val, y_val=y_val)
+                candidates.append({"kind": kind, "model": linear, "C": C, "head": head, "n_train": len(y_train),
+                                   "val_auc": auc(y_val, head.predict_proba(X_val)[:, 1])})
+    return candidates
+
+
+def per_source_val_auc(head: EmbeddingHead, val: pa.Table) -> dict[str, float | None]:
+    """The chosen head's val AUC per source that has both classes (modern-matched is the one that matters)."""
+    out = {}
+    for source in sorted(set(val.column("source").to_pylist())):
+        rows = val.filter(pc.equal(val["source"], source))
+        X, y = embeddings(rows, head.embedding_kind)
+        if len(set(y.tolist())) == 2:
+            out[source] = auc(y, head.predict_proba(X)[:, 1])
+    return out
+
+
+def train_clip_head(
+    manifest_path: Path,
+    out: Path,
+    config: Path = DEFAULT_CONFIG,
+    copies: int = 2,
+    kinds: tuple[str, ...] = ("image_embeds", "cls"),
+    linear_models: tuple[str, ...] = ("logreg", "linear_svm"),
+    Cs: tuple[float, ...] = (0.05, 0.5),
+    cache_dir: Path = DEFAULT_CACHE,
+    command: str = "",
+) -> dict[str, Any]:
+    """Embed train + val, fit the candidates, save the best; return the report."""
+    manifest = load_manifest(manifest_path)
+    items = manifest.filter(pc.is_in(manifest["split"], pa.array(["train", "val"])))
+    check_two_classes(items.filter(pc.equal(items["split"], "train")), "the train split")
+    profile = embedding_profile(config)
+    variants = ["clean", *(f"reencode#{i}" for i in range(copies))]
+    table = extract_features(items, profile, variants, cache_dir)
+    table = table.filter(pc.equal(pc.fill_null(table["error"], ""), ""))
+    train = table.filter(pc.equal(table["split"], "train"))
+    val = table.filter(pc.equal(table["split"], "val"))
+    backbone_id = _backbone_id(profile)
+    candidates = fit_candidates(train, val, list(kinds), list(linear_models), list(Cs), backbone_id)
+    best = max(candidates, key=lambda c: c["val_auc"] or 0.0)
+    report = {
+        "manifest": str(manifest_path),
+        "variants": variants,
+        "training_data_sha256": training_data_hash(table),
+        "rows": {"train": train.num_rows, "val": val.num_rows},
+        "chosen": {k: best[k] for k in ("kind", "model", "C", "n_train", "val_auc")},
+        "val_auc_per_source": per_source_val_auc(best["head"], val),
+        "candidates": [{k: c[k] for k in ("kind", "model", "C", "val_auc")} for c in candidates],
+        "command": command,
+    }
+    best["head"].save(out, metadata=report)
+    return report
+
+
+def _backbone_id(profile: Profile) -> str:
+    """The backbone id the detector reports, so the saved head matches the detector that will load it."""
+    import models
+
+    detector = models.create_detector("clip_b16", profile.detectors["clip_b16"].user_config.detector)
+    return detector.backbone_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="imgverify train clip-head", description=__doc__.splitlines()[0])
+    parser.add_argument("manifest", type=Path, help="manifest with filepath, label, split, source")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the head (.npz)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="Serve config naming clip_b16's backbone")
+    parser.add_argument("--copies", type=int, default=2, help="re-encoded copies per item, besides the stored file")
+    parser.add_argument("--kinds", nargs="+", default=["image_embeds", "cls"], choices=list(DETAIL_OF_KIND))
+    parser.add_argument("--models", nargs="+", default=["logreg", "linear_svm"], choices=["logreg", "linear_svm"])
+    parser.add_argument("--C", nargs="+", type=float, default=[0.05, 0.5], help="regularisation values to try")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    args = parser.parse_args(argv)
+    command = "imgverify train clip-head " + " ".join(sys.argv[3:] if argv is None else argv)
+    report = train_clip_head(args.manifest, args.out, args.config, args.copies, tuple(args.kinds),
+                             tuple(args.models), tuple(args.C), args.cache, command)
+    print(json.dumps({k: v for k, v in report.items() if k != "candidates"}, indent=1))
+    for candidate in report["candidates"]:
+        print(candidate)
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
