@@ -376,7 +376,7 @@
     $("verdict-threshold").textContent = formatProb(body.threshold);
     renderBar(body);
     $("decided-by").textContent = decidedBy(body);
-    $("hard-note").hidden = body.decided_by !== "hard_evidence";
+    $("hard-note").hidden = !["hard_evidence", "provenance"].includes(body.decided_by);
     const list = $("reasoning");
     list.replaceChildren(...(body.reasoning || []).map((reason) => el("li", { text: reason })));
   }
@@ -405,30 +405,44 @@
     );
   }
 
+  const KIND_TEXT = {
+    generated: "AI generation",
+    ai_edited: "an AI edit",
+    captured: "a camera capture",
+    edited: "an edited camera capture",
+  };
+
   /** One sentence on what settled the label. */
   function decidedBy(body) {
-    if (body.decided_by === "hard_evidence") return `Decided by ${hardEvidenceSource(body)}.`;
+    // "hard_evidence" settles AI, "provenance" a trusted camera capture (NON-AI): both are provenance.
+    if (body.decided_by === "hard_evidence" || body.decided_by === "provenance") return `Decided by ${provenanceSource(body)}.`;
     if (body.decided_by === "fusion") return `Decided by the fusion model (${body.fusion_model || "fusion"}).`;
     return "No detector that the fusion model reads answered: no verdict.";
   }
 
-  /** "Content Credentials signed by X (...)" or the generator / watermark that decided the label. */
-  function hardEvidenceSource(body) {
-    // The verdict's own summary (newer services) first, then the provenance detector's details.
+  /** "Content Credentials signed by X (...)", or the generator metadata or watermark that decided the label. */
+  function provenanceSource(body) {
+    // The verdict's own provenance summary first (tolerated when absent), then the provenance detector's details.
     const summary = body.provenance || {};
-    const details = (body.details && body.details.provenance && body.details.provenance.provenance) || {};
+    const details = provenanceDetails(body);
     const c2pa = details.c2pa || {};
     const signer = summary.signer || (c2pa.ai_claim ? c2pa.signer : null);
-    if (signer) {
-      const trusted = summary.trusted ?? (c2pa.signer_issues ? c2pa.signer_issues.length === 0 : null);
-      const trust = trusted === true ? "a trusted signer" : trusted === false ? "signer not on a trust list" : "";
-      return `Content Credentials signed by ${signer}${trust ? ` (${trust})` : ""}`;
+    if (signer && (summary.source === "c2pa" || !summary.source)) {
+      const trusted = typeof summary.trusted === "boolean" ? summary.trusted : c2pa.trusted;
+      const trust = trusted === true ? "trusted signer" : trusted === false ? "signer not on the trust list" : "";
+      const kind = KIND_TEXT[summary.kind] ? `, declaring ${KIND_TEXT[summary.kind]}` : "";
+      return `Content Credentials signed by ${signer}${trust ? ` (${trust}${kind})` : kind}`;
     }
     const watermark = details.watermark || {};
     if (watermark.detected) return `an invisible ${watermark.generator || watermark.detected} watermark`;
     const generator = summary.generator || details.generator;
     if (generator) return `generator metadata (${generator})`;
-    return "provenance evidence";
+    return summary.source ? `provenance evidence (${summary.source})` : "provenance evidence";
+  }
+
+  /** The provenance detector's structured details, or {} (it failed, or is not enabled). */
+  function provenanceDetails(body) {
+    return (body.details && body.details.provenance && body.details.provenance.provenance) || {};
   }
 
   // ---- image, heatmaps ----------------------------------------------------------------------------------
@@ -537,19 +551,23 @@
   function renderProvenance(body) {
     const root = $("provenance");
     root.replaceChildren();
-    // The verdict's summary object, when the service sends one (newer versions do).
+    // The verdict's summary object, when the service sends one; kind "none" means no provenance claim.
     const summary = body.provenance;
-    if (summary && typeof summary === "object") {
+    if (summary && typeof summary === "object" && summary.kind && summary.kind !== "none") {
       root.append(
         el("h4", { text: "Summary" }),
         keyValues([
-          ["Kind", summary.kind],
-          ["Trusted", yesNo(summary.trusted)],
+          ["Declares", KIND_TEXT[summary.kind] || summary.kind],
           ["Signer", summary.signer],
+          ["Trusted", summary.signer ? yesNo(summary.trusted) : null],
           ["Generator", summary.generator],
+          ["Device", summary.device],
           ["Source", summary.source],
+          ["Conflicts", Array.isArray(summary.conflicts) ? summary.conflicts.join("; ") : null],
         ]),
       );
+    } else if (summary && summary.kind === "none") {
+      root.append(el("p", { className: "hint", text: "No provenance claim either way." }));
     }
     const details = body.details && body.details.provenance && body.details.provenance.provenance;
     if (!details) {
@@ -578,7 +596,9 @@
       section.append(el("p", { className: "hint", text: "None in this file." }));
       return section;
     }
-    const trusted = c2pa.signer_issues && c2pa.signer_issues.length ? `no (${c2pa.signer_issues.join(", ")})` : "yes";
+    const issues = c2pa.signer_issues || [];
+    const trusted = typeof c2pa.trusted === "boolean" ? c2pa.trusted && issues.length === 0 : issues.length === 0;
+    const trustText = trusted ? "yes" : issues.length ? `no (${issues.join(", ")})` : "no";
     const actions = (c2pa.ai_claims || []).map(
       (claim) => `${claim.action || "?"} by ${claim.software_agent || claim.claim_generator || "?"} (${claim.reason || ""})`,
     );
@@ -586,11 +606,14 @@
       keyValues([
         ["Validation", c2pa.validation],
         ["Signer", c2pa.signer],
-        ["Signer trusted", c2pa.valid !== undefined ? trusted : null],
+        ["Organisation", c2pa.signer_org !== c2pa.signer ? c2pa.signer_org : null],
+        ["Signer trusted", trustText],
+        ["Declares", KIND_TEXT[c2pa.kind] || null],
         ["Signed at", c2pa.signed_at],
         ["Claim generator", c2pa.claim_generator],
         ["AI generation declared", yesNo(c2pa.ai_claim)],
-        ["Actions", actions.length ? actions.join("; ") : null],
+        ["AI actions", actions.length ? actions.join("; ") : null],
+        ["Edits", (c2pa.edits || []).join(", ")],
         ["Integrity failures", (c2pa.integrity_failures || []).join(", ")],
       ]),
     );
