@@ -33,6 +33,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("evaluate",): "training.evaluate:main",
     ("weights", "fetch"): "serve_app.weights_cli:main",
     ("trust", "update"): "models.provenance_trust:update",
+    ("data",): "training.data_sources:main",  # data fetch NAME... | data list
 }
 
 
