@@ -1,4 +1,4 @@
-"""Shared test fixtures: the real-data folder, offline mode, a network guard, image bytes."""
+"""Shared test fixtures: committed real files, the image sets, offline mode, a network guard, image bytes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from serve_app.local import config_applications, deploy_apps, start_serve
+from training import data_sources
 
 # Tests never reach a model hub: everything they load is built by the tests themselves.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -21,15 +22,45 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "300")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("IMGVERIFY_DATA", REPO.parent / "shared" / "data")).resolve()
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # small licensed real files, committed (see its README.md)
+
+
+def data_missing(reason: str) -> None:
+    """Skip a test whose image set is not here, or fail it where every set must be (``IMGVERIFY_REQUIRE_DATA=1``)."""
+    if os.environ.get(data_sources.REQUIRE_ENV, "0") not in ("0", ""):
+        pytest.fail(f"{reason} ({data_sources.REQUIRE_ENV} is set: data skips are failures here)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    """``tests/fixtures``: the committed real files (camera JPEG, C2PA, generator metadata, a few photos and AI)."""
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def data_set():
+    """``data_set(NAME)``: the folder of image set NAME (``training.data_sources.locate``); the test is skipped
+    with the command that fetches it when it is not here."""
+
+    def find(name: str) -> Path:
+        path = data_sources.locate(name)
+        if path is None:
+            data_missing(data_sources.missing_reason(name))
+        return path
+
+    return find
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` (or ``$IMGVERIFY_DATA``): the real images the tests run on."""
-    if not (SHARED_DATA / "README.md").exists():
-        pytest.fail(f"real test data not found at {SHARED_DATA}; set IMGVERIFY_DATA")
-    return SHARED_DATA
+    """The folder holding all image sets (``$IMGVERIFY_DATA``, ``../shared/data`` or the fetch cache), for tests
+    that name files across many sets; skipped when there is none."""
+    root = data_sources.data_root()
+    if root is None:
+        data_missing(f"no image sets found in {', '.join(map(str, data_sources.search_roots()))}: "
+                     f"run `{data_sources.fetch_command()}` or set ${data_sources.DATA_ENV}")
+    return root
 
 
 @pytest.fixture

@@ -40,12 +40,12 @@ DEBUG_CONFIG = {
 
 
 @pytest.fixture
-def bucket(tmp_path, shared_data) -> Path:
+def bucket(tmp_path, fixtures, data_set) -> Path:
     """Good images of several formats, a corrupt JPEG, a non-image and a zero-byte file."""
     folder = tmp_path / "bucket"
     (folder / "nested").mkdir(parents=True)
-    shutil.copy(shared_data / "camera-models" / "real" / "Canon_EOS_7D.jpg", folder / "camera.jpg")
-    shutil.copy(next((shared_data / "early-generators-ai" / "ai").rglob("*.png")), folder / "nested" / "generated.png")
+    shutil.copy(fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg", folder / "camera.jpg")
+    shutil.copy(next((data_set("early-generators-ai") / "ai").rglob("*.png")), folder / "nested" / "generated.png")
     (folder / "random.webp").write_bytes(image_bytes("WEBP", size=(80, 60)))
     (folder / "corrupt.jpg").write_bytes((folder / "camera.jpg").read_bytes()[:3000])
     (folder / "notes.txt").write_text("not an image")
@@ -85,10 +85,10 @@ def test_every_file_gets_exactly_one_row_errors_included(ray_session, bucket, tm
     assert len(read_rows(out)) == 6
 
 
-def test_a_run_killed_midway_resumes_with_every_file_exactly_once(ray_session, shared_data, tmp_path):
+def test_a_run_killed_midway_resumes_with_every_file_exactly_once(ray_session, data_set, tmp_path):
     bucket = tmp_path / "many"
     bucket.mkdir()
-    for path in sorted((shared_data / "imagenet-real" / "real").glob("*.JPEG"))[:20]:
+    for path in sorted((data_set("imagenet-real") / "real").glob("*.JPEG"))[:20]:
         shutil.copy(path, bucket / path.name)
     out = tmp_path / "out"
     env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
@@ -113,14 +113,14 @@ def test_a_run_killed_midway_resumes_with_every_file_exactly_once(ray_session, s
     assert summary.skipped == written_before and summary.scored == 20 - written_before
 
 
-def test_batch_rows_equal_the_service_answers(serve_url, shared_data, tmp_path):
+def test_batch_rows_equal_the_service_answers(serve_url, fixtures, tmp_path):
     bucket = tmp_path / "same"
     bucket.mkdir()
     sources = [
-        shared_data / "camera-models" / "real" / "Canon_EOS_7D.jpg",
-        shared_data / "c2pa" / "ai" / "DALL-E_cloud_surfing_puppy.webp",
-        next((shared_data / "modern-matched" / "ai").glob("*.jpg")),
-        next((shared_data / "sd15-grids" / "ai").glob("*.webp")),
+        fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg",
+        fixtures / "c2pa" / "ai" / "DALL-E_cloud_surfing_puppy.webp",
+        next((fixtures / "modern-matched" / "ai").glob("*.jpg")),
+        next((fixtures / "sd15-grids" / "ai").glob("*.webp")),
     ]
     for path in sources:
         shutil.copy(path, bucket / path.name)

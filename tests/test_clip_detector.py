@@ -76,13 +76,19 @@ def tiny_hf_clip(tmp_path_factory) -> dict[int, str]:
 
 
 @pytest.fixture(scope="module")
-def images(shared_data: Path) -> list[DecodedImage]:
+def images(data_set) -> list[DecodedImage]:
     """Two real photos (both sides >= 224, for RINE) and two AI images, decoded the one supported way."""
-    with open(shared_data / "imagenet-real" / "labels.csv", newline="") as handle:
+    with open(data_set("imagenet-real") / "labels.csv", newline="") as handle:
         photos = [r["file"] for r in csv.DictReader(handle) if min(int(r["width"]), int(r["height"])) >= 256][:2]
-    generated = sorted((shared_data / "early-generators-ai" / "ai").rglob("*.png"))[:2]
-    paths = [shared_data / "imagenet-real" / p for p in photos] + generated
+    generated = sorted((data_set("early-generators-ai") / "ai").rglob("*.png"))[:2]
+    paths = [data_set("imagenet-real") / p for p in photos] + generated
     return [decode_image(p.read_bytes()) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def heads_root(data_set) -> Path:
+    """The folder holding ``detector-heads/`` (the published head files, named as ``UFD_HEAD`` etc. give them)."""
+    return data_set("detector-heads").parent
 
 
 @pytest.fixture(scope="module")
@@ -185,14 +191,14 @@ def test_preprocessing_is_the_published_open_clip_transform(prompt_detector, ima
 
 
 # ---- UniversalFakeDetect ------------------------------------------------------------------------------------
-def test_ufd_real_head_on_a_768_d_backbone(tiny_open_clip, images, shared_data, no_network):
+def test_ufd_real_head_on_a_768_d_backbone(tiny_open_clip, images, heads_root, no_network):
     tiny = tiny_open_clip["imgverify-test-tiny-768"]
-    config = {**tiny, "head_weights": str(shared_data / UFD_HEAD)}  # the pinned sha256 stays checked
+    config = {**tiny, "head_weights": str(heads_root / UFD_HEAD)}  # the pinned sha256 stays checked
     detector = create_detector("clip_probe_ufd", config)
     results = detector.predict(images)
 
     # sigmoid(fc(encode_image(x))): features NOT normalised before the fc, as in UFD's CLIPModel.forward.
-    state = load_state_dict(str(shared_data / UFD_HEAD))
+    state = load_state_dict(str(heads_root / UFD_HEAD))
     with torch.no_grad():
         pixels = torch.stack([detector.preprocess(image) for image in images])
         logits = detector.backbone.visual(pixels) @ state["weight"].T + state["bias"]
@@ -202,17 +208,17 @@ def test_ufd_real_head_on_a_768_d_backbone(tiny_open_clip, images, shared_data, 
     assert "ufd:sha256:47710074571" in detector.version
 
 
-def test_ufd_head_is_refused_on_a_backbone_of_another_size(tiny_open_clip, shared_data, no_network):
-    config = {**tiny_open_clip["imgverify-test-tiny"], "head_weights": str(shared_data / UFD_HEAD)}
+def test_ufd_head_is_refused_on_a_backbone_of_another_size(tiny_open_clip, heads_root, no_network):
+    config = {**tiny_open_clip["imgverify-test-tiny"], "head_weights": str(heads_root / UFD_HEAD)}
     with pytest.raises(ValueError, match=r"expects 768-d features but backbone imgverify-test-tiny produces 64-d"):
         create_detector("clip_probe_ufd", config)
 
 
-def test_head_checksum_and_missing_head_are_refused(tiny_open_clip, shared_data, no_network):
+def test_head_checksum_and_missing_head_are_refused(tiny_open_clip, heads_root, no_network):
     tiny = tiny_open_clip["imgverify-test-tiny-768"]
     with pytest.raises(WeightsUnavailable, match="does not match sha256"):
         create_detector(
-            "clip_probe_ufd", {**tiny, "head_weights": str(shared_data / UFD_HEAD), "head_sha256": "0" * 64}
+            "clip_probe_ufd", {**tiny, "head_weights": str(heads_root / UFD_HEAD), "head_sha256": "0" * 64}
         )
     with pytest.raises(ValueError, match="needs `head_weights`"):
         create_detector("clip_probe_ufd", {**tiny, "head_weights": None})
@@ -222,10 +228,10 @@ def test_head_checksum_and_missing_head_are_refused(tiny_open_clip, shared_data,
 
 # ---- clip-cues -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("checkpoint,kind", [(CUES_LINEAR, "linear_probe"), (CUES_ORTHOGONAL, "clip_orthogonal")])
-def test_cues_real_heads_on_a_1024_d_backbone(tiny_hf_clip, images, shared_data, checkpoint, kind, no_network):
+def test_cues_real_heads_on_a_1024_d_backbone(tiny_hf_clip, images, heads_root, checkpoint, kind, no_network):
     from transformers import CLIPVisionModel
 
-    config = {"model_name": tiny_hf_clip[1024], "head_weights": str(shared_data / checkpoint), "head_sha256": None}
+    config = {"model_name": tiny_hf_clip[1024], "head_weights": str(heads_root / checkpoint), "head_sha256": None}
     detector = create_detector("clip_probe_cues", config)
     results = detector.predict(images[:2])
     assert detector.head_variant == kind
@@ -233,7 +239,7 @@ def test_cues_real_heads_on_a_1024_d_backbone(tiny_hf_clip, images, shared_data,
     assert f"{tiny_hf_clip[1024]}@sha256:" in detector.version and "clip_cues:sha256:" in detector.version
 
     # pooler_output -> the checkpoint's own layers, written out by hand -> sigmoid.
-    state = load_state_dict(str(shared_data / checkpoint), key="state_dict")
+    state = load_state_dict(str(heads_root / checkpoint), key="state_dict")
     model = CLIPVisionModel.from_pretrained(tiny_hf_clip[1024]).eval()
     with torch.no_grad():
         pixels = torch.stack([detector.preprocess(image) for image in images[:2]])
@@ -251,16 +257,16 @@ def test_cues_real_heads_on_a_1024_d_backbone(tiny_hf_clip, images, shared_data,
         assert p == pytest.approx(float(torch.sigmoid(logit)), abs=1e-5)
 
 
-def test_cues_head_is_refused_on_a_small_backbone_and_concept_models_are_refused(tiny_hf_clip, shared_data, no_network):
-    config = {"model_name": tiny_hf_clip[64], "head_weights": str(shared_data / CUES_LINEAR), "head_sha256": None}
+def test_cues_head_is_refused_on_a_small_backbone_and_concept_models_are_refused(tiny_hf_clip, heads_root, no_network):
+    config = {"model_name": tiny_hf_clip[64], "head_weights": str(heads_root / CUES_LINEAR), "head_sha256": None}
     with pytest.raises(ValueError, match=r"expects 1024-d features but backbone .* produces 64-d"):
         create_detector("clip_probe_cues", config)
     with pytest.raises(ValueError, match="only linear_probe"):
-        load_cues_head(load_state_dict(str(shared_data / CUES_CONCEPT), key="state_dict"))
+        load_cues_head(load_state_dict(str(heads_root / CUES_CONCEPT), key="state_dict"))
 
 
-def test_cues_batch_equals_single(tiny_hf_clip, images, shared_data, no_network):
-    config = {"model_name": tiny_hf_clip[1024], "head_weights": str(shared_data / CUES_ORTHOGONAL), "head_sha256": None}
+def test_cues_batch_equals_single(tiny_hf_clip, images, heads_root, no_network):
+    config = {"model_name": tiny_hf_clip[1024], "head_weights": str(heads_root / CUES_ORTHOGONAL), "head_sha256": None}
     detector = create_detector("clip_probe_cues", config)
     batch = [_probability(r, "clip_probe_cues_prob") for r in detector.predict(images)]
     single = [_probability(detector.predict([image])[0], "clip_probe_cues_prob") for image in images]
@@ -268,8 +274,8 @@ def test_cues_batch_equals_single(tiny_hf_clip, images, shared_data, no_network)
 
 
 # ---- RINE ---------------------------------------------------------------------------------------------------
-def test_real_rine_checkpoint_loads_strictly_into_the_head(shared_data):
-    head = RineHead.from_state_dict(load_state_dict(str(shared_data / RINE_HEAD)))
+def test_real_rine_checkpoint_loads_strictly_into_the_head(heads_root):
+    head = RineHead.from_state_dict(load_state_dict(str(heads_root / RINE_HEAD)))
     assert head.alpha.shape == (1, 24, 128)  # 24 blocks of ViT-L/14
     assert head.proj1[1].in_features == 1024 and len(head.proj1) == 1 + 3 * 4  # nproj=4, proj_dim=128
     with torch.no_grad():
@@ -277,8 +283,8 @@ def test_real_rine_checkpoint_loads_strictly_into_the_head(shared_data):
     assert logit.shape == (2, 1) and torch.isfinite(logit).all()
 
 
-def test_rine_real_head_is_refused_on_a_small_backbone(tiny_open_clip, shared_data, no_network):
-    config = {**tiny_open_clip["imgverify-test-tiny"], "head_weights": str(shared_data / RINE_HEAD)}
+def test_rine_real_head_is_refused_on_a_small_backbone(tiny_open_clip, heads_root, no_network):
+    config = {**tiny_open_clip["imgverify-test-tiny"], "head_weights": str(heads_root / RINE_HEAD)}
     with pytest.raises(ValueError, match=r"expects 1024-d features but backbone imgverify-test-tiny produces 64-d"):
         create_detector("clip_probe_rine", config)
 

@@ -39,9 +39,9 @@ def tiny_dino(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def images(shared_data: Path) -> list[DecodedImage]:
-    photos = sorted((shared_data / "imagenet-real" / "real").glob("*.JPEG"))[:3]
-    generated = sorted((shared_data / "early-generators-ai" / "ai").rglob("*.png"))[:3]
+def images(data_set) -> list[DecodedImage]:
+    photos = sorted((data_set("imagenet-real") / "real").glob("*.JPEG"))[:3]
+    generated = sorted((data_set("early-generators-ai") / "ai").rglob("*.png"))[:3]
     return [decode_image(p.read_bytes()) for p in photos + generated]
 
 
@@ -207,8 +207,9 @@ def _manifest(shared_data: Path, path: Path, splits: dict[str, tuple[int, int]])
     return path
 
 
-def test_training_pipeline_fits_reports_and_saves_a_loadable_head(tiny_dino, shared_data, tmp_path, no_network, capsys):
-    manifest = _manifest(shared_data, tmp_path / "manifest.csv", {"train": (12, 12), "val": (6, 6), "test": (2, 2)})
+def test_training_pipeline_fits_reports_and_saves_a_loadable_head(tiny_dino, data_set, tmp_path, no_network, capsys):
+    splits = {"train": (12, 12), "val": (6, 6), "test": (2, 2)}
+    manifest = _manifest(data_set("cifake-32px").parent, tmp_path / "manifest.csv", splits)
     out = tmp_path / "heads" / "dino_svm.npz"
     argv = [str(manifest), "--out", str(out), "--model-id", tiny_dino, "--cv", "3", "--batch-size", "8"]
     assert train_main(argv) == 0
@@ -232,8 +233,8 @@ def test_training_pipeline_fits_reports_and_saves_a_loadable_head(tiny_dino, sha
     assert result.features["dino_prob"] == pytest.approx(float(expected), abs=1e-9)
 
 
-def test_training_without_reencode_is_reproducible(tiny_dino, shared_data, tmp_path, no_network):
-    manifest = _manifest(shared_data, tmp_path / "manifest.csv", {"train": (6, 6), "val": (3, 3)})
+def test_training_without_reencode_is_reproducible(tiny_dino, data_set, tmp_path, no_network):
+    manifest = _manifest(data_set("cifake-32px").parent, tmp_path / "manifest.csv", {"train": (6, 6), "val": (3, 3)})
     first = train_dino_svm(manifest, tmp_path / "a.npz", {"model_id": tiny_dino}, cv=2, reencode=False)
     second = train_dino_svm(manifest, tmp_path / "b.npz", {"model_id": tiny_dino}, cv=2, reencode=False)
     assert first["val_accuracy"] == second["val_accuracy"] and first["val_auc"] == second["val_auc"]
@@ -241,8 +242,8 @@ def test_training_without_reencode_is_reproducible(tiny_dino, shared_data, tmp_p
     np.testing.assert_array_equal(first_head.coef_, second_head.coef_)
 
 
-def test_training_refuses_a_single_class_train_split(tiny_dino, shared_data, tmp_path):
-    manifest = _manifest(shared_data, tmp_path / "manifest.csv", {"train": (5, 0), "val": (2, 2)})
+def test_training_refuses_a_single_class_train_split(tiny_dino, data_set, tmp_path):
+    manifest = _manifest(data_set("cifake-32px").parent, tmp_path / "manifest.csv", {"train": (5, 0), "val": (2, 2)})
     with pytest.raises(ValueError, match="needs both 'real' and 'ai'"):
         train_dino_svm(manifest, tmp_path / "head.npz", {"model_id": tiny_dino})
     assert not (tmp_path / "head.npz").exists()

@@ -106,16 +106,16 @@ def _first(folder: Path, pattern: str, n: int) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny_manifest(shared_data, tmp_path_factory) -> Path:
+def tiny_manifest(data_set, tmp_path_factory) -> Path:
     """3 ImageNet photos + an unreadable file (real), 2 + 2 modern-matched, 1 SD 1.5 grid (4 AI quadrants),
     1 AUTOMATIC1111 metadata file (AI, 1x1 px); everything in split test except one photo in train."""
     root = tmp_path_factory.mktemp("data")
     broken = root / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
-    imagenet = _first(shared_data / "imagenet-real" / "real", "*.JPEG", 3)
+    imagenet = _first(data_set("imagenet-real") / "real", "*.JPEG", 3)
     _labels_csv(root / "imagenet-real", [(str(p), "real", "", "") for p in imagenet] + [(str(broken), "real", "", "")])
-    matched = _first(shared_data / "modern-matched" / "real", "*.jpg", 2) + _first(
-        shared_data / "modern-matched" / "ai", "*", 2
+    matched = _first(data_set("modern-matched") / "real", "*.jpg", 2) + _first(
+        data_set("modern-matched") / "ai", "*", 2
     )
     _labels_csv(
         root / "modern-matched",
@@ -123,9 +123,9 @@ def tiny_manifest(shared_data, tmp_path_factory) -> Path:
     )
     _labels_csv(
         root / "sd15-grids",
-        [(str(_first(shared_data / "sd15-grids" / "ai", "*.webp", 1)[0]), "ai", "Deliberate 2.0", "grid_2x2")],
+        [(str(_first(data_set("sd15-grids") / "ai", "*.webp", 1)[0]), "ai", "Deliberate 2.0", "grid_2x2")],
     )
-    a1111 = shared_data / "generator-metadata" / "ai" / "AUTOMATIC1111__automatic1111_cropped.png"
+    a1111 = data_set("generator-metadata") / "ai" / "AUTOMATIC1111__automatic1111_cropped.png"
     _labels_csv(root / "generator-metadata", [(str(a1111), "ai", "AUTOMATIC1111", "")])
 
     table = build_manifest(

@@ -73,9 +73,9 @@ def detector():
 
 
 @pytest.fixture(scope="module")
-def photos(shared_data: Path) -> list[np.ndarray]:
+def photos(fixtures: Path) -> list[np.ndarray]:
     """20 real photos, halved with area averaging (which erases their JPEG history): 640x360 RGB."""
-    files = sorted((shared_data / "modern-matched" / "real").glob("*.jpg"))[:20]
+    files = sorted((fixtures / "modern-matched" / "real").glob("*.jpg"))[:20]
     out = []
     for path in files:
         rgb = decode_image(path.read_bytes()).rgb
@@ -92,25 +92,25 @@ def features_of(detector, data: bytes) -> dict[str, float]:
 # ---- JPEG quality from the quantisation tables ------------------------------------------------------------
 
 
-def test_cifake_tables_are_ijg_quality_75(shared_data):
+def test_cifake_tables_are_ijg_quality_75(data_set):
     """Both CIFAKE classes share one table with luma q[0]=8: that is IJG quality 75, exactly."""
     assert ijg_table(ANNEX_K_LUMA, 75)[0, 0] == 8
     for label in ("real", "ai"):
-        for path in sorted((shared_data / "cifake-32px" / label).glob("*.jpg"))[:100]:
+        for path in sorted((data_set("cifake-32px") / label).glob("*.jpg"))[:100]:
             container = parse_container(path.read_bytes(), "JPEG")
             assert container.jpeg_luma_table[0, 0] == 8
             assert estimate_jpeg_quality(container.jpeg_luma_table, container.jpeg_chroma_table) == (75, 0.0)
 
 
-def test_cifake_detector_reports_quality_75(detector, shared_data):
-    files = sorted((shared_data / "cifake-32px" / "ai").glob("*.jpg"))[:4]
+def test_cifake_detector_reports_quality_75(detector, data_set):
+    files = sorted((data_set("cifake-32px") / "ai").glob("*.jpg"))[:4]
     results = detector.predict([decode_image(path.read_bytes()) for path in files])
     assert [r.features["jpeg_quality"] for r in results] == [75.0] * 4
     assert [r.features["compression_level"] for r in results] == [pytest.approx(25 / 90)] * 4
 
 
-def test_modern_matched_is_quality_85(detector, shared_data):
-    files = sorted((shared_data / "modern-matched").glob("*/*.jpg"))
+def test_modern_matched_is_quality_85(detector, data_set):
+    files = sorted(data_set("modern-matched").glob("*/*.jpg"))
     assert len(files) == 520  # 260 AI + 260 real since the set grew (was 80 + 80)
     for path in files:
         container = parse_container(path.read_bytes(), "JPEG")
@@ -118,7 +118,7 @@ def test_modern_matched_is_quality_85(detector, shared_data):
         assert abs(quality - 85) <= 1, path
     # And through the whole detector, on one image of each class.
     for label in ("ai", "real"):
-        path = sorted((shared_data / "modern-matched" / label).glob("*.jpg"))[0]
+        path = sorted((data_set("modern-matched") / label).glob("*.jpg"))[0]
         features = features_of(detector, path.read_bytes())
         assert abs(features["jpeg_quality"] - 85) <= 1
         assert features["jpeg_table_nonstandard"] == 0.0
@@ -171,8 +171,8 @@ def test_webp_lossless_and_lossy(detector, photos):
     assert levels[0] > levels[1] > levels[2] > 0.0
 
 
-def test_real_webp_grid_is_lossy(detector, shared_data):
-    path = sorted((shared_data / "sd15-grids").rglob("*.webp"))[0]
+def test_real_webp_grid_is_lossy(detector, fixtures):
+    path = sorted((fixtures / "sd15-grids").rglob("*.webp"))[0]
     features = features_of(detector, path.read_bytes())
     assert 0.05 < features["compression_level"] < 1.0
 
@@ -292,11 +292,11 @@ def test_geometry_flags(detector):
 # ---- contract: batches, tiny images, configuration ------------------------------------------------------------------
 
 
-def test_batch_equals_single(detector, photos, shared_data):
+def test_batch_equals_single(detector, photos, data_set):
     images = [
         decode_image(encode(photos[6], quality=70)),
         decode_image(encode(photos[7], "PNG")),
-        decode_image(sorted((shared_data / "cifake-32px" / "real").glob("*.jpg"))[0].read_bytes()),
+        decode_image(sorted((data_set("cifake-32px") / "real").glob("*.jpg"))[0].read_bytes()),
         decode_image(encode(photos[8], "WEBP", quality=80)),
     ]
     batch = detector.predict(images)

@@ -32,8 +32,8 @@ EARLY_AI = "early-generators-ai/ai/disco/disco__psychedelic-broccoli-mushroom-cl
 BIG_CAMERA = "c2pa/real/truepic-20230212-landscape.jpg"  # 4032x3024
 
 
-def decoded(shared_data: Path, relative: str):
-    return decode_image((shared_data / relative).read_bytes())
+def decoded(root: Path, relative: str):
+    return decode_image((root / relative).read_bytes())
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -75,8 +75,8 @@ def test_bayar_constraint_holds_for_any_raw_weights():
 
 
 # ---- tiling ------------------------------------------------------------------------------------------------------
-def test_tiling_is_deterministic_and_at_native_resolution(shared_data):
-    camera = decoded(shared_data, BIG_CAMERA)
+def test_tiling_is_deterministic_and_at_native_resolution(data_set):
+    camera = decoded(data_set("c2pa").parent, BIG_CAMERA)
     image = decode_image(png_bytes(camera.rgb[:1500, :2000]))  # a 2000x1500 real photo, lossless
     assert (image.width, image.height) == (2000, 1500)
     detector = create_detector("ghostnet", {"random_init": True})  # default patch 96, up to 8 patches
@@ -91,18 +91,18 @@ def test_tiling_is_deterministic_and_at_native_resolution(shared_data):
     assert min(xs) < 1000 < max(xs) and min(ys) < 750 < max(ys)
 
 
-def test_images_smaller_than_a_patch_are_skipped(shared_data):
+def test_images_smaller_than_a_patch_are_skipped(data_set):
     detector = create_detector("ghostnet", TINY)
-    small = decode_image(png_bytes(decoded(shared_data, EARLY_AI).rgb[:50, :200]))
+    small = decode_image(png_bytes(decoded(data_set("early-generators-ai").parent, EARLY_AI).rgb[:50, :200]))
     (result,) = detector.predict([small])
     assert result.skipped and "64" in result.skipped and not result.features
 
 
 # ---- forward -----------------------------------------------------------------------------------------------------
-def test_random_init_scores_real_images(shared_data):
+def test_random_init_scores_real_images(fixtures, data_set):
     detector = create_detector("ghostnet", TINY)
     assert "random-init" in detector.version and "patch=64" in detector.version
-    images = [decoded(shared_data, MATCHED_REAL), decoded(shared_data, EARLY_AI)]
+    images = [decoded(fixtures, MATCHED_REAL), decoded(data_set("early-generators-ai").parent, EARLY_AI)]
     results = detector.predict(images)
     for result in results:
         assert result.ok, result.error
@@ -119,8 +119,8 @@ def shipped() -> GhostNetNoiseDetector:
     return create_detector("ghostnet")
 
 
-def test_batch_equals_single_with_shipped_weights(shared_data, shipped):
-    images = [decoded(shared_data, MATCHED_REAL), decoded(shared_data, EARLY_AI)]
+def test_batch_equals_single_with_shipped_weights(fixtures, data_set, shipped):
+    images = [decoded(fixtures, MATCHED_REAL), decoded(data_set("early-generators-ai").parent, EARLY_AI)]
     batch = shipped.predict(images)
     singles = [shipped.predict([image])[0] for image in images]
     for b, s in zip(batch, singles):
@@ -185,16 +185,16 @@ def test_mismatched_config_or_weights_are_refused(tmp_path):
 
 
 # ---- training ----------------------------------------------------------------------------------------------------
-def test_training_smoke_run_writes_weights_and_card(shared_data, tmp_path):
+def test_training_smoke_run_writes_weights_and_card(fixtures, data_set, tmp_path):
     import pyarrow as pa
 
     from training.dataset import build_manifest, clean_manifest
     from training.train_ghostnet import main
 
-    with open(shared_data / "imagenet-real" / "labels.csv", newline="") as handle:
+    with open(data_set("imagenet-real") / "labels.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if min(int(r["width"]), int(r["height"])) >= 128]
-    real = [shared_data / "imagenet-real" / r["file"] for r in rows[:12]]
-    ai = sorted((shared_data / "early-generators-ai" / "ai" / "disco").glob("*.png"))[:12]  # 256x256
+    real = [data_set("imagenet-real") / r["file"] for r in rows[:12]]
+    ai = sorted((data_set("early-generators-ai") / "ai" / "disco").glob("*.png"))[:12]  # 256x256
     root = tmp_path / "data"
     root.mkdir()
     lines = [f"{path},real" for path in real] + [f"{path},ai" for path in ai]
@@ -245,5 +245,5 @@ def test_training_smoke_run_writes_weights_and_card(shared_data, tmp_path):
         assert card["metrics"]["test"][condition]["image"]["all"]["n"] == 2
     # The written file loads strictly through the detector and scores an image.
     detector = create_detector("ghostnet", {"weights": str(out), "patch": 64, "max_patches": 2})
-    (result,) = detector.predict([decoded(shared_data, MATCHED_REAL)])
+    (result,) = detector.predict([decoded(fixtures, MATCHED_REAL)])
     assert result.ok and 0.0 <= result.features["ghostnet_score"] <= 1.0

@@ -125,13 +125,13 @@ def test_pixel_limit_stops_decompression_bombs_before_decoding():
     assert "8000x8000" in err.value.message
 
 
-def test_real_files_with_broken_exif_still_decode(shared_data):
-    broken = sorted((shared_data / "exif-samples" / "real" / "jpg" / "invalid").glob("*.jpg"))
+def test_real_files_with_broken_exif_still_decode(data_set):
+    broken = sorted((data_set("exif-samples") / "real" / "jpg" / "invalid").glob("*.jpg"))
     assert broken, "expected the exif-samples invalid-EXIF files"
     for path in broken:
         assert decode_image(path.read_bytes()).rgb.ndim == 3
 
 
-def test_mpo_camera_file_is_reported_as_jpeg(shared_data):
-    decoded = decode_image((shared_data / "c2pa" / "real" / "nikon-20221019-building.jpeg").read_bytes())
+def test_mpo_camera_file_is_reported_as_jpeg(data_set):
+    decoded = decode_image((data_set("c2pa") / "real" / "nikon-20221019-building.jpeg").read_bytes())
     assert decoded.format == "JPEG" and decoded.width == 4128 and decoded.height == 2752

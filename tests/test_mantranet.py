@@ -54,11 +54,12 @@ def _crop(image: DecodedImage, height: int, width: int, top: int = 0, left: int 
 
 
 @pytest.fixture(scope="module")
-def photos(shared_data: Path) -> dict[str, DecodedImage]:
-    ai_file = sorted((shared_data / AI_IMAGE).glob("*.jpg"))[0]
+def photos(data_set) -> dict[str, DecodedImage]:
+    ai_file = sorted((data_set("modern-matched").parent / AI_IMAGE).glob("*.jpg"))[0]
+    imagenet_root = data_set("imagenet-real").parent
     return {
-        "wide": decode_image((shared_data / WIDE_PHOTO).read_bytes()),
-        "tall": decode_image((shared_data / TALL_PHOTO).read_bytes()),
+        "wide": decode_image((imagenet_root / WIDE_PHOTO).read_bytes()),
+        "tall": decode_image((imagenet_root / TALL_PHOTO).read_bytes()),
         "ai": decode_image(ai_file.read_bytes()),
     }
 

@@ -72,8 +72,8 @@ def top_level_segment(data: bytes, marker: int) -> int:
 
 
 # ---- C2PA ------------------------------------------------------------------------------------------------
-def test_c2pa_ai_claims_are_found_with_their_generators(shared_data, detector, no_network):
-    folder = shared_data / "c2pa" / "ai"
+def test_c2pa_ai_claims_are_found_with_their_generators(fixtures, detector, no_network):
+    folder = fixtures / "c2pa" / "ai"
     names = ["ocsp.jpg", "DALL-E_cloud_surfing_puppy.webp", "bing_creator_cloud_surfing_puppy.jpg"]
     results = dict(zip(names, predict_paths(detector, [folder / n for n in names])))
     expected_generators = {
@@ -104,8 +104,8 @@ def test_c2pa_ai_claims_are_found_with_their_generators(shared_data, detector, n
     assert bing["ai_claims"][0]["reason"].startswith("c2pa.created described as 'AI Generated Image'")
 
 
-def test_c2pa_camera_captures_are_not_flagged(shared_data, detector, no_network):
-    folder = shared_data / "c2pa" / "real"
+def test_c2pa_camera_captures_are_not_flagged(data_set, detector, no_network):
+    folder = data_set("c2pa") / "real"
     paths = sorted(folder.iterdir())
     for path, result in zip(paths, predict_paths(detector, paths)):
         details = provenance(result)
@@ -125,8 +125,8 @@ def test_c2pa_camera_captures_are_not_flagged(shared_data, detector, no_network)
 
 @pytest.mark.parametrize("name, failure", [("ocsp.jpg", "assertion.dataHash.mismatch"),
                                            ("bing_creator_cloud_surfing_puppy.jpg", "assertion.boxesHash.mismatch")])
-def test_tampered_c2pa_file_keeps_the_claim_but_not_as_hard_evidence(shared_data, detector, name, failure):
-    data = bytearray((shared_data / "c2pa" / "ai" / name).read_bytes())
+def test_tampered_c2pa_file_keeps_the_claim_but_not_as_hard_evidence(fixtures, detector, name, failure):
+    data = bytearray((fixtures / "c2pa" / "ai" / name).read_bytes())
     data[top_level_segment(data, 0xDB) + 6] ^= 0x01  # one quantisation value: decodes, hash no longer matches
     result = detector.predict([decode_image(bytes(data))])[0]
     c2pa = provenance(result)["c2pa"]
@@ -139,7 +139,7 @@ def test_tampered_c2pa_file_keeps_the_claim_but_not_as_hard_evidence(shared_data
     assert {"kind": "c2pa", "strength": "weak", "points_to": "ai"}.items() <= provenance(result)["evidence"][-1].items()
 
 
-def test_c2pa_trust_anchor_config_is_read_and_versioned(shared_data, tmp_path):
+def test_c2pa_trust_anchor_config_is_read_and_versioned(fixtures, tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -158,7 +158,7 @@ def test_c2pa_trust_anchor_config_is_read_and_versioned(shared_data, tmp_path):
     assert "trust_anchors=none" not in official  # the shipped official C2PA trust list is on by default
     assert "trust_anchors=none" in create_detector("provenance", {"c2pa_official_trust_list": False}).version
     assert anchored.version != official
-    image = decode_image((shared_data / "c2pa" / "ai" / "DALL-E_cloud_surfing_puppy.webp").read_bytes())
+    image = decode_image((fixtures / "c2pa" / "ai" / "DALL-E_cloud_surfing_puppy.webp").read_bytes())
     c2pa = provenance(anchored.predict([image])[0])["c2pa"]
     assert c2pa["validation"] == "valid"  # an unrelated anchor does not make OpenAI's signer trusted
     with pytest.raises(ValueError, match="unknown config keys"):
@@ -197,8 +197,8 @@ GENERATOR_FILES = {
 }
 
 
-def test_generator_metadata_is_recognised_and_parsed(shared_data, detector):
-    paths = sorted((shared_data / "generator-metadata" / "ai").iterdir())
+def test_generator_metadata_is_recognised_and_parsed(fixtures, detector):
+    paths = sorted((fixtures / "generator-metadata" / "ai").iterdir())
     assert sorted(p.name for p in paths) == sorted(GENERATOR_FILES)
     for path, result in zip(paths, predict_paths(detector, paths)):
         details = provenance(result)
@@ -213,8 +213,8 @@ def test_generator_metadata_is_recognised_and_parsed(shared_data, detector):
     assert novelai["software"] == [{"where": "PNG tEXt Software", "value": "NovelAI", "class": "generator"}]
 
 
-def test_dalle2_exif_tags_found_on_14_of_15(shared_data, detector):
-    paths = sorted((shared_data / "early-generators-ai" / "ai" / "dal2").iterdir())
+def test_dalle2_exif_tags_found_on_14_of_15(data_set, detector):
+    paths = sorted((data_set("early-generators-ai") / "ai" / "dal2").iterdir())
     results = predict_paths(detector, paths)
     found = {path.name: provenance(r)["generator_metadata"] for path, r in zip(paths, results)}
     tagged = [name for name, findings in found.items() if findings]
@@ -228,8 +228,8 @@ def test_dalle2_exif_tags_found_on_14_of_15(shared_data, detector):
     assert all(r.features["metadata_ai_claim"] == float(bool(found[p.name])) for p, r in zip(paths, results))
 
 
-def test_comfyui_found_on_all_modern_generators_and_no_sd_watermark(shared_data, detector):
-    paths = sorted((shared_data / "modern-generators-ai" / "ai").iterdir())
+def test_comfyui_found_on_all_modern_generators_and_no_sd_watermark(data_set, detector):
+    paths = sorted((data_set("modern-generators-ai") / "ai").iterdir())
     results = predict_paths(detector, paths)
     assert len(results) == 19
     for path, result in zip(paths, results):
@@ -295,9 +295,9 @@ def test_midjourney_google_utf16_and_jpeg_comment_markers(detector):
 
 
 # ---- real photos: no claims, broken EXIF reported ---------------------------------------------------------
-def test_camera_and_exif_samples_have_no_ai_claim_and_broken_exif_is_reported(shared_data, detector):
-    paths = sorted((shared_data / "camera-models" / "real").iterdir()) + sorted(
-        p for p in (shared_data / "exif-samples" / "real").rglob("*.*"))
+def test_camera_and_exif_samples_have_no_ai_claim_and_broken_exif_is_reported(data_set, detector):
+    paths = sorted((data_set("camera-models") / "real").iterdir()) + sorted(
+        p for p in (data_set("exif-samples") / "real").rglob("*.*"))
     assert len(paths) == 162
     results = predict_paths(detector, paths)  # one batch
     for path, result in zip(paths, results):
@@ -332,8 +332,8 @@ def test_camera_and_exif_samples_have_no_ai_claim_and_broken_exif_is_reported(sh
 
 
 # ---- watermarks -----------------------------------------------------------------------------------------
-def _crop(shared_data: Path) -> np.ndarray:
-    rgb = np.asarray(Image.open(shared_data / WATERMARK_PHOTO).convert("RGB"))
+def _crop(fixtures: Path) -> np.ndarray:
+    rgb = np.asarray(Image.open(fixtures / WATERMARK_PHOTO).convert("RGB"))
     top, left = (rgb.shape[0] - 512) // 2, (rgb.shape[1] - 512) // 2
     return np.ascontiguousarray(rgb[top : top + 512, left : left + 512])
 
@@ -347,10 +347,10 @@ def _png(rgb: np.ndarray) -> bytes:
 @pytest.mark.parametrize("mark, order", [(KNOWN_WATERMARKS[0], "BGR"), (KNOWN_WATERMARKS[2], "BGR"),
                                          (KNOWN_WATERMARKS[3], "BGR"), (KNOWN_WATERMARKS[3], "RGB")],
                          ids=["sd1", "sd2", "sdxl-generative-models", "sdxl-diffusers"])
-def test_watermark_round_trip(shared_data, detector, mark, order):
+def test_watermark_round_trip(fixtures, detector, mark, order):
     from imwatermark import WatermarkEncoder
 
-    crop = _crop(shared_data)
+    crop = _crop(fixtures)
     encoder = WatermarkEncoder()
     encoder.set_watermark("bits", list(mark.bits))
     # The reference scripts hand BGR to the encoder; diffusers' SDXL pipeline hands RGB unchanged.
@@ -367,11 +367,11 @@ def test_watermark_round_trip(shared_data, detector, mark, order):
     assert max(max(v.values()) for v in provenance(clean)["watermark"]["matches"].values()) < 0.8
 
 
-def test_vectorised_decoder_equals_imwatermark(shared_data):
+def test_vectorised_decoder_equals_imwatermark(data_set):
     from imwatermark import WatermarkDecoder
 
     for name in ("Canon_PowerShot_S40_(2).jpg", "Sony_DSC-HX5V_(2).jpg"):
-        rgb = np.asarray(Image.open(shared_data / "camera-models" / "real" / name).convert("RGB"))[:480, :640]
+        rgb = np.asarray(Image.open(data_set("camera-models") / "real" / name).convert("RGB"))[:480, :640]
         for order, as_given in (("BGR", np.ascontiguousarray(rgb[:, :, ::-1])), ("RGB", rgb)):
             for length in (48, 136):
                 reference = np.array(WatermarkDecoder("bits", length).decode(as_given, "dwtDct"), dtype=bool)
@@ -484,11 +484,11 @@ def test_truncated_chunks_and_segments_are_errors_not_crashes():
 
 
 # ---- batching -------------------------------------------------------------------------------------------
-def test_batch_predict_equals_single_predict(shared_data, detector):
-    paths = [shared_data / "c2pa" / "ai" / "ocsp.jpg",
-             shared_data / "generator-metadata" / "ai" / "NovelAI__novelai1_cropped.png",
-             shared_data / "camera-models" / "real" / "Sony_DCR-PC110.jpg",
-             shared_data / "early-generators-ai" / "ai" / "dal2" / "dal2__time-travelers-99427836__dal2-3.jpg"]
+def test_batch_predict_equals_single_predict(fixtures, data_set, detector):
+    paths = [fixtures / "c2pa" / "ai" / "ocsp.jpg",
+             fixtures / "generator-metadata" / "ai" / "NovelAI__novelai1_cropped.png",
+             data_set("camera-models") / "real" / "Sony_DCR-PC110.jpg",
+             data_set("early-generators-ai") / "ai" / "dal2" / "dal2__time-travelers-99427836__dal2-3.jpg"]
     images = [decode_image(p.read_bytes()) for p in paths]
     batch = detector.predict(images)
     for image, together in zip(images, batch):

@@ -38,8 +38,8 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-def test_camera_photo_gets_a_full_explained_verdict(client, shared_data):
-    response = post_file(client, (shared_data / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes())
+def test_camera_photo_gets_a_full_explained_verdict(client, fixtures):
+    response = post_file(client, (fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes())
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body["detectors"]) == {"provenance", "forensics", "ghostnet"}
@@ -58,8 +58,8 @@ def test_camera_photo_gets_a_full_explained_verdict(client, shared_data):
     assert body["timings"]["total_ms"] >= body["timings"]["detectors_ms"] > 0
 
 
-def test_c2pa_ai_claim_decides_the_verdict(client, shared_data):
-    body = post_file(client, (shared_data / "c2pa" / "ai" / "DALL-E_cloud_surfing_puppy.webp").read_bytes()).json()
+def test_c2pa_ai_claim_decides_the_verdict(client, fixtures):
+    body = post_file(client, (fixtures / "c2pa" / "ai" / "DALL-E_cloud_surfing_puppy.webp").read_bytes()).json()
     assert body["label"] == "AI" and body["decided_by"] == "hard_evidence" and body["uncertain"] is False
     assert body["c2pa_ai_claim"] == 1.0
     assert any("C2PA" in reason or "c2pa" in reason for reason in body["reasoning"])
@@ -67,8 +67,8 @@ def test_c2pa_ai_claim_decides_the_verdict(client, shared_data):
                                   "source": "c2pa", "conflicts": []}
 
 
-def test_the_three_ways_to_send_an_image_agree(client, shared_data):
-    data = (shared_data / "imagenet-real" / "real").glob("*.JPEG").__next__().read_bytes()
+def test_the_three_ways_to_send_an_image_agree(client, data_set):
+    data = (data_set("imagenet-real") / "real").glob("*.JPEG").__next__().read_bytes()
     multipart = post_file(client, data).json()
     as_json = client.post("/v1/detect", json={"image_b64": base64.b64encode(data).decode()}).json()
     raw = client.post("/v1/detect", content=data, headers={"content-type": "image/jpeg"}).json()
@@ -76,8 +76,8 @@ def test_the_three_ways_to_send_an_image_agree(client, shared_data):
     assert multipart["image"]["sha256"] == as_json["image"]["sha256"] == raw["image"]["sha256"]
 
 
-def test_artifacts_are_base64_pngs_of_the_image_size(client, shared_data):
-    body = post_file(client, (shared_data / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes(), artifacts="true").json()
+def test_artifacts_are_base64_pngs_of_the_image_size(client, fixtures):
+    body = post_file(client, (fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes(), artifacts="true").json()
     assert body["artifacts"], "expected at least one heatmap"
     for artifact in body["artifacts"].values():
         for key in ("heatmap_png_base64", "overlay_png_base64"):
@@ -139,8 +139,8 @@ def test_service_is_still_healthy_after_bad_input(client):
     assert response.status_code == 200 and response.json()["status"] == "ready"
 
 
-def test_batch_endpoint_keeps_order_and_isolates_a_bad_file(client, shared_data):
-    good = (shared_data / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes()
+def test_batch_endpoint_keeps_order_and_isolates_a_bad_file(client, fixtures):
+    good = (fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes()
     files = [("files", ("a.jpg", good)), ("files", ("b.txt", b"not an image")), ("files", ("c.png", image_bytes()))]
     response = client.post("/v1/detect/batch", files=files)
     assert response.status_code == 200
