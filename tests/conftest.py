@@ -54,12 +54,15 @@ def data_set():
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The folder holding all image sets (``$IMGVERIFY_DATA``, ``../shared/data`` or the fetch cache), for tests
-    that name files across many sets; skipped when there is none."""
+    """The folder holding every image set (``$IMGVERIFY_DATA``, ``../shared/data`` or the fetch cache), for tests
+    that name files across many sets; skipped unless one folder holds them all."""
     root = data_sources.data_root()
-    if root is None:
-        data_missing(f"no image sets found in {', '.join(map(str, data_sources.search_roots()))}: "
-                     f"run `{data_sources.fetch_command()}` or set ${data_sources.DATA_ENV}")
+    missing = [name for name in data_sources.SETS if root is None or not (root / name).is_dir()]
+    if missing:
+        where = root or ", ".join(map(str, data_sources.search_roots()))
+        data_missing(f"these tests read files across all image sets; {where} lacks {', '.join(missing)}: "
+                     f"run `{data_sources.fetch_command()}` (and copy the unfetchable ones) "
+                     f"or set ${data_sources.DATA_ENV}")
     return root
 
 

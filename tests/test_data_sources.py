@@ -141,3 +141,14 @@ def test_every_registry_is_pinned_to_a_commit_and_a_sha256():
         for row in rows:
             assert len(row["sha256"]) == 64 and int(row["sha256"], 16) >= 0, (name, row["file"])
             assert data_sources.source_url(row["source"]).startswith("https://raw.githubusercontent.com/"), row
+
+
+def test_a_missing_set_skips_here_and_fails_where_every_set_is_required(monkeypatch):
+    from conftest import data_missing
+
+    monkeypatch.delenv(data_sources.REQUIRE_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="imgverify data fetch x"):
+        data_missing("run `imgverify data fetch x`")
+    monkeypatch.setenv(data_sources.REQUIRE_ENV, "1")  # what .ci/run exports when ../shared/data is there
+    with pytest.raises(pytest.fail.Exception, match="IMGVERIFY_REQUIRE_DATA is set"):
+        data_missing("run `imgverify data fetch x`")

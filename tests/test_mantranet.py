@@ -54,9 +54,9 @@ def _crop(image: DecodedImage, height: int, width: int, top: int = 0, left: int 
 
 
 @pytest.fixture(scope="module")
-def photos(data_set) -> dict[str, DecodedImage]:
-    ai_file = sorted((data_set("modern-matched").parent / AI_IMAGE).glob("*.jpg"))[0]
+def photos(data_set, fixtures) -> dict[str, DecodedImage]:
     imagenet_root = data_set("imagenet-real").parent
+    ai_file = sorted((fixtures / AI_IMAGE).glob("*.jpg"))[0]  # the set's first, committed
     return {
         "wide": decode_image((imagenet_root / WIDE_PHOTO).read_bytes()),
         "tall": decode_image((imagenet_root / TALL_PHOTO).read_bytes()),
