@@ -10,9 +10,14 @@ IMGVERIFY=.venv/bin/imgverify
 
 # cifake-32px is left out (32 px images: below every pixel detector's working size); the 1x1
 # generator-metadata fixtures are dropped by `clean` as tiny.
-$IMGVERIFY dataset build "$DATA"/{imagenet-real,camera-models,exif-samples,modern-matched,early-generators-ai,modern-generators-ai,sd15-grids,c2pa,generator-metadata} \
+$IMGVERIFY dataset build "$DATA"/{imagenet-real,camera-models,exif-samples,modern-matched,early-generators-ai,modern-generators-ai,modern-web-samples,sd15-grids,c2pa,generator-metadata} \
   --out runs/manifest_all.parquet
 $IMGVERIFY dataset clean runs/manifest_all.parquet --out runs/manifest_local.parquet
+# clip_b16's head on its own embeddings (train + val, stored and re-encoded); then pin its sha256 in the config.
+HF_HUB_OFFLINE=0 $IMGVERIFY weights fetch --config serve_config.local.yaml || true  # the head may not exist yet
+$IMGVERIFY train clip-head runs/manifest_local.parquet --out models/weights/clip_b16_head.npz \
+  --config serve_config.local.yaml
+sed -i "s|head_sha256: .*|head_sha256: $(sha256sum models/weights/clip_b16_head.npz | cut -d' ' -f1)|" serve_config.local.yaml
 # Both classes through the same random crop / resize / JPEG re-encode, two copies per item.
 $IMGVERIFY features extract runs/manifest_local.parquet --variant reencode --copies 2 \
   --config serve_config.local.yaml --out runs/features_local_reencode.parquet

@@ -84,8 +84,8 @@ def test_group_metrics_count_unknown_as_wrong_and_leave_one_class_auc_out():
 
 
 # ---- one real evaluation on a tiny manifest -----------------------------------------------------------------------
-MODEL_FEATURES = ["noise_log_variance", "spectrum_upsampling_peak", "jpeg_quality"]
-MEAN, SCALE = [2.0, 0.5, 85.0], [1.0, 0.5, 10.0]
+MODEL_FEATURES = ["noise_log_variance", "spectrum_upsampling_peak", "ela_mean"]
+MEAN, SCALE = [2.0, 0.5, 3.0], [1.0, 0.5, 2.0]
 COEF = [-1.5, 0.8, 0.3, 0.0, 0.0, 0.4]  # values, then missing indicators
 INTERCEPT = 0.2
 THRESHOLD, BAND = 0.5, 0.1

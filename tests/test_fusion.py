@@ -12,7 +12,7 @@ import models
 from models.base import DetectorResult
 from models.fusion import DetectorOutcome, RuleFusion, SchemaMismatch, VerdictPolicy, apply_calibration, decide, load_fusion
 from training.metrics import binary_metrics, expected_calibration_error, threshold_for_fpr
-from training.train_fusion import fit_calibration, train_fusion
+from training.train_fusion import fit_calibration, train_fusion, uncertain_range
 
 SCHEMA = models.feature_schema(["debug_mean", "debug_sleep", "debug_fail"])
 
@@ -129,7 +129,8 @@ def test_train_fusion_writes_a_calibrated_artifact_that_loads_and_handles_missin
     assert set(saved["dropped_constant_features"]) == fusion_inputs - set(saved["features"])
     assert saved["training"]["data_sha256"] and saved["calibration"]["method"] == "platt"
     low, high = saved["uncertain_range"]
-    assert low == pytest.approx(min(0.1, saved["threshold"])) and high == pytest.approx(max(0.9, saved["threshold"]))
+    assert low == pytest.approx(min(0.1, saved["threshold"])) and high >= max(0.9, saved["threshold"])
+    assert saved["confident_fpr"] == 0.01
     assert artifact["metrics"]["test"]["overall"]["auc"] > 0.8  # the signal is real and learnt
     # The threshold flags at most 5% of the val reals, as asked.
     model = load_fusion(str(out), models.feature_schema(["forensics"]))
@@ -159,3 +160,9 @@ def test_single_class_training_split_is_refused(tmp_path):
     only_ai = table.filter(pa.compute.equal(table["label"], "ai"))
     with pytest.raises(ValueError, match="needs both"):
         train_fusion(only_ai, ["forensics"], tmp_path / "x.json")
+
+
+def test_a_confident_ai_verdict_needs_a_score_almost_no_validation_photo_reaches():
+    assert uncertain_range(0.6, 0.8) == [pytest.approx(0.2), 0.8]
+    assert uncertain_range(0.85, 0.8) == [pytest.approx(0.2), 0.85]  # the threshold is always inside
+    assert uncertain_range(0.6, 0.8, confident_ai_from=0.93) == [pytest.approx(0.2), 0.93]

@@ -2,7 +2,7 @@
 
     imgverify train clip-head MANIFEST --out models/weights/clip_b16_head.npz
         [--config serve_config.local.yaml] [--copies 2] [--kinds image_embeds cls] [--models logreg linear_svm]
-        [--C 0.1 1.0] [--cache cache/features]
+        [--C 0.001 0.002 0.005 0.02] [--cache cache/features]
 
 The embeddings come through the feature-extraction pipeline (``training.features.extract_features``: Ray Data,
 the detector's own preprocessing, a cache keyed by detector version), with ``clip_b16`` configured as in the
@@ -101,7 +101,7 @@ def train_clip_head(
     copies: int = 2,
     kinds: tuple[str, ...] = ("image_embeds", "cls"),
     linear_models: tuple[str, ...] = ("logreg", "linear_svm"),
-    Cs: tuple[float, ...] = (0.05, 0.5),
+    Cs: tuple[float, ...] = (0.001, 0.002, 0.005, 0.02),
     cache_dir: Path = DEFAULT_CACHE,
     command: str = "",
 ) -> dict[str, Any]:
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=2, help="re-encoded copies per item, besides the stored file")
     parser.add_argument("--kinds", nargs="+", default=["image_embeds", "cls"], choices=list(DETAIL_OF_KIND))
     parser.add_argument("--models", nargs="+", default=["logreg", "linear_svm"], choices=["logreg", "linear_svm"])
-    parser.add_argument("--C", nargs="+", type=float, default=[0.05, 0.5], help="regularisation values to try")
+    parser.add_argument("--C", nargs="+", type=float, default=[0.001, 0.002, 0.005, 0.02],
+                        help="regularisation values to try (smaller = stronger)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args(argv)
     command = "imgverify train clip-head " + " ".join(sys.argv[3:] if argv is None else argv)

@@ -2,13 +2,14 @@
 
     imgverify train fusion FEATURES.parquet --out models/weights/fusion_local.json
         [--model logistic|xgboost|mlp] [--calibration auto|isotonic|platt] [--target-fpr 0.05]
-        [--confidence 0.8] [--dropout 0.15] [--config serve_config.local.yaml]
+        [--confidence 0.8] [--confident-fpr 0.01] [--dropout 0.15] [--config serve_config.local.yaml]
 
 FEATURES comes from ``imgverify features extract`` (rows with a ``split`` column). The model is fitted on
 ``train``; probabilities are calibrated on ``val``, where the threshold is also chosen (the one that
 flags at most ``target_fpr`` of the real images); ``test`` is only reported, never tuned on. Because the
 probabilities are calibrated, "uncertain" is a range of them: a verdict is confident only where the
-calibrated P(AI) is below ``1 - confidence`` or at least ``confidence`` (the threshold always inside).
+calibrated P(AI) is below ``1 - confidence`` or at least ``confidence`` (the threshold always inside), and an AI
+verdict is confident only above the score that at most ``confident_fpr`` of the validation photos reach.
 
 The missing-feature path is trained, not improvised: every feature gets a missing indicator, and the
 training rows are repeated with whole detectors randomly dropped (``--dropout``), so a detector that is
@@ -97,9 +98,10 @@ def fit_model(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, A
     raise ValueError(f"unknown model {kind!r}; use one of {MODEL_TYPES}")
 
 
-def uncertain_range(threshold: float, confidence: float) -> list[float]:
-    """[low, high) of calibrated P(AI) reported as uncertain, always holding the threshold."""
-    return [min(1.0 - confidence, threshold), max(confidence, threshold)]
+def uncertain_range(threshold: float, confidence: float, confident_ai_from: float = 0.0) -> list[float]:
+    """[low, high) of calibrated P(AI) reported as uncertain, always holding the threshold. ``confident_ai_from``
+    raises the upper end further: an AI verdict is confident only where almost no validation photo scores."""
+    return [min(1.0 - confidence, threshold), max(confidence, threshold, confident_ai_from)]
 
 
 def training_data_hash(table: pa.Table) -> str:
@@ -117,6 +119,7 @@ def train_fusion(
     calibration: str = "auto",
     target_fpr: float = 0.05,
     confidence: float = 0.8,
+    confident_fpr: float = 0.01,
     dropout: float = 0.15,
     dropout_copies: int = 3,
     seed: int = 0,
@@ -195,7 +198,11 @@ def train_fusion(
     artifact["calibration"] = fit_calibration(raw_val, y_val, method)
     p_val = apply_calibration(artifact["calibration"], raw_val)
     artifact["threshold"] = threshold_for_fpr(p_val[y_val == 0], target_fpr)
-    artifact["uncertain_range"] = uncertain_range(artifact["threshold"], confidence)
+    # A confident AI verdict on a real photo is the worst failure: confident only above the score that at most
+    # ``confident_fpr`` of the validation photos reach (with 1% of ~170 photos: above the highest one).
+    confident_ai_from = threshold_for_fpr(p_val[y_val == 0], confident_fpr)
+    artifact["uncertain_range"] = uncertain_range(artifact["threshold"], confidence, confident_ai_from)
+    artifact["confident_fpr"] = confident_fpr
     model = TrainedFusion(artifact, out.parent)
 
     artifact["metrics"] = {
@@ -245,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", choices=("auto", "isotonic", "platt"), default="auto")
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--confidence", type=float, default=0.8, help="confident only below 1-c or at/above c")
+    parser.add_argument("--confident-fpr", type=float, default=0.01,
+                        help="a confident AI verdict only above the score this share of val photos reach")
     parser.add_argument("--dropout", type=float, default=0.15, help="per-detector drop rate in training copies")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="names the detectors whose features are used")
     parser.add_argument("--seed", type=int, default=0)
@@ -253,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     detectors = load_profile(args.config).args.detector_names()
     command = "imgverify train fusion " + " ".join(sys.argv[3:] if argv is None else argv)
     artifact = train_fusion(
-        table, detectors, args.out, args.model, args.calibration, args.target_fpr, args.confidence, args.dropout,
+        table, detectors, args.out, args.model, args.calibration, args.target_fpr, args.confidence, args.confident_fpr,
+        args.dropout,
         seed=args.seed, command=command,
     )
     for split, metrics in artifact["metrics"].items():
