@@ -9,6 +9,7 @@ Every check compares what the page shows with what the JSON API answers for the 
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -103,6 +104,25 @@ def upload(tab: Tab, files: list[tuple[str, bytes]]) -> None:
     """What the file picker does: hand files to the page's <input type=file>."""
     payloads = [{"name": name, "mimeType": "application/octet-stream", "buffer": data} for name, data in files]
     tab.page.set_input_files("#file-input", payloads)
+
+
+# Drag-and-drop and paste hand the page a DataTransfer holding the file, as the browser would.
+DISPATCH_FILE = """([how, name, b64]) => {
+    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], name));
+    if (how === "drop") {
+        document.getElementById("dropzone").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    } else {
+        document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true}));
+    }
+}"""
+
+
+def hand_over(tab: Tab, how: str, name: str, data: bytes) -> None:
+    """Drop (``how="drop"``) or paste (``how="paste"``) one file into the page."""
+    tab.page.evaluate(DISPATCH_FILE, [how, name, base64.b64encode(data).decode()])
 
 
 def wait_for_verdict(tab: Tab, name: str) -> None:
@@ -203,7 +223,7 @@ def test_heatmap_is_fetched_on_request_and_overlays_the_image(tab, client, serve
     asked_for_artifacts = []
     tab.page.on("request", lambda r: "artifacts=true" in r.url and asked_for_artifacts.append(r.url))
     tab.open(f"{serve_url}/")
-    upload(tab, [(CAMERA_PHOTO[-1], data)])
+    hand_over(tab, "paste", CAMERA_PHOTO[-1], data)  # pasted from the clipboard
     wait_for_verdict(tab, CAMERA_PHOTO[-1])
     assert asked_for_artifacts == [] and tab.page.is_hidden("#image-overlay")
 
@@ -244,7 +264,7 @@ def test_a_non_image_shows_the_service_error_with_its_code(tab, client, serve_ur
     expected = client.post("/v1/detect", files={"file": ("notes.txt", data)})
     assert expected.status_code == 415
     tab.open(f"{serve_url}/")
-    upload(tab, [("notes.txt", data)])
+    hand_over(tab, "drop", "notes.txt", data)  # dragged onto the drop zone
     tab.page.wait_for_selector("#error:not([hidden])")
     assert tab.page.text_content("#error-code") == expected.json()["error"] == "not_an_image"
     assert tab.page.text_content("#error-detail") == expected.json()["detail"]
