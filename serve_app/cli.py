@@ -7,6 +7,7 @@
     imgverify train fusion|dino-svm|clip-head|ghostnet ...
     imgverify evaluate ...
     imgverify weights fetch [--config serve_config.local.yaml] [--dir DIR]  fetch and verify the config's weights
+    imgverify deploy kuberay [--config serve_config.yaml] [--out FILE]      KubeRay RayService from a Serve config
     imgverify trust update [--dir DIR]                                      refresh the C2PA trust lists (online)
 
 Each training step is also ``python -m training.<step>``; this file only dispatches.
@@ -32,6 +33,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("train", "ghostnet"): "training.train_ghostnet:main",
     ("evaluate",): "training.evaluate:main",
     ("weights", "fetch"): "serve_app.weights_cli:main",
+    ("deploy", "kuberay"): "serve_app.kuberay:main",  # RayService manifest from a Serve config
     ("trust", "update"): "models.provenance_trust:update",
     ("data",): "training.data_sources:main",  # data fetch NAME... | data list
 }
