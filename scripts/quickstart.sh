@@ -29,7 +29,7 @@ for _ in $(seq 1 300); do
 done
 curl -sf http://127.0.0.1:8000/healthz >/dev/null || { echo "not ready after 600 s; see serve.log"; exit 1; }
 
-IMAGE="${1:-../shared/data/c2pa/ai/DALL-E_cloud_surfing_puppy.webp}"
+IMAGE="${1:-tests/fixtures/c2pa/ai/DALL-E_cloud_surfing_puppy.webp}"
 if [ ! -f "$IMAGE" ]; then  # no sample data on this machine: score a generated image instead
   IMAGE=/tmp/imgverify-sample.png
   .venv/bin/python -c "from PIL import Image; Image.effect_mandelbrot((512, 512), (-2, -1.5, 1, 1.5), 100).convert('RGB').save('$IMAGE')"

@@ -42,11 +42,12 @@ def test_camera_photo_gets_a_full_explained_verdict(client, fixtures):
     response = post_file(client, (fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes())
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body["detectors"]) == {"provenance", "forensics", "ghostnet"}
+    assert set(body["detectors"]) == {"provenance", "forensics", "ghostnet", "clip_b16"}
     assert all(d["status"] == "ok" and d["version"] and d["latency_ms"] > 0 for d in body["detectors"].values())
     assert body["missing"] == []
     # Features of every detector at top level, with their declared names.
-    for feature in ("exif_score", "has_exif", "c2pa_present", "image_entropy", "compression_level", "ghostnet_score"):
+    for feature in ("exif_score", "has_exif", "c2pa_present", "image_entropy", "compression_level", "ghostnet_score",
+                    "clip_b16_prob", "clip_b16_pub_prob"):
         assert isinstance(body[feature], float), feature
     assert body["has_exif"] == 1.0 and body["c2pa_present"] == 0.0
     assert 0.0 <= body["fusion_prob"] <= 1.0
@@ -154,7 +155,7 @@ def test_batch_endpoint_keeps_order_and_isolates_a_bad_file(client, fixtures):
 
 def test_detectors_endpoint_lists_features_versions_and_status(client):
     body = client.get("/v1/detectors").json()
-    assert set(body["detectors"]) == {"provenance", "forensics", "ghostnet"}
+    assert set(body["detectors"]) == {"provenance", "forensics", "ghostnet", "clip_b16"}
     for info in body["detectors"].values():
         assert info["status"] == "ready" and info["version"] and info["features"]
         assert {"name", "low", "high", "direction", "description"} <= set(info["features"][0])
