@@ -33,7 +33,8 @@ class Reencode:
     """Random crop, resize and re-encode (JPEG by default); metadata is dropped (Pillow does not copy it).
 
     ``formats``, ``blur_probability`` and ``generator_size_probability`` widen the processing for the fusion
-    model; with their defaults no extra random draw is made, so the ghostnet and DINO training that use the defaults reproduce.
+    model; with their defaults no extra random draw is made, so the ghostnet and DINO training that use the
+    defaults reproduce.
     """
 
     quality: tuple[int, int] = (65, 97)
