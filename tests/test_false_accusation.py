@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,21 +27,11 @@ CONTAINER_FACTS = (
 )
 
 
-# Real photos of the test split of `imgverify dataset build` over the shared data (never trained or tuned on).
-HELD_OUT_PHOTOS = (
-    "camera-models/real/Canon_IXUS.jpg", "camera-models/real/Canon_PowerShot_A40.jpg",
-    "camera-models/real/Canon_PowerShot_G2_(1).jpg", "camera-models/real/FujiFilm_FinePixS1Pro_(2).jpg",
-    "camera-models/real/Kodak_DC240.jpg", "camera-models/real/Sony_Cybershot_(4).jpg",
-    "modern-web-samples/camera-phones/real/Nokia_Lumia_800.jpg",
-    "modern-web-samples/camera-phones/real/Samsung_SM-J327T1.jpg",
-    "modern-matched/real/real_0141.jpg", "modern-matched/real/real_0198.jpg", "modern-matched/real/real_0102.jpg",
-    "modern-matched/real/real_0098.jpg", "modern-matched/real/real_0014.jpg", "modern-matched/real/real_0295.jpg",
-    "modern-matched/real/real_0127.jpg", "modern-matched/real/real_0062.jpg",
-    "imagenet-real/real/n02138441_meerkat.JPEG", "imagenet-real/real/n01632777_axolotl.JPEG",
-    "imagenet-real/real/n04229816_ski_mask.JPEG", "imagenet-real/real/n07590611_hot_pot.JPEG",
-    "imagenet-real/real/n02056570_king_penguin.JPEG", "imagenet-real/real/n02676566_acoustic_guitar.JPEG",
-    "imagenet-real/real/n11939491_daisy.JPEG", "imagenet-real/real/n04509417_unicycle.JPEG",
-)
+# Every real photo of the test split of `imgverify dataset build` over the shared data (never trained or tuned on).
+HELD_OUT_PHOTOS = [
+    line for line in (Path(__file__).parent / "held_out_real_photos.txt").read_text().splitlines()
+    if line and not line.startswith("#")
+]
 
 
 @pytest.fixture(scope="module")
@@ -117,23 +108,24 @@ def test_values_outside_the_training_range_are_clipped(local_fusion):
 
 
 def test_real_photos_at_generator_sizes_are_not_accused(shared_data, local_fusion, local_detectors):
-    """Held-out real photos, centre-cropped and resized to standard generator sizes and saved as JPEG q90 (what a
-    CMS or a share sheet does). The size must never make the verdict: no photo that is not a confident AI at its own
-    size becomes one at a generator size, and at most one of the 24 is labelled AI there at all (the evaluation's
-    generator_size variant reports the rates on the whole test split)."""
+    """The issue's targets, on the 89 held-out real photos, each centre-cropped and resized to a standard generator
+    size (a different one per photo, small to large) and saved as JPEG q90, as a CMS or a share sheet does: at most
+    5% labelled AI, and at most 2% turned into a confident AI that was not one at the photo's own size."""
     fusion, schema = local_fusion
     called_ai, made_confident = [], []
     for i, name in enumerate(HELD_OUT_PHOTOS):
         stored = decode_image((shared_data / name).read_bytes(), DATASET_LIMITS)
-        size = GENERATOR_SIZE_LIST[(2 * i) % len(GENERATOR_SIZE_LIST)]  # every other size, small to large
+        size = GENERATOR_SIZE_LIST[(2 * i) % len(GENERATOR_SIZE_LIST)]
         buffer = io.BytesIO()
         crop_resize_to(stored.to_pil(), size).save(buffer, format="JPEG", quality=90)
-        own = decide(_outcomes(local_detectors, stored), fusion, schema)
         resized = decide(_outcomes(local_detectors, decode_image(buffer.getvalue())), fusion, schema)
         assert resized["geometry_generator_size"] == 1.0
-        if resized["label"] == "AI":
-            called_ai.append((name, size, own["fusion_prob"], resized["fusion_prob"]))
-            if not resized["uncertain"] and (own["label"] != "AI" or own["uncertain"]):
-                made_confident.append((name, size, own["fusion_prob"], resized["fusion_prob"]))
-    assert made_confident == []
-    assert len(called_ai) <= 1, called_ai
+        if resized["label"] != "AI":
+            continue
+        own = decide(_outcomes(local_detectors, stored), fusion, schema)
+        called_ai.append((name, size, own["fusion_prob"], resized["fusion_prob"]))
+        if not resized["uncertain"] and (own["label"] != "AI" or own["uncertain"]):
+            made_confident.append((name, size, own["fusion_prob"], resized["fusion_prob"]))
+    assert len(HELD_OUT_PHOTOS) == 89
+    assert len(made_confident) <= 0.02 * len(HELD_OUT_PHOTOS), made_confident
+    assert len(called_ai) <= 0.05 * len(HELD_OUT_PHOTOS), called_ai

@@ -53,7 +53,8 @@ def build_wheel(folder: Path, files: dict[str, bytes]) -> Path:
     wheel = folder / WHEEL_NAME
     with zipfile.ZipFile(wheel, "w") as archive:
         for name, data in files.items():
-            archive.writestr(name, data)
+            # A fixed timestamp: the same files give the same wheel (and sha256) whenever it is built.
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
     return wheel
 
 
