@@ -95,11 +95,13 @@ def test_a_run_killed_midway_resumes_with_every_file_exactly_once(ray_session, d
     command = [sys.executable, "-m", "serve_app.cli", "batch", str(bucket), "--out", str(out),
                "--config", str(debug_config(tmp_path)), "--rows-per-file", "1", "--files-per-block", "2",
                "--no-progress"]
-    job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "job.log"
+    with open(log, "wb") as sink:
+        job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
         while len(list(out.glob("part-*.parquet"))) < 2:
-            assert job.poll() is None, "the batch job ended before it could be interrupted"
+            assert job.poll() is None, f"the batch job ended before it could be interrupted: {log.read_text()[-2000:]}"
             assert time.time() < deadline, "no part written in 300 s"
             time.sleep(0.2)
     finally:
