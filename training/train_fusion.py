@@ -136,8 +136,9 @@ def train_fusion(
     rng = np.random.default_rng(seed)
 
     train_rows = feature_rows(splits["train"], list(schema))
-    # Features with one value on all of train carry nothing the model could learn: left out, and named.
-    constant = [f for f in schema if len({row.get(f) for row in train_rows}) <= 1]
+    # Features with at most one value where present carry nothing the model could learn but their absence, and
+    # absence can be a container fact (watermark_detected is not computed below 256 px): left out, and named.
+    constant = [f for f in schema if len({row[f] for row in train_rows if f in row}) <= 1]
     features = [f for f in schema if f not in constant]
     if not features:
         raise ValueError("every feature is constant on the train split: nothing to learn")
