@@ -27,6 +27,8 @@ from models.weights import WeightSource
 Direction = Literal["ai_high", "real_high", "neutral"]
 # Evidence sentences that start with this are context (facts any photo can have), listed after real reasons.
 CONTEXT_PREFIX = "Context: "
+# The verdict's top-level ``provenance`` object when nothing claims where the image comes from.
+NO_PROVENANCE: dict[str, Any] = {"kind": "none", "trusted": False, "signer": None, "generator": None, "source": None}
 
 
 @dataclass(frozen=True)

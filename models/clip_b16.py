@@ -51,7 +51,7 @@ import torch
 from models.base import Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import WeightSource, hf_weights_id, resolve_weights
+from models.weights import WeightSource, hf_repo_source, hf_weights_id, resolve_weights
 
 CODE_VERSION = "clip_b16-1"
 HEAD_FORMAT = "imgverify-embedding-head-1"
@@ -452,8 +452,8 @@ class ClipB16Detector(Detector):
         if is_onnx(backbone):
             sources.append(WeightSource(backbone, config["backbone_sha256"], config["backbone_archive_sha256"],
                                         "CLIP ViT-B/16 image tower, INT8 ONNX"))
-        elif backbone.count("/") == 1 and not Path(backbone).is_dir() and not config["cache_dir"]:
-            sources.append(WeightSource(f"hf://{backbone}", description="CLIP ViT-B/16 image tower (HF repo)"))
+        else:
+            sources += hf_repo_source(backbone, config["cache_dir"], "CLIP ViT-B/16 image tower (HF repo)")
         if config["head"]:
             sources.append(WeightSource(str(config["head"]), config["head_sha256"], description="clip_b16 head"))
         if config["published_head"]:
@@ -571,7 +571,7 @@ class ClipB16Detector(Detector):
         views = [clip_pixels(image.to_pil(), self.image_size)]
         extra = int(self.config["crops"])
         if extra > 1:
-            rgb = np.asarray(image.to_pil().convert("RGB"), dtype=np.float32)
+            rgb = image.rgb.astype(np.float32)  # the decoder's RGB pixels: no second PIL round trip
             views += [_normalise(crop) for crop in native_crops(rgb, extra, self.image_size)]
         return np.stack(views)
 

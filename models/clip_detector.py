@@ -30,7 +30,9 @@ from torch import nn
 from models.base import Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import WeightSource, file_sha256, hf_weights_id, load_state_dict, resolve_weights
+from models.weights import (
+    WeightSource, file_sha256, hf_repo_source, hf_weights_id, load_state_dict, resolve_weights,
+)
 
 CODE_VERSION = "clip-1"
 
@@ -286,9 +288,8 @@ class ClipDetector(Detector):
         config = cls.merged_config(config)
         sources = []
         if config["head"] == "clip_cues":
-            model_id = str(config["model_name"])
-            if model_id.count("/") == 1 and not Path(model_id).is_dir() and not config["cache_dir"]:
-                sources.append(WeightSource(f"hf://{model_id}", description=f"{cls.name} CLIP backbone (HF repo)"))
+            description = f"{cls.name} CLIP backbone (HF repo)"
+            sources += hf_repo_source(str(config["model_name"]), config["cache_dir"], description)
         else:
             pretrained = str(config.get("pretrained") or "")
             if Path(pretrained).expanduser().is_file() or "/" in pretrained:  # a checkpoint path, not a tag

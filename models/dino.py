@@ -32,7 +32,7 @@ from models.base import Detector, DetectorResult, FeatureSpec
 from models.weights import hf_weights_id
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import WeightSource, resolve_weights
+from models.weights import WeightSource, hf_repo_source, resolve_weights
 
 CODE_VERSION = "dino-1"
 HEAD_FORMAT = "imgverify-dino-svm-1"
@@ -199,10 +199,8 @@ class DinoDetector(Detector):
         detector configured with another ``cache_dir`` would not read.
         """
         config = cls.merged_config(config)
-        sources = []
         model_id = str(config["model_id"] or "")
-        if model_id.count("/") == 1 and not Path(model_id).is_dir() and not config["cache_dir"]:
-            sources.append(WeightSource(f"hf://{model_id}", description="DINOv2 backbone (Hugging Face repo)"))
+        sources = hf_repo_source(model_id, config["cache_dir"], "DINOv2 backbone (Hugging Face repo)")
         if config["head"]:
             sources.append(WeightSource(str(config["head"]), config["head_sha256"], description="DINOv2 SVM head"))
         return sources

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from models.base import CONTEXT_PREFIX, DetectorResult, FeatureSpec
+from models.base import CONTEXT_PREFIX, NO_PROVENANCE, DetectorResult, FeatureSpec
 
 Status = Literal["ok", "failed", "timeout", "skipped"]
 ARTIFACT_FORMAT = "imgverify-fusion/1"
@@ -267,10 +267,6 @@ def load_fusion(location: str | None, schema: dict[str, FeatureSpec]) -> FusionM
 
 
 # ---- the verdict -------------------------------------------------------------------------------------------
-# The top-level ``provenance`` object when no detector read the file's provenance (or it failed).
-NO_PROVENANCE: dict[str, Any] = {"kind": "none", "trusted": False, "signer": None, "generator": None, "source": None}
-
-
 @dataclass
 class VerdictPolicy:
     threshold: float | None = None  # None: the fusion model's own

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.base import CONTEXT_PREFIX, Detector, DetectorResult, FeatureSpec
+from models.base import CONTEXT_PREFIX, NO_PROVENANCE, Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.provenance_aigc import find_labels
 from models.provenance_c2pa import c2pa_settings, read_c2pa
@@ -369,8 +369,7 @@ def summarise(evidence: list[dict[str, str]], c2pa: dict[str, Any], labels: list
     Order: a hard AI claim (trusted C2PA first), a trusted camera capture, then what a readable but
     non-decisive C2PA manifest says, then an untrusted declared capture; ``none`` when nothing claims a source.
     """
-    summary: dict[str, Any] = {"kind": "none", "trusted": False, "signer": None, "generator": None, "source": None,
-                               "conflicts": conflicts}
+    summary: dict[str, Any] = {**NO_PROVENANCE, "conflicts": conflicts}
     signer = c2pa.get("signer_org") or c2pa.get("signer")
     hard_ai = [e for e in evidence if e["strength"] == "hard" and e["points_to"] == "ai"]
     hard_ai.sort(key=lambda e: e["kind"] != "c2pa")  # the C2PA claim names the kind (generated / ai_edited)

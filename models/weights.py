@@ -341,6 +341,17 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def hf_repo_source(model_id: str, cache_dir: str | None, description: str) -> list[WeightSource]:
+    """``[hf://OWNER/NAME]`` when ``model_id`` is a hub repo id, else ``[]`` (a local folder has nothing to fetch).
+
+    Listed only without ``cache_dir``: the fetch fills the default Hugging Face cache, which a detector configured
+    with another ``cache_dir`` would not read.
+    """
+    if model_id.count("/") == 1 and not Path(model_id).is_dir() and not cache_dir:
+        return [WeightSource(f"hf://{model_id}", description=description)]
+    return []
+
+
 def hf_weights_id(model_id: str) -> str:
     """Identity of Hugging Face weights for version strings: a repo id names its weights ("hub"); a local
     folder is named by the sha256 of its weight files."""
