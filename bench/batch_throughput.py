@@ -41,7 +41,7 @@ def run_loop(config: Path, bucket: Path, cpus: int) -> dict:
     import torch
 
     import models
-    from models.fusion import DetectorOutcome, VerdictPolicy, decide, load_fusion
+    from models.fusion import DetectorOutcome
     from models.image_input import ImageInputError, decode_image
     from serve_app.config import load_profile
 
@@ -49,8 +49,7 @@ def run_loop(config: Path, bucket: Path, cpus: int) -> dict:
     cv2.setNumThreads(cpus)
     profile = load_profile(config)
     detectors = {n: models.create_detector(n, d.user_config.detector) for n, d in profile.detectors.items()}
-    schema = models.feature_schema(list(detectors))
-    fusion = load_fusion(profile.args.fusion.model, schema)
+    verdict = profile.args.verdict()
     files = sorted(bucket.iterdir())
     done_at = []
     for path in files:
@@ -63,7 +62,7 @@ def run_loop(config: Path, bucket: Path, cpus: int) -> dict:
         for name, detector in detectors.items():
             (result,) = detector.predict([image])
             outcomes.append(DetectorOutcome.from_result(name, result, detector.version, 0.0))
-        decide(outcomes, fusion, schema, VerdictPolicy())
+        verdict.decide(outcomes)
         done_at.append(time.perf_counter())
     return {"images": len(files), "steady_ips": steady_rate(done_at)}
 

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import models  # noqa: E402
-from models.fusion import DetectorOutcome, VerdictPolicy, decide, load_fusion  # noqa: E402
+from models.fusion import DetectorOutcome  # noqa: E402
 from models.image_input import decode_image  # noqa: E402
 from serve_app.config import load_profile  # noqa: E402
 
@@ -44,8 +44,7 @@ def sample_images(data: Path, count: int) -> list[bytes]:
 def in_process(config: Path, images: list[bytes]) -> dict:
     profile = load_profile(config)
     detectors = {name: models.create_detector(name, d.user_config.detector) for name, d in profile.detectors.items()}
-    schema = models.feature_schema(list(detectors))
-    fusion = load_fusion(profile.args.fusion.model, schema)
+    verdict = profile.args.verdict()
     limits = profile.args.input.limits()
     decoded = [decode_image(data, limits) for data in images]
     for detector in detectors.values():  # warm-up: first calls pay for lazy initialisation
@@ -67,7 +66,7 @@ def in_process(config: Path, images: list[bytes]) -> dict:
             t0 = time.perf_counter()
             (result,) = detector.predict([image])
             outcomes.append(DetectorOutcome.from_result(name, result, detector.version, (time.perf_counter() - t0) * 1000))
-        decide(outcomes, fusion, schema, VerdictPolicy())
+        verdict.decide(outcomes)
         sequential.append(time.perf_counter() - started)
     return {"alone_ms": alone, "sequential_p50_ms": statistics.median(sequential) * 1000,
             "sequential_ips": len(sequential) / sum(sequential)}

@@ -14,7 +14,10 @@ for the same image. Training's feature extraction uses the first two stages and 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,9 @@ import numpy as np
 import pyarrow as pa
 
 import models
-from models.fusion import DetectorOutcome, VerdictPolicy, decide, load_fusion
+from models.fusion import DetectorOutcome
 from models.image_input import DecodedImage, ImageInputError, InputLimits, decode_image
+from models.verdict import Verdict, VerdictBody
 
 IMAGE_COLUMNS = ("rgb", "data", "format", "source_mode", "n_frames", "orientation")
 
@@ -128,11 +132,9 @@ class DetectorStage:
 class FusionStage:
     """The service's verdict for each row, from the outcome columns, as flat output columns."""
 
-    def __init__(self, detectors: list[str], fusion_model: str | None, policy: dict[str, Any]):
-        self.detectors = detectors
-        self.schema = models.feature_schema(detectors)
-        self.fusion = load_fusion(fusion_model, self.schema)
-        self.policy = VerdictPolicy(**policy)
+    def __init__(self, verdict_args: dict[str, Any]):
+        self.verdict = Verdict.build(**verdict_args)
+        self.detectors = list(verdict_args["detectors"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = []
@@ -140,45 +142,52 @@ class FusionStage:
             row: dict[str, Any] = {"path": batch["path"][i], "sha256": batch["sha256"][i], "error": batch["error"][i] or None}
             if not row["error"]:
                 outcomes = [DetectorOutcome.from_json(batch[outcome_column(n)][i]) for n in self.detectors]
-                row.update(decide(outcomes, self.fusion, self.schema, self.policy))
+                row.update(self.verdict.decide(outcomes))
             rows.append(row)
-        return output_table(rows, list(self.schema))
+        return output_table(rows, self.verdict.features)
 
 
-def output_table(rows: list[dict[str, Any]], features: list[str]) -> pa.Table:
-    """Flatten verdicts into the batch output schema."""
-    import json
+# ---- the output schema, derived from the verdict's declared shape ---------------------------------------
+ROW_FIELDS = [
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("sha256", pa.string(), nullable=False),
+    pa.field("error", pa.string()),  # set when the file could not be decoded: "code: message"; verdict fields null
+]
+SCALAR_TYPES = {float: pa.float64(), bool: pa.bool_(), str: pa.string(), int: pa.int64()}
 
-    schema = output_schema(features)
-    encoded = ("reasoning", "missing", "detectors", "details", "provenance")
-    columns = {
-        field.name: [json.dumps(r.get(field.name) or ([] if field.name in ("reasoning", "missing") else {})) for r in rows]
-        if field.name in encoded
-        else [r.get(field.name) for r in rows]
-        for field in schema
-    }
-    return pa.Table.from_pydict(columns, schema=schema)
+
+def verdict_column(annotation: Any) -> tuple[pa.DataType, Any]:
+    """A VerdictBody field's column: a scalar type, or a JSON string with the empty value an error row gets
+    (lists and maps: their keys vary by profile, e.g. one entry per detector)."""
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] if _is_union(annotation) else [annotation]
+    base = options[0] if len(options) == 1 else None
+    if typing.get_origin(base) is typing.Literal:
+        base = type(typing.get_args(base)[0])
+    if base in SCALAR_TYPES:
+        return SCALAR_TYPES[base], None
+    return pa.string(), [] if typing.get_origin(base) is list else {}
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
 def output_schema(features: list[str]) -> pa.Schema:
-    """One row per input file. JSON-encoded columns hold lists and maps whose keys vary by profile."""
-    fixed = [
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("sha256", pa.string(), nullable=False),
-        pa.field("label", pa.string()),  # AI | NON-AI | UNKNOWN; null on error
-        pa.field("fusion_prob", pa.float64()),
-        pa.field("threshold", pa.float64()),
-        pa.field("uncertain", pa.bool_()),
-        pa.field("decided_by", pa.string()),  # fusion | hard_evidence (AI) | provenance (NON-AI) | none
-        pa.field("reasoning", pa.string()),  # JSON list of sentences
-        pa.field("missing", pa.string()),  # JSON list of detectors that did not answer
-        pa.field("error", pa.string()),  # set when the file could not be decoded: "code: message"
-        pa.field("fusion_model", pa.string()),
-        pa.field("detectors", pa.string()),  # JSON {detector: {status, latency_ms, version, error}}
-        pa.field("details", pa.string()),  # JSON {detector: details}
-        pa.field("provenance", pa.string()),  # JSON {kind, trusted, signer, generator, source, ...}
-    ]
-    return pa.schema(fixed + [pa.field(name, pa.float64()) for name in features])
+    """One row per input file: path, sha256 and error, then every VerdictBody field, then one column per feature."""
+    verdict = [pa.field(name, verdict_column(field.annotation)[0]) for name, field in VerdictBody.model_fields.items()]
+    return pa.schema(ROW_FIELDS + verdict + [pa.field(name, pa.float64()) for name in features])
+
+
+def output_table(rows: list[dict[str, Any]], features: list[str]) -> pa.Table:
+    """Flatten verdicts (plus path / sha256 / error) into the batch output schema."""
+    columns: dict[str, list] = {field.name: [r.get(field.name) for r in rows] for field in ROW_FIELDS}
+    for name, field in VerdictBody.model_fields.items():
+        _, empty = verdict_column(field.annotation)
+        values = [r.get(name) for r in rows]
+        columns[name] = values if empty is None else [json.dumps(empty if v is None else v) for v in values]
+    for name in features:
+        columns[name] = [r.get(name) for r in rows]
+    return pa.Table.from_pydict(columns, schema=output_schema(features))
 
 
 # ---- the feature cache (training) ------------------------------------------------------------------

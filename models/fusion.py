@@ -1,4 +1,4 @@
-"""From detector outcomes to one explained verdict; shared by the HTTP service and batch scoring.
+"""Detector outcomes and the fusion models that turn their features into one probability.
 
 Two fusion models share one interface (``predict_proba`` on a dict of the features that exist):
 
@@ -10,8 +10,7 @@ Two fusion models share one interface (``predict_proba`` on a dict of the featur
   trained with random detector dropout, so "this detector is down" is an input it has seen), then a
   probability calibration, a threshold chosen for a target false-positive rate, and an uncertain range of probabilities.
 
-:func:`decide` turns the per-detector outcomes into the response body: features, ``fusion_prob``,
-``label``, ``threshold``, ``uncertain``, ``reasoning``, ``detectors`` and ``missing``.
+:class:`models.verdict.Verdict` turns the per-detector outcomes into the explained response body.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from models.base import CONTEXT_PREFIX, NO_PROVENANCE, DetectorResult, FeatureSpec
+from models.base import DetectorResult, FeatureSpec
 
 Status = Literal["ok", "failed", "timeout", "skipped"]
 ARTIFACT_FORMAT = "imgverify-fusion/1"
@@ -264,103 +263,6 @@ def load_fusion(location: str | None, schema: dict[str, FeatureSpec]) -> FusionM
             f"fusion model {path} does not match the enabled detectors' feature schema: " + "; ".join(problems)
         )
     return model
-
-
-# ---- the verdict -------------------------------------------------------------------------------------------
-@dataclass
-class VerdictPolicy:
-    threshold: float | None = None  # None: the fusion model's own
-    uncertain_range: tuple[float, float] | None = None
-    hard_evidence: bool = True  # hard provenance evidence decides the verdict on its own (AI and NON-AI)
-    max_reasons: int = 6
-
-
-def decide(
-    outcomes: list[DetectorOutcome],
-    fusion: FusionModel,
-    schema: dict[str, FeatureSpec],
-    policy: VerdictPolicy = VerdictPolicy(),
-) -> dict[str, Any]:
-    """The response body (without request id and timings) for one image."""
-    features: dict[str, float] = {}
-    for outcome in outcomes:
-        if outcome.status == "ok" and outcome.result is not None:
-            features.update(outcome.result.features)
-    threshold = fusion.threshold if policy.threshold is None else policy.threshold
-    uncertain_range = fusion.uncertain_range if policy.uncertain_range is None else tuple(policy.uncertain_range)
-    fusion_prob = fusion.predict_proba(features)
-    hard = [s for o in outcomes if o.status == "ok" and o.result for s in o.result.hard_evidence]
-    # A trusted camera-capture manifest; the provenance detector already let any trusted AI evidence win over it.
-    hard_real = [s for o in outcomes if o.status == "ok" and o.result for s in o.result.hard_evidence_real]
-
-    if policy.hard_evidence and hard:
-        # "hard_evidence" is kept for the AI direction: evaluation reports and stored batch outputs count it.
-        label, decided_by, uncertain = "AI", "hard_evidence", False
-    elif policy.hard_evidence and hard_real:
-        label, decided_by, uncertain = "NON-AI", "provenance", False
-    elif fusion_prob is None:
-        label, decided_by, uncertain = "UNKNOWN", "none", True
-    else:
-        label = "AI" if fusion_prob >= threshold else "NON-AI"
-        decided_by, uncertain = "fusion", uncertain_range[0] <= fusion_prob < uncertain_range[1]
-
-    missing = [o.name for o in outcomes if o.status != "ok"]
-    body: dict[str, Any] = {name: round(value, 6) for name, value in features.items()}
-    body.update(
-        {
-            "fusion_prob": None if fusion_prob is None else round(fusion_prob, 6),
-            "label": label,
-            "threshold": threshold,
-            "uncertain": uncertain,
-            "decided_by": decided_by,
-            "reasoning": _reasoning(outcomes, features, fusion, schema, fusion_prob, threshold, uncertain_range,
-                                    hard or hard_real, policy),
-            "provenance": next((o.result.provenance for o in outcomes
-                                if o.status == "ok" and o.result and o.result.provenance), dict(NO_PROVENANCE)),
-            "detectors": {o.name: o.report() for o in outcomes},
-            "missing": missing,
-            "details": {o.name: o.result.details for o in outcomes if o.status == "ok" and o.result and o.result.details},
-            "fusion_model": fusion.version,
-        }
-    )
-    return body
-
-
-def _reasoning(
-    outcomes: list[DetectorOutcome],
-    features: dict[str, float],
-    fusion: FusionModel,
-    schema: dict[str, FeatureSpec],
-    fusion_prob: float | None,
-    threshold: float,
-    uncertain_range: tuple[float, float],
-    hard: list[str],
-    policy: VerdictPolicy,
-) -> list[str]:
-    reasons = [f"Provenance: {sentence}" for sentence in hard] if policy.hard_evidence else []
-    contributions = fusion.contributions(features) or {}
-    for name, push in sorted(contributions.items(), key=lambda kv: -abs(kv[1]))[:3]:
-        if abs(push) < 1e-3:
-            continue
-        spec = schema[name]
-        towards = "AI" if push > 0 else "a camera"
-        meaning = spec.description.split(". ")[0].rstrip(".")
-        reasons.append(f"{name} = {features[name]:.3g} points towards {towards} ({meaning}).")
-    evidence = [s for o in outcomes if o.status == "ok" and o.result for s in o.result.evidence if s not in hard]
-    # Context sentences (container facts such as a generator-typical size) come last: weak, never a first reason.
-    reasons.extend(sorted(evidence, key=lambda sentence: sentence.startswith(CONTEXT_PREFIX)))
-    reasons = reasons[: policy.max_reasons]
-    if fusion_prob is not None and uncertain_range[0] <= fusion_prob < uncertain_range[1] and not (hard and policy.hard_evidence):
-        reasons.append(
-            f"fusion_prob {fusion_prob:.2f} lies in the uncertain range [{uncertain_range[0]:.2f}, {uncertain_range[1]:.2f}): "
-            f"the evidence is not strong either way (label threshold {threshold:.2f})."
-        )
-    for outcome in outcomes:
-        if outcome.status != "ok":
-            reasons.append(f"{outcome.name} not used ({outcome.status}{': ' + outcome.error if outcome.error else ''}).")
-    if fusion_prob is None and not hard:
-        reasons.append("No detector produced a feature the fusion model reads: no verdict.")
-    return reasons
 
 
 def _json_default(value: Any) -> Any:

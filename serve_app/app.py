@@ -39,9 +39,10 @@ from ray.serve.metrics import Counter, Histogram
 
 import models
 from deployments.detector import LATENCY_BUCKETS_MS, DetectorDeployment
-from models.fusion import DetectorOutcome, VerdictPolicy, decide, json_safe, load_fusion
+from models.fusion import DetectorOutcome, json_safe
 from models.image_input import DecodedImage, ImageInputError, decode_image
 from serve_app.config import AppArgs
+from serve_app.responses import ERROR_RESPONSES, BatchAnswer, ServiceVerdict
 from serve_app.url_input import fetch_url
 from serve_app.web import router as web_router
 
@@ -118,13 +119,7 @@ class FusionIngress:
         self.args = AppArgs.model_validate(args)
         self.handles = detectors
         self.timeouts = {d.name: d.timeout_s for d in self.args.detectors}
-        self.schema = models.feature_schema(self.args.detector_names())
-        self.fusion = load_fusion(self.args.fusion.model, self.schema)
-        self.policy = VerdictPolicy(
-            threshold=self.args.fusion.threshold,
-            uncertain_range=self.args.fusion.uncertain_range,
-            hard_evidence=self.args.fusion.hard_evidence,
-        )
+        self.verdict = self.args.verdict()
         self.limits = self.args.input.limits()
         self.detector_ms = Histogram(
             "imgverify_detector_latency_ms",
@@ -142,7 +137,7 @@ class FusionIngress:
         )
 
     # ---- endpoints ----------------------------------------------------------------------------------
-    @api.post("/v1/detect", summary="Score one image")
+    @api.post("/v1/detect", summary="Score one image", response_model=ServiceVerdict, responses=ERROR_RESPONSES)
     async def detect(
         self, request: Request, artifacts: bool = Query(False, description="add heatmaps as base64 PNG")
     ) -> JSONResponse:
@@ -151,7 +146,12 @@ class FusionIngress:
         status = 503 if body["label"] == "UNKNOWN" else 200
         return JSONResponse(json_safe(body), status_code=status)
 
-    @api.post("/v1/detect/batch", summary="Score several images (multipart field 'files'), one result each")
+    @api.post(
+        "/v1/detect/batch",
+        summary="Score several images (multipart field 'files'), one result each",
+        response_model=BatchAnswer,
+        responses=ERROR_RESPONSES,
+    )
     async def detect_batch(self, request: Request, artifacts: bool = Query(False)) -> JSONResponse:
         self._check_length(request, self.limits.max_bytes * self.args.input.max_batch_files)
         form = await self._form(request, max_files=self.args.input.max_batch_files)
@@ -185,30 +185,20 @@ class FusionIngress:
             json_safe(
                 {
                     "detectors": statuses,
-                    "fusion": {
-                        "model": self.fusion.version,
-                        "features": self.fusion.features,
-                        "threshold": self.policy.threshold or self.fusion.threshold,
-                        "uncertain_range": self.policy.uncertain_range or self.fusion.uncertain_range,
-                        "hard_evidence": self.policy.hard_evidence,
-                    },
+                    "fusion": self.verdict.describe(),
                 }
             )
         )
 
     @api.get("/v1/config", summary="What callers may send (input limits, URL input) and how a verdict is read")
     async def config(self) -> JSONResponse:
-        policy, fusion = self.policy, self.fusion
         return JSONResponse(
             {
                 "input": self.args.input.model_dump(include=PUBLIC_INPUT_FIELDS),
                 "detectors": self.args.detector_names(),
                 # the detectors that add a heatmap to ?artifacts=true
                 "heatmaps": [n for n in self.args.detector_names() if models.get_detector_class(n).has_artifacts],
-                "fusion": {
-                    "threshold": fusion.threshold if policy.threshold is None else policy.threshold,
-                    "uncertain_range": fusion.uncertain_range if policy.uncertain_range is None else policy.uncertain_range,
-                },
+                "fusion": {"threshold": self.verdict.threshold, "uncertain_range": list(self.verdict.uncertain_range)},
             }
         )
 
@@ -222,7 +212,7 @@ class FusionIngress:
             *(self._call_detector(name, handle, image_ref, artifacts) for name, handle in self.handles.items())
         )
         detected = time.perf_counter()
-        body = decide(list(outcomes), self.fusion, self.schema, self.policy)
+        body = self.verdict.decide(list(outcomes))
         fused = time.perf_counter()
         if artifacts:
             body["artifacts"] = _encode_artifacts(image, outcomes)

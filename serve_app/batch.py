@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -48,15 +49,29 @@ def list_inputs(source: str) -> tuple[list[str], pafs.FileSystem | None]:
         return sorted(i.path for i in infos if i.type == pafs.FileType.File), filesystem
     path = Path(source)
     if path.is_file() and path.suffix in (".csv", ".parquet"):
-        from training.dataset import load_manifest
-
-        return [str(Path(p).resolve()) for p in load_manifest(path).column("filepath").to_pylist()], None
+        return manifest_files(path), None
     if path.is_dir():
         return sorted(str(p.resolve()) for p in path.rglob("*") if p.is_file()), None
     matches = sorted(str(Path(p).resolve()) for p in globlib.glob(source, recursive=True) if Path(p).is_file())
     if not matches:
         raise FileNotFoundError(f"{source} is not a folder, manifest, URI or glob that matches any file")
     return matches, None
+
+
+def manifest_files(path: Path) -> list[str]:
+    """The files a manifest lists in its ``filepath`` column, the one column batch scoring needs (a training
+    manifest's labels and splits are not read). Refuses a manifest that names files that do not exist."""
+    if path.suffix == ".csv":
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+    else:
+        table = pq.read_table(path)
+    if "filepath" not in table.column_names:
+        raise ValueError(f"manifest {path} has no 'filepath' column (columns: {table.column_names})")
+    files = [str(Path(p).resolve()) for p in table.column("filepath").to_pylist()]
+    missing = [p for p in files if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"manifest {path} names {len(missing)} files that do not exist, e.g. {missing[:3]}")
+    return files
 
 
 # ---- outputs -------------------------------------------------------------------------------------------
@@ -214,21 +229,12 @@ def build_dataset(
             # spends seconds loading torch and weights while the others wait.
             compute=ActorPoolStrategy(size=actors),
         )
-    fusion = profile.args.fusion
     # The pixels' last stop was the last detector. Without num_cpus this task asks for a whole CPU and
     # never starts beside the pools on a small cluster.
     ds = ds.drop_columns(list(IMAGE_COLUMNS), num_cpus=stage_cpus)
     return ds.map_batches(
         FusionStage,
-        fn_constructor_kwargs={
-            "detectors": profile.args.detector_names(),
-            "fusion_model": fusion.model,
-            "policy": {
-                "threshold": fusion.threshold,
-                "uncertain_range": fusion.uncertain_range,
-                "hard_evidence": fusion.hard_evidence,
-            },
-        },
+        fn_constructor_kwargs={"verdict_args": profile.args.verdict_args()},
         batch_size=None,  # whatever the detectors pass on: batching here would hold rows back from OUT
         batch_format="numpy",
         num_cpus=stage_cpus,
@@ -258,8 +264,7 @@ def run_batch(
         # A cluster when RAY_ADDRESS names one, else a fresh local instance.
         ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False, log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False  # one bar, ours, in files
-    features = list(models.feature_schema(profile.args.detector_names()))
-    writer = PartWriter(out, output_schema(features), rows_per_file)
+    writer = PartWriter(out, output_schema(list(models.feature_schema(profile.args.detector_names()))), rows_per_file)
     scored = failed = 0
     already = len({p for p, _ in done} & set(paths))  # approximate: a changed file is scored again
     with tqdm(total=len(paths) - already, unit="img", disable=not progress, desc="imgverify batch") as bar:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, Field, field_validator
 
 from models.image_input import InputLimits
+from models.verdict import Verdict
 
 
 class DetectorArgs(BaseModel):
@@ -81,6 +82,20 @@ class AppArgs(BaseModel):
 
     def detector_names(self) -> list[str]:
         return [d.name for d in self.detectors]
+
+    def verdict_args(self, model_override: str | None = None) -> dict[str, Any]:
+        """``Verdict.build``'s arguments (plain data: Ray Data stages build their own copy from them)."""
+        return {
+            "detectors": self.detector_names(),
+            "model": model_override or self.fusion.model,
+            "threshold": self.fusion.threshold,
+            "uncertain_range": self.fusion.uncertain_range,
+            "hard_evidence": self.fusion.hard_evidence,
+        }
+
+    def verdict(self, model_override: str | None = None) -> Verdict:
+        """The one :class:`Verdict` of this config (``model_override`` replaces the configured fusion artifact)."""
+        return Verdict.build(**self.verdict_args(model_override))
 
 
 # A detector replica's CPU reservation when the config names none (Ray's own default of 1 CPU makes

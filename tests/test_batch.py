@@ -15,10 +15,13 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import REPO, image_bytes
-from serve_app.batch import actors_per_detector, run_batch
+
+from deployments.data import verdict_column
+from models.verdict import VerdictBody
+from serve_app.batch import actors_per_detector, list_inputs, run_batch
 from serve_app.config import load_profile
+from serve_app.responses import ServiceVerdict
 
 DEBUG_CONFIG = {
     "applications": [
@@ -115,6 +118,31 @@ def test_a_run_killed_midway_resumes_with_every_file_exactly_once(ray_session, d
     assert summary.skipped == written_before and summary.scored == 20 - written_before
 
 
+def test_a_manifest_needs_only_a_filepath_column(tmp_path, fixtures):
+    photo = fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg"
+    (tmp_path / "files.csv").write_text(f"filepath\n{photo}\n")
+    assert list_inputs(str(tmp_path / "files.csv")) == ([str(photo.resolve())], None)
+    (tmp_path / "gone.csv").write_text(f"filepath\n{tmp_path / 'gone.jpg'}\n")
+    with pytest.raises(FileNotFoundError, match="names 1 files that do not exist"):
+        list_inputs(str(tmp_path / "gone.csv"))
+
+
+def assert_close(value, expected, where: str) -> None:
+    """Equal, numbers within 1e-6 (a detector may batch differently in the service and in Ray Data)."""
+    if isinstance(expected, dict):
+        assert isinstance(value, dict) and value.keys() == expected.keys(), where
+        for key in expected:
+            assert_close(value[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(value, list) and len(value) == len(expected), where
+        for i, (v, e) in enumerate(zip(value, expected)):
+            assert_close(v, e, f"{where}[{i}]")
+    elif isinstance(expected, float) and not isinstance(expected, bool):
+        assert value == pytest.approx(expected, abs=1e-6), where
+    else:
+        assert value == expected, where
+
+
 def test_batch_rows_equal_the_service_answers(serve_url, fixtures, tmp_path):
     bucket = tmp_path / "same"
     bucket.mkdir()
@@ -132,13 +160,18 @@ def test_batch_rows_equal_the_service_answers(serve_url, fixtures, tmp_path):
     with httpx.Client(base_url=serve_url, timeout=120) as client:
         for path in sources:
             answer = client.post("/v1/detect", files={"file": (path.name, path.read_bytes())}).json()
+            ServiceVerdict.model_validate(answer)  # the HTTP body has the declared shape
             row = rows[path.name]
             assert row["sha256"] == answer["image"]["sha256"]
-            assert (row["label"], row["decided_by"], row["uncertain"]) == (answer["label"], answer["decided_by"], answer["uncertain"])
-            assert row["fusion_prob"] == pytest.approx(answer["fusion_prob"], abs=1e-6)
-            for feature, value in answer.items():
-                if feature in row and isinstance(value, float):
-                    assert row[feature] == pytest.approx(value, abs=1e-6), feature
+            # Field by field, every field of the declared verdict (JSON columns decoded) and every feature.
+            for field, info in VerdictBody.model_fields.items():
+                json_encoded = verdict_column(info.annotation)[1] is not None
+                value, expected = json.loads(row[field]) if json_encoded else row[field], answer[field]
+                if field == "detectors":  # latency is the one thing that differs between two runs
+                    value, expected = ({k: {**v, "latency_ms": None} for k, v in d.items()} for d in (value, expected))
+                assert_close(value, expected, field)
+            features = [name for name in answer if name not in ServiceVerdict.model_fields]
+            assert features and all(row[f] == pytest.approx(answer[f], abs=1e-6) for f in features)
             assert json.loads(row["missing"]) == answer["missing"] == []
 
 

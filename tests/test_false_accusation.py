@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import models
-from models.fusion import DetectorOutcome, SchemaMismatch, decide, load_fusion, resolve_fusion_path
+from models.fusion import DetectorOutcome, SchemaMismatch, load_fusion, resolve_fusion_path
 from models.image_input import decode_image
 from serve_app.config import load_profile
 from training.augment import GENERATOR_SIZE_LIST, crop_resize_to
@@ -40,9 +40,8 @@ def profile():
 
 
 @pytest.fixture(scope="module")
-def local_fusion(profile):
-    schema = models.feature_schema(profile.args.detector_names())
-    return load_fusion(profile.args.fusion.model, schema), schema
+def local_verdict(profile):
+    return profile.args.verdict()
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +58,8 @@ def test_container_facts_are_declared_context_only():
     assert schema["ghostnet_score"].fusion_input and schema["noise_log_variance"].fusion_input
 
 
-def test_shipped_fusion_reads_no_container_fact(local_fusion):
-    fusion, _ = local_fusion
+def test_shipped_fusion_reads_no_container_fact(local_verdict):
+    fusion, _ = local_verdict
     assert set(fusion.features) & set(CONTAINER_FACTS) == set()
     assert "ghostnet_score" in fusion.features
 
@@ -81,25 +80,24 @@ def _outcomes(detectors: dict, image) -> list[DetectorOutcome]:
     ]
 
 
-def test_container_facts_cannot_move_the_verdict(local_fusion, local_detectors, make_image):
+def test_container_facts_cannot_move_the_verdict(local_verdict, local_detectors, make_image):
     """The same pixels with every container fact set to its most AI-looking value: the same fusion_prob."""
-    fusion, schema = local_fusion
     image = decode_image(make_image("JPEG", size=(640, 480), quality=92, seed=3))
     outcomes = _outcomes(local_detectors, image)
-    before = decide(outcomes, fusion, schema)
+    before = local_verdict.decide(outcomes)
     ai_looking = {"geometry_generator_size": 1.0, "geometry_pow2_alignment": 7.0, "has_exif": 0.0, "exif_score": 0.0,
                   "jpeg_quality": 75.0, "compression_level": 0.3, "jpeg_table_nonstandard": 0.0}
     for outcome in outcomes:
         if outcome.result is not None:
             outcome.result.features.update({k: v for k, v in ai_looking.items() if k in outcome.result.features})
-    after = decide(outcomes, fusion, schema)
+    after = local_verdict.decide(outcomes)
     assert after["geometry_generator_size"] == 1.0  # the fact is reported ...
     assert after["fusion_prob"] == before["fusion_prob"]  # ... and changes nothing
     assert after["label"] == before["label"]
 
 
-def test_values_outside_the_training_range_are_clipped(local_fusion):
-    fusion, _ = local_fusion
+def test_values_outside_the_training_range_are_clipped(local_verdict):
+    fusion, _ = local_verdict
     name = "ghostnet_score"
     high = fusion.high[fusion.features.index(name)]
     assert np.isfinite(high)
@@ -107,22 +105,21 @@ def test_values_outside_the_training_range_are_clipped(local_fusion):
     assert fusion.predict_proba({name: float(high) + 1e6}) == pytest.approx(fusion.predict_proba(row))
 
 
-def test_real_photos_at_generator_sizes_are_not_accused(shared_data, local_fusion, local_detectors):
+def test_real_photos_at_generator_sizes_are_not_accused(shared_data, local_verdict, local_detectors):
     """The issue's targets, on the 89 held-out real photos, each centre-cropped and resized to a standard generator
     size (a different one per photo, small to large) and saved as JPEG q90, as a CMS or a share sheet does: at most
     5% labelled AI, and at most 2% turned into a confident AI that was not one at the photo's own size."""
-    fusion, schema = local_fusion
     called_ai, made_confident = [], []
     for i, name in enumerate(HELD_OUT_PHOTOS):
         stored = decode_image((shared_data / name).read_bytes(), DATASET_LIMITS)
         size = GENERATOR_SIZE_LIST[(2 * i) % len(GENERATOR_SIZE_LIST)]
         buffer = io.BytesIO()
         crop_resize_to(stored.to_pil(), size).save(buffer, format="JPEG", quality=90)
-        resized = decide(_outcomes(local_detectors, decode_image(buffer.getvalue())), fusion, schema)
+        resized = local_verdict.decide(_outcomes(local_detectors, decode_image(buffer.getvalue())))
         assert resized["geometry_generator_size"] == 1.0
         if resized["label"] != "AI":
             continue
-        own = decide(_outcomes(local_detectors, stored), fusion, schema)
+        own = local_verdict.decide(_outcomes(local_detectors, stored))
         called_ai.append((name, size, own["fusion_prob"], resized["fusion_prob"]))
         if not resized["uncertain"] and (own["label"] != "AI" or own["uncertain"]):
             made_confident.append((name, size, own["fusion_prob"], resized["fusion_prob"]))

@@ -10,11 +10,13 @@ import pytest
 
 import models
 from models.base import DetectorResult
-from models.fusion import DetectorOutcome, RuleFusion, SchemaMismatch, VerdictPolicy, apply_calibration, decide, load_fusion
+from models.fusion import DetectorOutcome, RuleFusion, SchemaMismatch, apply_calibration, load_fusion
+from models.verdict import Verdict
 from training.metrics import binary_metrics, expected_calibration_error, threshold_for_fpr
 from training.train_fusion import fit_calibration, train_fusion, uncertain_range
 
 SCHEMA = models.feature_schema(["debug_mean", "debug_sleep", "debug_fail"])
+RULE = Verdict(SCHEMA, RuleFusion(SCHEMA))  # the rule fusion with its own threshold and uncertain range
 
 
 def outcome(name: str, **features: float) -> DetectorOutcome:
@@ -34,7 +36,7 @@ def test_decide_lists_missing_detectors_and_invents_nothing():
         DetectorOutcome("debug_sleep", "timeout", 500.0, error="no answer within 0.5 s"),
         DetectorOutcome("debug_fail", "failed", 3.0, "debug_fail-1", error="boom"),
     ]
-    body = decide(outcomes, RuleFusion(SCHEMA), SCHEMA)
+    body = RULE.decide(outcomes)
     assert body["missing"] == ["debug_sleep", "debug_fail"]
     assert body["fusion_prob"] == pytest.approx(0.8) and body["label"] == "AI" and body["decided_by"] == "fusion"
     assert "debug_sleep_prob" not in body and "debug_fail_prob" not in body
@@ -43,27 +45,36 @@ def test_decide_lists_missing_detectors_and_invents_nothing():
 
 
 def test_uncertain_range_and_threshold_override():
-    body = decide([outcome("debug_mean", debug_prob=0.55)], RuleFusion(SCHEMA), SCHEMA)
+    body = RULE.decide([outcome("debug_mean", debug_prob=0.55)])
     assert body["label"] == "AI" and body["uncertain"] is True  # 0.55 in [0.35, 0.65)
-    assert decide([outcome("debug_mean", debug_prob=0.65)], RuleFusion(SCHEMA), SCHEMA)["uncertain"] is False
-    policy = VerdictPolicy(threshold=0.6, uncertain_range=(0.5, 0.52))
-    body = decide([outcome("debug_mean", debug_prob=0.55)], RuleFusion(SCHEMA), SCHEMA, policy)
+    assert RULE.decide([outcome("debug_mean", debug_prob=0.65)])["uncertain"] is False
+    configured = Verdict(SCHEMA, RuleFusion(SCHEMA), threshold=0.6, uncertain_range=(0.5, 0.52))
+    body = configured.decide([outcome("debug_mean", debug_prob=0.55)])
     assert body["label"] == "NON-AI" and body["uncertain"] is False and body["threshold"] == 0.6
+    assert configured.describe()["threshold_from"] == "config"
+
+
+def test_a_configured_threshold_of_zero_is_the_one_used_and_shown():
+    """0.0 is a threshold, not "unset": decide() and describe() (what /v1/detectors shows) agree on it."""
+    zero = Verdict(SCHEMA, RuleFusion(SCHEMA), threshold=0.0, uncertain_range=(0.0, 0.0))
+    body = zero.decide([outcome("debug_mean", debug_prob=0.01)])
+    assert (body["label"], body["threshold"], body["uncertain"]) == ("AI", 0.0, False)
+    assert (zero.describe()["threshold"], zero.describe()["uncertain_range"]) == (0.0, [0.0, 0.0])
 
 
 def test_hard_evidence_decides_unless_switched_off():
     hard = DetectorOutcome.from_result(
         "debug_mean", DetectorResult(features={"debug_prob": 0.1}, hard_evidence=["valid C2PA claim: trainedAlgorithmicMedia"]), "v", 1.0
     )
-    body = decide([hard], RuleFusion(SCHEMA), SCHEMA)
+    body = RULE.decide([hard])
     assert (body["label"], body["decided_by"], body["uncertain"]) == ("AI", "hard_evidence", False)
     assert body["reasoning"][0] == "Provenance: valid C2PA claim: trainedAlgorithmicMedia"
-    body = decide([hard], RuleFusion(SCHEMA), SCHEMA, VerdictPolicy(hard_evidence=False))
+    body = Verdict(SCHEMA, RuleFusion(SCHEMA), hard_evidence=False).decide([hard])
     assert (body["label"], body["decided_by"]) == ("NON-AI", "fusion")
 
 
 def test_no_usable_feature_means_no_verdict():
-    body = decide([DetectorOutcome("debug_fail", "failed", 1.0, error="x")], RuleFusion(SCHEMA), SCHEMA)
+    body = RULE.decide([DetectorOutcome("debug_fail", "failed", 1.0, error="x")])
     assert body["fusion_prob"] is None and body["label"] == "UNKNOWN" and body["uncertain"] is True
 
 

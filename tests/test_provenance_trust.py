@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from models.base import DetectorResult
-from models.fusion import DetectorOutcome, RuleFusion, VerdictPolicy, decide
+from models.fusion import DetectorOutcome, RuleFusion
+from models.verdict import Verdict
 from models.image_input import decode_image
 from models.provenance_aigc import TC260_NS
 from models.provenance_trust import CLAIM_LIST, TRUST_DIR, TSA_LIST, load_trust, update
@@ -125,9 +126,9 @@ def run(detector, data: bytes) -> DetectorResult:
 SCHEMA = feature_schema(["provenance"])
 
 
-def verdict(result: DetectorResult, policy: VerdictPolicy | None = None) -> dict:
+def verdict(result: DetectorResult, hard_evidence: bool = True) -> dict:
     outcome = DetectorOutcome.from_result("provenance", result, "v", 1.0)
-    return decide([outcome], RuleFusion(SCHEMA), SCHEMA, policy or VerdictPolicy())
+    return Verdict(SCHEMA, RuleFusion(SCHEMA), hard_evidence=hard_evidence).decide([outcome])
 
 
 # ---- the shipped trust lists ------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def test_capture_signed_by_a_configured_anchor_decides_non_ai(capture_jpeg, trus
         "or ingredient in its history")
     assert body["provenance"]["kind"] == "captured" and body["provenance"]["trusted"] is True
     # The policy switch governs both directions.
-    assert verdict(result, VerdictPolicy(hard_evidence=False))["decided_by"] == "none"  # no pixel detector here
+    assert verdict(result, hard_evidence=False)["decided_by"] == "none"  # no pixel detector here
 
 
 def test_why_the_tsa_list_is_not_handed_to_c2pa_rs(capture_jpeg, pki):
@@ -394,12 +395,12 @@ def test_outcome_json_and_batch_table_carry_the_provenance_object(capture_jpeg, 
     again = DetectorOutcome.from_json(outcome.to_json())
     assert again.result.provenance == outcome.result.provenance
     assert again.result.hard_evidence_real == outcome.result.hard_evidence_real
-    body = decide([again], RuleFusion(SCHEMA), SCHEMA)
+    body = Verdict(SCHEMA, RuleFusion(SCHEMA)).decide([again])
     table = output_table([{"path": "x.jpg", "sha256": "0", **body}], list(SCHEMA))
     assert json.loads(table.column("provenance")[0].as_py())["kind"] == "captured"
     assert table.column("decided_by")[0].as_py() == "provenance"
     # Without the provenance detector the object is still there, empty.
-    empty = decide([DetectorOutcome("provenance", "failed", 1.0, error="x")], RuleFusion(SCHEMA), SCHEMA)
+    empty = Verdict(SCHEMA, RuleFusion(SCHEMA)).decide([DetectorOutcome("provenance", "failed", 1.0, error="x")])
     assert empty["provenance"]["kind"] == "none" and empty["provenance"]["source"] is None
 
 

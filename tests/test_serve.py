@@ -18,6 +18,7 @@ from PIL import Image
 
 from conftest import image_bytes
 from serve_app.local import deploy_apps
+from serve_app.responses import ServiceVerdict
 
 pytestmark = pytest.mark.serve
 
@@ -42,6 +43,7 @@ def test_camera_photo_gets_a_full_explained_verdict(client, fixtures):
     response = post_file(client, (fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes())
     assert response.status_code == 200, response.text
     body = response.json()
+    ServiceVerdict.model_validate(body)  # the declared response shape (/docs) is the one served
     assert set(body["detectors"]) == {"provenance", "forensics", "ghostnet", "clip_b16"}
     assert all(d["status"] == "ok" and d["version"] and d["latency_ms"] > 0 for d in body["detectors"].values())
     assert body["missing"] == []
@@ -160,7 +162,22 @@ def test_detectors_endpoint_lists_features_versions_and_status(client):
         assert info["status"] == "ready" and info["version"] and info["features"]
         assert {"name", "low", "high", "direction", "description"} <= set(info["features"][0])
     assert body["fusion"]["model"] and 0 < body["fusion"]["threshold"] < 1
-    assert client.get("/docs").status_code == 200 and "/v1/detect" in client.get("/openapi.json").json()["paths"]
+    assert body["fusion"]["threshold"] == client.get("/v1/config").json()["fusion"]["threshold"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_openapi_documents_the_verdict_and_the_error_shapes(client):
+    spec = client.get("/openapi.json").json()
+    responses = spec["paths"]["/v1/detect"]["post"]["responses"]
+
+    def schema(response: dict) -> dict:
+        return spec["components"]["schemas"][response["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+
+    verdict = schema(responses["200"])
+    assert {"fusion_prob", "label", "threshold", "uncertain", "decided_by", "reasoning", "provenance", "detectors",
+            "missing", "details", "fusion_model", "request_id", "image", "timings"} <= set(verdict["properties"])
+    assert set(schema(responses["413"])["properties"]) == {"error", "detail", "request_id"}
+    assert "results" in schema(spec["paths"]["/v1/detect/batch"]["post"]["responses"]["200"])["properties"]
 
 
 # ---- failures and timeouts -------------------------------------------------------------------------

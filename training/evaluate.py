@@ -33,19 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import models
 from deployments.data import outcome_column
 from models.base import FeatureSpec
-from models.fusion import (
-    FusionModel,
-    SchemaMismatch,
-    TrainedFusion,
-    VerdictPolicy,
-    decide,
-    json_safe,
-    load_fusion,
-    resolve_fusion_path,
-)
+from models.fusion import FusionModel, SchemaMismatch, TrainedFusion, json_safe, resolve_fusion_path
+from models.verdict import Verdict
 from models.weights import file_sha256
 from models.registry import feature_owner
 from serve_app.config import load_profile
@@ -194,14 +185,12 @@ def single_feature_aucs(readable: pa.Table, schema: dict[str, FeatureSpec]) -> l
 
 
 # ---- scoring ------------------------------------------------------------------------------------------
-def predictions_table(
-    table: pa.Table, fusion: FusionModel, schema: dict[str, FeatureSpec], policy: VerdictPolicy, detectors: list[str]
-) -> pa.Table:
+def predictions_table(table: pa.Table, verdict: Verdict, detectors: list[str]) -> pa.Table:
     """``extract_features``' table with the outcome JSON dropped and fusion_prob, verdict, decided_by and
     uncertain added; unreadable rows keep their error and get nulls."""
-    prob = fusion_probabilities(fusion, feature_rows(table, list(schema)))
+    prob = fusion_probabilities(verdict.fusion, feature_rows(table, verdict.features))
     bodies = [
-        None if error else decide(outcomes_of(table, i, detectors), fusion, schema, policy)
+        None if error else verdict.decide(outcomes_of(table, i, detectors))
         for i, error in enumerate(table.column("error").to_pylist())
     ]
     table = table.drop_columns([outcome_column(name) for name in detectors])
@@ -271,22 +260,14 @@ def evaluate(
     """Evaluate ``split`` of the manifest, write the report files to ``out`` and return metrics.json's content."""
     profile = load_profile(config)
     detectors = profile.args.detector_names()
-    schema = models.feature_schema(detectors)
     model = model if model is not None else profile.args.fusion.model
     try:  # before any extraction: a wrong model fails in seconds, not hours
-        fusion = load_fusion(model, schema)
+        verdict = profile.args.verdict(model)
     except FileNotFoundError as err:
         raise EvaluationRefused(
             f"fusion model {model!r} not found ({err.filename}); "
             "train one with `imgverify train fusion` or pass --model"
         ) from None
-    policy = VerdictPolicy(
-        threshold=profile.args.fusion.threshold,
-        uncertain_range=profile.args.fusion.uncertain_range,
-        hard_evidence=profile.args.fusion.hard_evidence,
-    )
-    threshold = fusion.threshold if policy.threshold is None else policy.threshold
-    band = fusion.uncertain_range if policy.uncertain_range is None else tuple(policy.uncertain_range)
 
     # A missing file is an unreadable item like a corrupt one: listed in the report, never an abort.
     manifest = load_manifest(manifest_path, check_files=False)
@@ -299,7 +280,7 @@ def evaluate(
 
     variants = ["clean", *ROBUSTNESS] if robustness else ["clean"]
     table = extract_features(items, profile, variants, cache_dir, progress=progress)
-    predictions = predictions_table(table, fusion, schema, policy, detectors)
+    predictions = predictions_table(table, verdict, detectors)
     readable = predictions.filter(pc.equal(predictions["error"], ""))
     clean = _rows_of(readable, "variant", "clean")
     _refuse_unless_two_classes(
@@ -322,12 +303,12 @@ def evaluate(
             "config": str(config),
             "model": model,
             "model_sha256": _artifact_sha256(model),
-            "model_version": fusion.version,
-            "model_features": list(fusion.features),
-            "threshold": threshold,
-            "threshold_from": "model" if policy.threshold is None else "config",
-            "uncertain_range": list(band),
-            "hard_evidence": policy.hard_evidence,
+            "model_version": verdict.fusion.version,
+            "model_features": list(verdict.fusion.features),
+            "threshold": verdict.threshold,
+            "threshold_from": verdict.threshold_from,
+            "uncertain_range": list(verdict.uncertain_range),
+            "hard_evidence": verdict.hard_evidence,
             "detectors": {
                 name: {"versions": found, "config": profile.detectors[name].user_config.detector}
                 for name, found in detector_versions(table, detectors).items()
@@ -339,15 +320,15 @@ def evaluate(
         },
         "variants": {
             variant: {
-                "overall": s.metrics(threshold),
-                "per_source": s.grouped("source", threshold),
-                "per_generator": s.grouped("generator", threshold),
+                "overall": s.metrics(verdict.threshold),
+                "per_source": s.grouped("source", verdict.threshold),
+                "per_generator": s.grouped("generator", verdict.threshold),
                 "reliability": reliability_bins(s.y[~np.isnan(s.prob)], s.prob[~np.isnan(s.prob)]),
                 "n_unreadable": sum(variant in item["variants"] for item in unreadable),
             }
             for variant, s in scores.items()
         },
-        "single_feature_auc": single_feature_aucs(clean, schema),
+        "single_feature_auc": single_feature_aucs(clean, verdict.schema),
         "unreadable": unreadable,
         "files": {
             "report": "report.md",

@@ -1,0 +1,193 @@
+"""The verdict: from the detectors' outcomes for one image to one explained answer.
+
+:class:`Verdict` owns everything that decides: the enabled detectors' feature schema, the fusion model, the
+threshold and the uncertain range (the config's override, else the model's own: resolved here and nowhere
+else) and whether hard provenance evidence decides on its own. The HTTP ingress, batch scoring, evaluation
+and the benches build it once (``AppArgs.verdict()`` from a Serve config, or :meth:`Verdict.build`) and call
+:meth:`Verdict.decide`.
+
+:class:`VerdictBody` declares the answer's shape: it is the FastAPI response model (so ``/docs`` shows it)
+and the batch Parquet schema is derived from it (``deployments.data.output_schema``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.base import CONTEXT_PREFIX, NO_PROVENANCE, FeatureSpec
+from models.fusion import DetectorOutcome, FusionModel, Status, load_fusion
+from models.registry import feature_schema
+
+Label = Literal["AI", "NON-AI", "UNKNOWN"]
+DecidedBy = Literal["fusion", "hard_evidence", "provenance", "none"]
+
+
+class Verdict:
+    """Feature schema + fusion model + the policy that turns ``fusion_prob`` into a label."""
+
+    def __init__(
+        self,
+        schema: dict[str, FeatureSpec],
+        fusion: FusionModel,
+        threshold: float | None = None,
+        uncertain_range: tuple[float, float] | None = None,
+        hard_evidence: bool = True,
+        max_reasons: int = 6,
+    ):
+        self.schema = schema
+        self.fusion = fusion
+        # None means "the fusion model's own"; a configured value (0.0 included) wins.
+        self.threshold_from = "model" if threshold is None else "config"
+        self.threshold = float(fusion.threshold if threshold is None else threshold)
+        low, high = fusion.uncertain_range if uncertain_range is None else uncertain_range
+        self.uncertain_range = (float(low), float(high))
+        self.hard_evidence = hard_evidence  # hard provenance evidence decides on its own (AI and NON-AI)
+        self.max_reasons = max_reasons
+
+    @classmethod
+    def build(
+        cls,
+        detectors: list[str],
+        model: str | None = None,
+        threshold: float | None = None,
+        uncertain_range: tuple[float, float] | None = None,
+        hard_evidence: bool = True,
+    ) -> Verdict:
+        """The verdict of these enabled detectors with the fusion artifact ``model`` (None: the documented rule)."""
+        schema = feature_schema(detectors)
+        return cls(schema, load_fusion(model, schema), threshold, uncertain_range, hard_evidence)
+
+    @property
+    def features(self) -> list[str]:
+        """Every feature the enabled detectors report (the fusion model reads a subset)."""
+        return list(self.schema)
+
+    def describe(self) -> dict[str, Any]:
+        """How a verdict is read: for ``/v1/detectors``, ``/v1/config`` and evaluation reports."""
+        return {
+            "model": self.fusion.version,
+            "features": list(self.fusion.features),
+            "threshold": self.threshold,
+            "threshold_from": self.threshold_from,
+            "uncertain_range": list(self.uncertain_range),
+            "hard_evidence": self.hard_evidence,
+        }
+
+    def is_uncertain(self, fusion_prob: float) -> bool:
+        return self.uncertain_range[0] <= fusion_prob < self.uncertain_range[1]
+
+    def decide(self, outcomes: list[DetectorOutcome]) -> dict[str, Any]:
+        """The response body (without request id, image summary and timings) for one image."""
+        features: dict[str, float] = {}
+        for outcome in outcomes:
+            if outcome.status == "ok" and outcome.result is not None:
+                features.update(outcome.result.features)
+        fusion_prob = self.fusion.predict_proba(features)
+        hard = [s for o in outcomes if o.status == "ok" and o.result for s in o.result.hard_evidence]
+        # A trusted camera-capture manifest; the provenance detector already let any trusted AI evidence win.
+        hard_real = [s for o in outcomes if o.status == "ok" and o.result for s in o.result.hard_evidence_real]
+
+        if self.hard_evidence and hard:
+            # "hard_evidence" is kept for the AI direction: evaluation reports and stored batch outputs count it.
+            label, decided_by, uncertain = "AI", "hard_evidence", False
+        elif self.hard_evidence and hard_real:
+            label, decided_by, uncertain = "NON-AI", "provenance", False
+        elif fusion_prob is None:
+            label, decided_by, uncertain = "UNKNOWN", "none", True
+        else:
+            label = "AI" if fusion_prob >= self.threshold else "NON-AI"
+            decided_by, uncertain = "fusion", self.is_uncertain(fusion_prob)
+
+        body: dict[str, Any] = {name: round(value, 6) for name, value in features.items()}
+        body.update(
+            {
+                "fusion_prob": None if fusion_prob is None else round(fusion_prob, 6),
+                "label": label,
+                "threshold": self.threshold,
+                "uncertain": uncertain,
+                "decided_by": decided_by,
+                "reasoning": self._reasoning(outcomes, features, fusion_prob, hard or hard_real),
+                "provenance": next((o.result.provenance for o in outcomes
+                                    if o.status == "ok" and o.result and o.result.provenance), dict(NO_PROVENANCE)),
+                "detectors": {o.name: o.report() for o in outcomes},
+                "missing": [o.name for o in outcomes if o.status != "ok"],
+                "details": {o.name: o.result.details for o in outcomes
+                            if o.status == "ok" and o.result and o.result.details},
+                "fusion_model": self.fusion.version,
+            }
+        )
+        return body
+
+    def _reasoning(
+        self, outcomes: list[DetectorOutcome], features: dict[str, float], fusion_prob: float | None, hard: list[str]
+    ) -> list[str]:
+        reasons = [f"Provenance: {sentence}" for sentence in hard] if self.hard_evidence else []
+        contributions = self.fusion.contributions(features) or {}
+        for name, push in sorted(contributions.items(), key=lambda kv: -abs(kv[1]))[:3]:
+            if abs(push) < 1e-3:
+                continue
+            towards = "AI" if push > 0 else "a camera"
+            meaning = self.schema[name].description.split(". ")[0].rstrip(".")
+            reasons.append(f"{name} = {features[name]:.3g} points towards {towards} ({meaning}).")
+        evidence = [s for o in outcomes if o.status == "ok" and o.result for s in o.result.evidence if s not in hard]
+        # Context sentences (container facts such as a generator-typical size) come last: weak, never a first reason.
+        reasons.extend(sorted(evidence, key=lambda sentence: sentence.startswith(CONTEXT_PREFIX)))
+        reasons = reasons[: self.max_reasons]
+        if fusion_prob is not None and self.is_uncertain(fusion_prob) and not (hard and self.hard_evidence):
+            low, high = self.uncertain_range
+            reasons.append(
+                f"fusion_prob {fusion_prob:.2f} lies in the uncertain range [{low:.2f}, {high:.2f}): "
+                f"the evidence is not strong either way (label threshold {self.threshold:.2f})."
+            )
+        for outcome in outcomes:
+            if outcome.status != "ok":
+                reasons.append(f"{outcome.name} not used ({outcome.status}{': ' + outcome.error if outcome.error else ''}).")
+        if fusion_prob is None and not hard:
+            reasons.append("No detector produced a feature the fusion model reads: no verdict.")
+        return reasons
+
+
+# ---- the declared shape of the answer ---------------------------------------------------------------------
+class DetectorReport(BaseModel):
+    """How one detector's call went."""
+
+    status: Status
+    latency_ms: float | None = Field(None, description="as seen by the caller: queueing and batching included")
+    version: str | None = Field(None, description="weights and code version; changes when the answer may change")
+    error: str | None = Field(None, description="why the detector is missing (failed / timeout / skipped)")
+
+
+class Provenance(BaseModel):
+    """What the file declares about its own origin (C2PA, XMP, EXIF, PNG text, AIGC label, watermark)."""
+
+    model_config = ConfigDict(extra="allow")  # detector-specific extras stay visible
+
+    kind: Literal["generated", "ai_edited", "captured", "edited", "none"]
+    trusted: bool = Field(description="a valid manifest signed by a certificate on the configured trust list")
+    signer: str | None = None
+    generator: str | None = None
+    source: str | None = Field(None, description="c2pa | xmp | exif | png_text | watermark | ...")
+    conflicts: list[str] = Field(default_factory=list)
+    device: str | None = None
+
+
+class VerdictBody(BaseModel):
+    """One image's verdict. Besides these fields, every feature an enabled detector reported is a top-level
+    number (``GET /v1/detectors`` lists them with their meaning); a missing detector's features are absent."""
+
+    model_config = ConfigDict(extra="allow")
+
+    fusion_prob: float | None = Field(description="calibrated P(AI) from the fusion model; null: no usable feature")
+    label: Label
+    threshold: float = Field(description="fusion_prob at or above it is labelled AI")
+    uncertain: bool = Field(description="fusion_prob lies in the uncertain range: weak evidence either way")
+    decided_by: DecidedBy = Field(description="fusion, hard_evidence (provenance proves AI), provenance "
+                                              "(a trusted camera capture proves NON-AI) or none")
+    reasoning: list[str] = Field(description="the reasons, strongest first; context sentences last")
+    provenance: Provenance
+    detectors: dict[str, DetectorReport]
+    missing: list[str] = Field(description="detectors that did not answer; their features are not invented")
+    details: dict[str, dict[str, Any]] = Field(description="per-detector details (regions, metadata found, ...)")
+    fusion_model: str = Field(description="version of the fusion model")
