@@ -40,7 +40,9 @@ from models.provenance_container import read_container
 from models.provenance_exif import ExifData, camera_evidence, decode_user_comment, parse_exif
 from models.provenance_metadata import (
     AI_SOURCE_TYPES,
+    IPTC_SOURCE_CODES,
     GeneratorFinding,
+    ai_credit,
     find_generator_metadata,
     iptc_credits,
     parse_a1111,
@@ -178,6 +180,7 @@ class ProvenanceDetector(Detector):
         if container.container == "PNG":
             stealth = step("stealth pnginfo", _stealth_finding, image, container.has_alpha)
             findings += [stealth] if stealth else []
+        _link_midjourney_guid(findings, report["xmp"] or {})
         report["generator_metadata"] = [f.to_dict() for f in findings]
         report["software"] = step("software", _software_report, container, exif_data, report["xmp"] or {})
         comment = decode_user_comment(exif_data.get("UserComment")) if exif_data is not None else None
@@ -203,15 +206,28 @@ def _exif_report(container) -> dict[str, Any]:
 def _xmp_report(packets: list[tuple[str, bytes]], iptc_blocks: list[tuple[str, bytes]]) -> dict[str, Any]:
     info = parse_xmp(packets)
     codes = [code for code in (source_type_code(v) for v in info.digital_source_types) if code]
+    iim_credits = iptc_credits(iptc_blocks)
     return {
         "packets": len(packets),
         "digital_source_types": info.digital_source_types,
         "source_type_codes": codes,
         "creator_tools": info.creator_tools,
-        "credits": info.credits + iptc_credits(iptc_blocks),
+        "credits": info.credits + iim_credits,
+        # Where each credit was read, in the same order ("XMP photoshop:Credit" or "IPTC-IIM 2:110 Credit").
+        "credit_sources": ["XMP photoshop:Credit"] * len(info.credits) + ["IPTC-IIM 2:110 Credit"] * len(iim_credits),
         "history_agents": info.history_agents,
+        "dig_image_guids": info.dig_image_guids,
         "errors": info.errors,
     }
+
+
+def _link_midjourney_guid(findings: list[GeneratorFinding], xmp: dict[str, Any]) -> None:
+    """Midjourney writes its Job ID both in the Description and as XMP Iptc4xmpExt:DigImageGUID (the Job ID, or
+    ``<job id>_<image index>``, which the picteus reader splits); say when they agree."""
+    for finding in findings:
+        job = finding.extra.get("job_id") if finding.tool == "Midjourney" else None
+        if job and any(guid.split("_")[0] == job for guid in xmp.get("dig_image_guids", [])):
+            finding.extra["xmp_dig_image_guid"] = "matches the Job ID"
 
 
 def _stealth_finding(image: DecodedImage, has_alpha: bool) -> GeneratorFinding | None:
@@ -242,8 +258,11 @@ def build_result(report: dict[str, Any]) -> DetectorResult:
     """Features, evidence sentences and the structured ``details["provenance"]`` object of one report."""
     evidence: list[dict[str, str]] = []
 
-    def add(kind: str, where: str, what: str, strength: str, points_to: str) -> None:
-        evidence.append({"kind": kind, "where": where, "what": what, "strength": strength, "points_to": points_to})
+    def add(kind: str, where: str, what: str, strength: str, points_to: str, ai_kind: str | None = None) -> None:
+        item = {"kind": kind, "where": where, "what": what, "strength": strength, "points_to": points_to}
+        if ai_kind:  # "ai_edited" for a declaration of editing with AI (the default for an AI claim is generated)
+            item["ai_kind"] = ai_kind
+        evidence.append(item)
 
     features: dict[str, float] = {}
     if "container" not in report:
@@ -379,7 +398,7 @@ def summarise(evidence: list[dict[str, str]], c2pa: dict[str, Any], labels: list
         kind = "generated"
         if first["kind"] == "c2pa":
             kind = c2pa.get("kind") if c2pa.get("kind") in ("generated", "ai_edited") else "generated"
-        elif "compositeWithTrainedAlgorithmicMedia" in first["what"]:
+        elif first.get("ai_kind") == "ai_edited":
             kind = "ai_edited"
         summary.update(kind=kind, source=_source(first["where"]), generator=generator)
         if first["kind"] == "c2pa":
@@ -438,18 +457,29 @@ def _metadata_evidence(findings: list[dict], xmp: dict[str, Any], software: list
             f"{finding['tool']} generation metadata in {finding['where']}" + (f" ({params})" if params else ""),
             "hard", "ai")
         claim = True
+    where = "XMP Iptc4xmpExt:DigitalSourceType"
     for code in xmp.get("source_type_codes", []):
-        if code in AI_SOURCE_TYPES:
-            add("xmp", "XMP Iptc4xmpExt:DigitalSourceType", f"XMP declares digital source type {code}", "hard", "ai")
+        if code == "compositeWithTrainedAlgorithmicMedia":
+            add("xmp", where, f"XMP declares digital source type {code} (edited with generative AI)", "hard", "ai",
+                ai_kind="ai_edited")
+            claim = True
+        elif code in AI_SOURCE_TYPES:
+            add("xmp", where, f"XMP declares digital source type {code}", "hard", "ai")
             claim = True
         elif code == "algorithmicMedia":
-            add("xmp", "XMP Iptc4xmpExt:DigitalSourceType",
-                "XMP declares algorithmicMedia (made by an algorithm, not a trained model)", "weak", "ai")
+            add("xmp", where, "XMP declares algorithmicMedia (made by an algorithm, not a trained model)", "weak", "ai")
         elif code in CAPTURE_SOURCE_TYPES:
-            add("xmp", "XMP Iptc4xmpExt:DigitalSourceType", f"XMP declares digital source type {code}", "weak", "real")
-    for credit in xmp.get("credits", []):
-        if "made with google ai" in credit.lower():
-            add("iptc", "IPTC Credit", f"IPTC credit says {credit!r} (Google generative AI)", "hard", "ai")
+            add("xmp", where, f"XMP declares digital source type {code}", "weak", "real")
+        elif code in IPTC_SOURCE_CODES:  # humanEdits, compositeCapture, screenCapture, ...: no AI claim, reported
+            add("xmp", where, f"XMP declares digital source type {code} (no generative AI claimed)", "weak", "neutral")
+    sources = xmp.get("credit_sources") or ["IPTC Credit"] * len(xmp.get("credits", []))
+    for credit, credit_where in zip(xmp.get("credits", []), sources):
+        declared = ai_credit(credit)
+        if declared:
+            ai_kind, who = declared
+            made = "edited with AI" if ai_kind == "ai_edited" else "AI-generated"
+            add("iptc", credit_where, f"IPTC credit ({credit_where}) says {credit!r} ({who}, {made})", "hard", "ai",
+                ai_kind=ai_kind)
             claim = True
     for item in software:
         if item["class"] == "generator":
@@ -528,8 +558,9 @@ def _headline(report: dict, findings: list[dict], xmp: dict, software: list[dict
     named = [s["value"] for s in software if s["class"] == "generator"]
     if named:
         return named[0], model
-    if any("made with google ai" in c.lower() for c in xmp.get("credits", [])):
-        return "Google generative AI", model
+    credited = [declared[1] for declared in map(ai_credit, xmp.get("credits", [])) if declared]
+    if credited:
+        return credited[0], model
     if c2pa.get("ai_claim") and c2pa.get("generators"):
         return c2pa["generators"][0], model
     return None, model

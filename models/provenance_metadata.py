@@ -4,9 +4,12 @@ Parsers for the text that generators write next to the pixels: AUTOMATIC1111 ``p
 UserComment, stealth alpha/RGB LSBs), ComfyUI ``prompt``/``workflow`` JSON, InvokeAI (``Dream``,
 ``invokeai_metadata``, ``sd-metadata``), NovelAI (``Software``/``Comment``), Fooocus (``parameters`` JSON with
 ``fooocus_scheme``), SwarmUI (``sui_image_params``), the DALL-E 2 EXIF tags, Midjourney's ``Job ID``
-description, and XMP / IPTC declarations (``Iptc4xmpExt:DigitalSourceType``, ``xmp:CreatorTool``, the Google
-"Made with Google AI" credit). Each parser returns a :class:`GeneratorFinding` with the fields it could read
+description, and XMP / IPTC declarations (``Iptc4xmpExt:DigitalSourceType``, ``xmp:CreatorTool``, the AI credits
+of Google and Apple in IPTC Credit). Each parser returns a :class:`GeneratorFinding` with the fields it could read
 (generator, model, seed, steps, sampler, cfg, prompt) or ``None``.
+
+Every declared marker read here, its exact form and where that form is published or was seen in a real file is
+listed in ``docs/provenance_markers.md``; a marker whose exact form could not be found is not read.
 
 Everything here reads text that :mod:`models.provenance_container` already cut at its size limit; JSON is
 parsed only up to :data:`JSON_LIMIT` characters and a nesting too deep for ``json`` is reported, not raised.
@@ -30,18 +33,46 @@ from models.provenance_exif import ExifData, decode_user_comment
 
 JSON_LIMIT = TEXT_LIMIT
 PROMPT_CHARS = 2000  # prompts are cut to this length in the report
+# IPTC Digital Source Type, every spelling that is published (see docs/provenance_markers.md):
+# - the concept IRI, http://cv.iptc.org/newscodes/digitalsourcetype/<code>: the scheme URI and concept IDs on
+#   https://cv.iptc.org/newscodes/digitalsourcetype/ ; the C2PA actions of the shared c2pa files carry it;
+# - the same IRI over https: IPTC's own ExifTool guide writes https://cv.iptc.org/newscodes/digitalsourcetype/
+#   trainedAlgorithmicMedia, and a real Midjourney PNG carries that form (picteus/picteus @ 07b2a53b,
+#   extensions/instances/midjourney/src/main.test.ts, metadata read from a Midjourney download of 2024-06-20);
+# - the QCode digsrctype:<code>: the vocabulary's "Concept ID (QCode)" with scheme alias "digsrctype"
+#   (cv.iptc.org/newscodes/digitalsourcetype, "prefSchemeAlias": "digsrctype" in its JSON-LD);
+# - the bare code (what ExifTool writes for -XMP-iptcExt:DigitalSourceType=trainedAlgorithmicMedia): read only
+#   when it is one of IPTC_SOURCE_CODES, so free text never passes for a declaration.
+# IPTC-IIM has no Digital Source Type dataset (the property is IPTC Extension, XMP only; ExifTool's IIM
+# application record, lib/Image/ExifTool/IPTC.pm, has no such tag), so there is no IIM spelling to read.
 IPTC_SOURCE_TYPES = ("http://cv.iptc.org/newscodes/digitalsourcetype/",
                      "https://cv.iptc.org/newscodes/digitalsourcetype/")
+IPTC_SOURCE_QCODE = "digsrctype:"
 # IPTC digital source types that declare generative AI. "algorithmicMedia" (made by a non-learned
 # algorithm, e.g. fractals) is recorded but is not an AI claim.
 AI_SOURCE_TYPES = {"trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia"}
 ALGORITHMIC_SOURCE_TYPES = AI_SOURCE_TYPES | {"algorithmicMedia"}
-# The IPTC Digital Source Type vocabulary (cv.iptc.org/newscodes/digitalsourcetype): a bare code is read
-# only when it is one of these, so free text that happens to be a value never passes for a declaration.
+# The IPTC Digital Source Type vocabulary (cv.iptc.org/newscodes/digitalsourcetype, release 2024-10-23): its 20
+# concepts, the retired minorHumanEdits, softwareImage and digitalArt included ("acceptable in legacy content").
 IPTC_SOURCE_CODES = ALGORITHMIC_SOURCE_TYPES | {
     "digitalCapture", "computationalCapture", "negativeFilm", "positiveFilm", "print", "humanEdits",
     "compositeCapture", "algorithmicallyEnhanced", "digitalCreation", "dataDrivenMedia", "screenCapture",
-    "virtualRecording", "composite", "compositeSynthetic"}
+    "virtualRecording", "composite", "compositeSynthetic", "minorHumanEdits", "softwareImage", "digitalArt"}
+
+# IPTC Credit Line values that declare generative AI, with what they declare. Read in XMP photoshop:Credit and
+# in IPTC-IIM 2:110 Credit, case-insensitively, as a phrase inside the credit.
+AI_CREDITS: dict[str, tuple[str, str]] = {
+    # Google's generative AI images (existing marker; Google writes it to the IIM Credit).
+    "made with google ai": ("generated", "Google generative AI"),
+    # Google Photos, images edited with Magic Editor / Magic Eraser / Zoom Enhance: "Credit: Edited with Google AI"
+    # next to "Digital source type: Edited using Generative AI" (Google, "More transparency for AI edits in Google
+    # Photos", blog.google, October 2024; the labels as quoted by fonearena.com/blog/438871).
+    "edited with google ai": ("ai_edited", "Google Photos (Magic Editor / Magic Eraser)"),
+    # Apple Photos Clean Up (iOS 18.1, macOS 15.1): an "Apple Photos Clean Up" label in the photo's Credit field
+    # (reported from iOS 18.1 beta 3, Aug 2024, e.g. lifebuzznews.com/news/3170534137672006623; Photos shows it as
+    # "Modified with Clean Up"). Clean Up removes objects and fills the hole with a generative model.
+    "apple photos clean up": ("ai_edited", "Apple Photos Clean Up"),
+}
 
 
 @dataclass
@@ -114,11 +145,14 @@ class XmpInfo:
     creator_tools: list[str] = field(default_factory=list)
     credits: list[str] = field(default_factory=list)
     history_agents: list[str] = field(default_factory=list)  # xmpMM:History softwareAgent values
+    # Iptc4xmpExt:DigImageGUID: Midjourney writes its Job ID here (the picteus test file named above).
+    dig_image_guids: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
 XMP_PROPERTIES = {"DigitalSourceType": "digital_source_types", "CreatorTool": "creator_tools",
-                  "Credit": "credits", "softwareAgent": "history_agents"}
+                  "Credit": "credits", "softwareAgent": "history_agents", "DigImageGUID": "dig_image_guids"}
+RDF_RESOURCE = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}resource"
 
 
 def parse_xmp(packets: list[tuple[str, bytes]]) -> XmpInfo:
@@ -138,7 +172,10 @@ def parse_xmp(packets: list[tuple[str, bytes]]) -> XmpInfo:
             _xmp_by_pattern(packet, info)
             continue
         for element in root.iter():
-            _xmp_property(_local(element.tag), (element.text or "").strip(), info)
+            text = (element.text or "").strip()
+            # A property whose value is a URI may be written <ns:Name rdf:resource="..."/> (RDF/XML syntax,
+            # W3C RDF 1.1 XML Syntax section 2.4): the same declaration as <ns:Name>...</ns:Name>.
+            _xmp_property(_local(element.tag), text or element.attrib.get(RDF_RESOURCE, "").strip(), info)
             for name, value in element.attrib.items():
                 _xmp_property(_local(name), value.strip(), info)
     return info
@@ -167,22 +204,33 @@ def _xmp_by_pattern(packet: bytes, info: XmpInfo) -> None:
     for name in XMP_PROPERTIES:
         # Attribute form  ns:Name="value"  or element form  <ns:Name>value</ns:Name>. The pattern starts
         # with a literal and bounds the value, so it stays linear on hostile input.
-        for match in re.finditer(rf":{name}\s*(?:=\s*[\"']([^\"'<>]{{0,300}})[\"']|>([^<>]{{0,300}})<)", text):
-            _xmp_property(name, (match.group(1) or match.group(2) or "").strip(), info)
+        for match in re.finditer(rf":{name}\s*(?:=\s*[\"']([^\"'<>]{{0,300}})[\"']|>([^<>]{{0,300}})<|"
+                                 rf"\s+rdf:resource\s*=\s*[\"']([^\"'<>]{{0,300}})[\"'])", text):
+            _xmp_property(name, (match.group(1) or match.group(2) or match.group(3) or "").strip(), info)
 
 
 def source_type_code(value: str) -> str | None:
-    """``trainedAlgorithmicMedia`` from its IPTC IRI (http or https) or from the bare code; None otherwise."""
+    """``trainedAlgorithmicMedia`` from its IPTC IRI (http or https), its QCode or the bare code; None otherwise."""
     value = value.strip()
-    for prefix in IPTC_SOURCE_TYPES:
+    for prefix in (*IPTC_SOURCE_TYPES, IPTC_SOURCE_QCODE):
         if value.startswith(prefix):
-            return value[len(prefix) :].strip("/")
-    return value if value in IPTC_SOURCE_CODES else None
+            value = value[len(prefix) :].strip("/")
+            break
+    return value if value in IPTC_SOURCE_CODES else None  # a code outside the vocabulary is no declaration
+
+
+def ai_credit(credit: str) -> tuple[str, str] | None:
+    """(kind, who) when an IPTC Credit value is one of the published AI credits, else None."""
+    lowered = credit.lower()
+    return next((AI_CREDITS[phrase] for phrase in AI_CREDITS if phrase in lowered), None)
 
 
 # ---- IPTC IIM (JPEG APP13) ------------------------------------------------------------------------------
 def iptc_credits(blocks: list[tuple[str, bytes]]) -> list[str]:
-    """The IPTC IIM Credit (2:110) values in Photoshop image resource blocks (Google writes its AI credit here)."""
+    """The IPTC IIM Credit (2:110) values in Photoshop image resource blocks (Google writes its AI credit here).
+
+    Credit is the only IIM dataset read: IIM has none for Digital Source Type (see IPTC_SOURCE_TYPES).
+    """
     credits: list[str] = []
     for _, block in blocks:
         for resource in _photoshop_resources(block):
@@ -245,7 +293,10 @@ def find_generator_metadata(meta: ContainerMetadata, exif: ExifData | None) -> l
                 break  # the three carry the same generation; the first readable one is enough
     if text.get("Software", "").strip().lower().startswith("novelai"):
         findings.append(parse_novelai(text, where["Software"]))
-    midjourney = parse_midjourney(text.get("Description") or (exif.text("ImageDescription") if exif else None))
+    if text.get("Description"):
+        midjourney = parse_midjourney(text["Description"], f"{where['Description']} Description")
+    else:
+        midjourney = parse_midjourney(exif.text("ImageDescription") if exif else None, "EXIF ImageDescription")
     if midjourney:
         findings.append(midjourney)
     if exif is not None:
@@ -479,15 +530,17 @@ def parse_novelai(text: dict[str, str], where: str) -> GeneratorFinding:
     )
 
 
-def parse_midjourney(description: str | None) -> GeneratorFinding | None:
-    """Midjourney writes ``<prompt> --v 6 Job ID: <uuid>`` into the Description."""
+def parse_midjourney(description: str | None, where: str = "Description") -> GeneratorFinding | None:
+    """Midjourney writes ``<prompt> --v 6 Job ID: <uuid>`` into the Description (PNG tEXt, next to ``Author`` and
+    ``Creation Time``, and the same Job ID as XMP ``iptcExt:DigImageGUID``: picteus/picteus @ 07b2a53b,
+    extensions/instances/midjourney/src/main.test.ts, metadata of a real Midjourney PNG)."""
     if not description:
         return None
     match = re.search(r"Job ID:\s*([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})", description)
     if not match:
         return None
     version = re.search(r"--(?:v|version|niji)\s+([\w.]+)", description)
-    return GeneratorFinding(tool="Midjourney", where="Description", prompt=_cut(description[: match.start()].strip()),
+    return GeneratorFinding(tool="Midjourney", where=where, prompt=_cut(description[: match.start()].strip()),
                             model=f"Midjourney v{version.group(1)}" if version else None,
                             extra={"job_id": match.group(1)})
 
