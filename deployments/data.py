@@ -26,11 +26,8 @@ import pyarrow as pa
 
 import models
 from models.fusion import DetectorOutcome
-from models.image_input import DecodedImage, ImageInputError, InputLimits, decode_image
+from models.image_input import ImageInputError, InputLimits, decode_image, images_from_columns, images_to_columns
 from models.verdict import Verdict, VerdictBody
-
-IMAGE_COLUMNS = ("rgb", "data", "format", "source_mode", "n_frames", "orientation")
-
 
 def outcome_column(detector: str) -> str:
     return f"outcome.{detector}"
@@ -38,64 +35,23 @@ def outcome_column(detector: str) -> str:
 
 def decode_stage(batch: dict[str, np.ndarray], limits: InputLimits, done: frozenset = frozenset()) -> dict[str, Any]:
     """``path`` + ``bytes`` in; hash, skip what ``done`` holds (resume), decode the rest once."""
-    out: dict[str, list] = {k: [] for k in ("path", "sha256", "error", *IMAGE_COLUMNS)}
+    paths, hashes, errors, images, datas = [], [], [], [], []
     for path, data in zip(batch["path"], batch["bytes"]):
         data = bytes(data)
         sha256 = hashlib.sha256(data).hexdigest()
         if (str(path), sha256) in done:
             continue
         try:
-            image = decode_image(data, limits)
-            error = ""
+            image, error = decode_image(data, limits), ""
         except ImageInputError as err:
             image, error = None, f"{err.code}: {err.message}"
-        append_image(out, image, data)
-        out["path"].append(str(path))
-        out["sha256"].append(sha256)
-        out["error"].append(error)
-    return to_columns(out)
-
-
-def append_image(out: dict[str, list], image: DecodedImage | None, data: bytes) -> None:
-    out["rgb"].append(image.rgb if image else np.zeros((0, 0, 3), np.uint8))
-    out["data"].append(data)
-    out["format"].append(image.format if image else "")
-    out["source_mode"].append(image.source_mode if image else "")
-    out["n_frames"].append(image.n_frames if image else 0)
-    out["orientation"].append(image.orientation if image else 0)
-
-
-def to_columns(out: dict[str, list]) -> dict[str, Any]:
-    columns: dict[str, Any] = {}
-    for name, values in out.items():
-        if name == "rgb":
-            array = np.empty(len(values), dtype=object)  # ragged: one (H, W, 3) array per row
-            array[:] = values
-            columns[name] = array
-        else:
-            columns[name] = np.asarray(values, dtype=object if name == "data" else None)
-    return columns
-
-
-def images_from_batch(batch: dict[str, np.ndarray]) -> list[DecodedImage | None]:
-    """Rebuild the decoded images a decode stage produced (no decoding here), None for error rows."""
-    images: list[DecodedImage | None] = []
-    for i in range(len(batch["path"])):
-        if batch["error"][i]:
-            images.append(None)
-            continue
-        images.append(
-            DecodedImage(
-                rgb=np.asarray(batch["rgb"][i], dtype=np.uint8),
-                data=bytes(batch["data"][i]),
-                format=str(batch["format"][i]),
-                source_mode=str(batch["source_mode"][i]),
-                sha256=str(batch["sha256"][i]),
-                n_frames=int(batch["n_frames"][i]),
-                orientation=int(batch["orientation"][i]),
-            )
-        )
-    return images
+        paths.append(str(path))
+        hashes.append(sha256)
+        errors.append(error)
+        images.append(image)
+        datas.append(data)
+    return {"path": np.asarray(paths, dtype=object), "sha256": np.asarray(hashes, dtype=object),
+            "error": np.asarray(errors, dtype=object), **images_to_columns(images, datas)}
 
 
 class DetectorStage:
@@ -113,7 +69,7 @@ class DetectorStage:
         self.cache = load_outcome_cache(Path(cache_dir), name, self.detector.version) if cache_dir else {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = images_from_batch(batch)
+        images = images_from_columns(batch)
         keys = batch["key"] if "key" in batch else [None] * len(images)
         outcomes: list[str | None] = [self.cache.get(k) if k is not None else None for k in keys]
         todo = [i for i, image in enumerate(images) if image is not None and outcomes[i] is None]
@@ -127,6 +83,23 @@ class DetectorStage:
                 outcomes[i] = outcome.to_json()
         batch[outcome_column(self.name)] = np.asarray([o or "" for o in outcomes], dtype=object)
         return batch
+
+
+def add_detector_stages(ds, detectors: dict[str, Any], compute, cache_dir: str | None = None):
+    """One :class:`DetectorStage` actor pool per detector, in config order, each with its deployment's batch
+    size and resources (``detectors``: name -> ``DetectorProfile``). Batch scoring and feature extraction both
+    build their pipelines with this; they differ only in ``compute`` (fixed or autoscaling pools) and the cache."""
+    for name, detector in detectors.items():
+        ds = ds.map_batches(
+            DetectorStage,
+            fn_constructor_kwargs={"name": name, "config": detector.user_config.detector, "cache_dir": cache_dir},
+            batch_size=detector.user_config.max_batch_size,
+            batch_format="numpy",
+            num_cpus=detector.num_cpus,
+            num_gpus=detector.num_gpus,
+            compute=compute,
+        )
+    return ds
 
 
 class FusionStage:

@@ -191,3 +191,46 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> np.ndarray:
     if mode == "CMYK":
         notes.append("CMYK converted to RGB")
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+# ---- carrying decoded images between Ray Data stages ----------------------------------------------------
+# Batch scoring and feature extraction decode once and pass the image on to every detector stage as columns;
+# these two functions are the only code that knows which columns those are.
+IMAGE_COLUMNS = ("rgb", "data", "format", "source_mode", "n_frames", "orientation", "notes")
+
+
+def images_to_columns(images: list[DecodedImage | None], datas: list[bytes]) -> dict[str, np.ndarray]:
+    """Column arrays for a batch of images; ``None`` (a file that could not be decoded) keeps its bytes and gets
+    empty pixels. The ``sha256`` and ``error`` columns are the caller's: an error row needs them too."""
+    rgb = np.empty(len(images), dtype=object)  # ragged: one (H, W, 3) array per row
+    rgb[:] = [image.rgb if image else np.zeros((0, 0, 3), np.uint8) for image in images]
+    data = np.empty(len(images), dtype=object)
+    data[:] = datas
+    return {
+        "rgb": rgb,
+        "data": data,
+        "format": np.asarray([image.format if image else "" for image in images], dtype=object),
+        "source_mode": np.asarray([image.source_mode if image else "" for image in images], dtype=object),
+        "n_frames": np.asarray([image.n_frames if image else 0 for image in images], dtype=np.int64),
+        "orientation": np.asarray([image.orientation if image else 0 for image in images], dtype=np.int64),
+        "notes": np.asarray(["\n".join(image.notes) if image else "" for image in images], dtype=object),
+    }
+
+
+def images_from_columns(batch: dict[str, np.ndarray]) -> list[DecodedImage | None]:
+    """The images :func:`images_to_columns` carried (no decoding here); ``None`` where ``batch["error"]`` is set."""
+    return [
+        None
+        if batch["error"][i]
+        else DecodedImage(
+            rgb=np.asarray(batch["rgb"][i], dtype=np.uint8),
+            data=bytes(batch["data"][i]),
+            format=str(batch["format"][i]),
+            source_mode=str(batch["source_mode"][i]),
+            sha256=str(batch["sha256"][i]),
+            n_frames=int(batch["n_frames"][i]),
+            orientation=int(batch["orientation"][i]),
+            notes=[note for note in str(batch["notes"][i]).split("\n") if note],
+        )
+        for i in range(len(batch["error"]))
+    ]

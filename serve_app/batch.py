@@ -198,7 +198,8 @@ def build_dataset(
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from deployments.data import IMAGE_COLUMNS, DetectorStage, FusionStage, decode_stage
+    from deployments.data import FusionStage, add_detector_stages, decode_stage
+    from models.image_input import IMAGE_COLUMNS
 
     # Blocks of a few files (default 16, at most 2000 blocks): small enough that rows stream to OUT as
     # they finish, large enough to pay the per-task scheduling of the read / decode stages rarely.
@@ -217,18 +218,9 @@ def build_dataset(
         batch_format="numpy",
         num_cpus=stage_cpus,
     )
-    for name, detector in profile.detectors.items():
-        ds = ds.map_batches(
-            DetectorStage,
-            fn_constructor_kwargs={"name": name, "config": detector.user_config.detector},
-            batch_size=detector.user_config.max_batch_size,
-            batch_format="numpy",
-            num_cpus=detector.num_cpus,
-            num_gpus=detector.num_gpus,
-            # A fixed pool, all started before images flow: an actor started mid-run (autoscaling)
-            # spends seconds loading torch and weights while the others wait.
-            compute=ActorPoolStrategy(size=actors),
-        )
+    # Fixed pools, all started before images flow: an actor started mid-run (autoscaling) spends seconds
+    # loading torch and weights while the others wait.
+    ds = add_detector_stages(ds, profile.detectors, compute=ActorPoolStrategy(size=actors))
     # The pixels' last stop was the last detector. Without num_cpus this task asks for a whole CPU and
     # never starts beside the pools on a small cluster.
     ds = ds.drop_columns(list(IMAGE_COLUMNS), num_cpus=stage_cpus)

@@ -135,3 +135,19 @@ def test_real_files_with_broken_exif_still_decode(data_set):
 def test_mpo_camera_file_is_reported_as_jpeg(data_set):
     decoded = decode_image((data_set("c2pa") / "real" / "nikon-20221019-building.jpeg").read_bytes())
     assert decoded.format == "JPEG" and decoded.width == 4128 and decoded.height == 2752
+
+
+def test_images_travel_between_stages_as_columns_unchanged():
+    """Batch scoring and feature extraction carry decoded images as columns: pixels, bytes and notes survive."""
+    from models.image_input import images_from_columns, images_to_columns
+
+    rgba = Image.new("RGBA", (40, 30), (10, 200, 30, 128))
+    image = decode_image(encode(rgba, "PNG"))
+    assert image.notes  # alpha composited on white
+    columns = images_to_columns([image, None], [image.data, b"not an image"])
+    batch = {**columns, "sha256": np.asarray([image.sha256, "x"], dtype=object), "error": np.asarray(["", "bad"])}
+    back, missing = images_from_columns(batch)
+    assert missing is None
+    assert np.array_equal(back.rgb, image.rgb) and back.data == image.data and back.notes == image.notes
+    assert (back.format, back.source_mode, back.sha256, back.n_frames, back.orientation) == (
+        image.format, image.source_mode, image.sha256, image.n_frames, image.orientation)

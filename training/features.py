@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import models
-from deployments.data import IMAGE_COLUMNS, append_image, cache_path, to_columns, load_outcome_cache, outcome_column
+from deployments.data import cache_path, load_outcome_cache, outcome_column
 from models.fusion import DetectorOutcome
-from models.image_input import ImageInputError, decode_image
+from models.image_input import ImageInputError, decode_image, images_to_columns
 from serve_app.config import Profile, load_profile
 from training.augment import FUSION_PROCESSING, ROBUSTNESS
 from training.dataset import DATASET_LIMITS, item_bytes, load_manifest
@@ -68,7 +68,8 @@ def variant_bytes(filepath: str, crop: str, key: str, variant: str) -> bytes:
 
 def load_stage(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """Manifest rows in; the variant's bytes decoded once by the service's decoder; errors become rows."""
-    out: dict[str, list] = {k: [] for k in ("path", "sha256", "error", *IMAGE_COLUMNS, *ITEM_COLUMNS)}
+    rows: dict[str, list] = {k: [] for k in ("path", "sha256", "error", *ITEM_COLUMNS)}
+    images, datas = [], []
     for i in range(len(batch["key"])):
         item = {c: str(batch[c][i]) for c in ITEM_COLUMNS}
         image, data, error = None, b"", ""
@@ -77,13 +78,14 @@ def load_stage(batch: dict[str, np.ndarray]) -> dict[str, Any]:
             image = decode_image(data, DATASET_LIMITS)
         except (OSError, ImageInputError) as err:  # logged in the output and counted, never aborts the run
             error = f"{getattr(err, 'code', type(err).__name__)}: {err}"
-        append_image(out, image, data)
-        out["path"].append(item["filepath"])
-        out["sha256"].append(image.sha256 if image else "")
-        out["error"].append(error)
+        images.append(image)
+        datas.append(data)
+        rows["path"].append(item["filepath"])
+        rows["sha256"].append(image.sha256 if image else "")
+        rows["error"].append(error)
         for column, value in item.items():
-            out[column].append(row_key(value, item["variant"]) if column == "key" else value)
-    return to_columns(out)
+            rows[column].append(row_key(value, item["variant"]) if column == "key" else value)
+    return {**{k: np.asarray(v, dtype=object) for k, v in rows.items()}, **images_to_columns(images, datas)}
 
 
 def extract_features(
@@ -98,7 +100,7 @@ def extract_features(
     from ray.data import ActorPoolStrategy, DataContext
     from tqdm import tqdm
 
-    from deployments.data import DetectorStage
+    from deployments.data import add_detector_stages
 
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
@@ -119,16 +121,7 @@ def extract_features(
         if todo:
             ds = ray.data.from_items(todo, override_num_blocks=max(1, min(200, len(todo) // 8)))
             ds = ds.map_batches(load_stage, batch_size=8, batch_format="numpy", num_cpus=0.1)
-            for name, detector in profile.detectors.items():
-                ds = ds.map_batches(
-                    DetectorStage,
-                    fn_constructor_kwargs={"name": name, "config": detector.user_config.detector, "cache_dir": str(cache_dir)},
-                    batch_size=detector.user_config.max_batch_size,
-                    batch_format="numpy",
-                    num_cpus=detector.num_cpus,
-                    num_gpus=detector.num_gpus,
-                    compute=ActorPoolStrategy(min_size=1, max_size=2),
-                )
+            ds = add_detector_stages(ds, profile.detectors, ActorPoolStrategy(min_size=1, max_size=2), str(cache_dir))
             for batch in ds.select_columns(keep).iter_batches(batch_size=None, batch_format="pyarrow"):
                 tables.append(batch.cast(tables[0].schema) if tables else batch)
                 bar.update(batch.num_rows)
