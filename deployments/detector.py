@@ -83,13 +83,18 @@ class DetectorDeployment:
         self.user_config = config
 
     def check_health(self) -> None:
+        self._loaded()
+
+    def _loaded(self) -> Detector:
+        """The detector, or a clear error: reconfigure() loads it before Serve routes any request here."""
         if self.detector is None:
             raise RuntimeError(f"detector {self.name} is not loaded")
+        return self.detector
 
     def describe(self) -> dict[str, Any]:
-        assert self.detector is not None
-        info = self.detector.describe()
-        info["config"] = self.detector.config
+        detector = self._loaded()
+        info = detector.describe()
+        info["config"] = detector.config
         info["replica"] = serve.get_replica_context().replica_id.unique_id
         info["batching"] = self.user_config.model_dump(exclude={"detector"}) if self.user_config else None
         return info
@@ -103,8 +108,7 @@ class DetectorDeployment:
     async def _detect_batch(
         self, images: list[DecodedImage], artifacts: list[bool]
     ) -> list[tuple[DetectorResult, str]]:
-        detector = self.detector
-        assert detector is not None
+        detector = self._loaded()
         started = time.perf_counter()
         # The model runs in a worker thread so the replica's event loop keeps accepting requests
         # (and filling the next batch) meanwhile; torch and numpy release the GIL.

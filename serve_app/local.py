@@ -39,6 +39,9 @@ def deploy_apps(applications: list[dict], timeout_s: float = 600) -> None:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
+    # Private on purpose: Serve's public API deploys Application objects (serve.run) or a config file through
+    # the dashboard's REST API (`serve deploy`), which tests and this quickstart run without. This is the call
+    # `serve deploy` ends in, with the same ServeDeploySchema, so a config deploys here exactly as in production.
     serve.context._get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": applications}))
     deadline = time.time() + timeout_s
     statuses: dict = {}
