@@ -126,75 +126,160 @@ def train_fusion(
     command: str = "",
 ) -> dict[str, Any]:
     """Fit, calibrate, choose the threshold, measure, and write the artifact to ``out``."""
+    table, splits = _usable_splits(table)
+    # Container facts (size, JPEG tables, EXIF presence) are context only: see FeatureSpec.fusion_input.
+    schema = {name: spec for name, spec in models.feature_schema(detectors).items() if spec.fusion_input}
+    train_rows = feature_rows(splits["train"], list(schema))
+    features, constant = _informative_features(train_rows, schema)
+    preprocessing = _preprocessing(train_rows, features)
+    x_train, y_train = _training_set(
+        splits["train"], train_rows, detectors, features, preprocessing, dropout, dropout_copies, seed
+    )
+    fitted = fit_model(kind, x_train, y_train, seed)
+    booster = fitted.pop("_booster", None)
+    training = _training_record(table, splits, dropout, dropout_copies, seed, command)
+    artifact = _untuned_artifact(
+        kind, schema, features, constant, detectors, table, preprocessing, fitted, confidence, target_fpr, training
+    )
+    if booster is not None:
+        _save_booster(artifact, booster, out)
+    _calibrate(artifact, splits["val"], out.parent, calibration, target_fpr, confidence, confident_fpr)
+    model = TrainedFusion(artifact, out.parent)
+    artifact["metrics"] = {
+        split: _split_metrics(model, t, features, artifact["threshold"], target_fpr)
+        for split, t in splits.items()
+        if t.num_rows
+    }
+    _write_artifact(artifact, kind, out)
+    return artifact
+
+
+def _usable_splits(table: pa.Table) -> tuple[pa.Table, dict[str, pa.Table]]:
+    """The rows without an error, and them per split; train and val must hold both classes."""
     if "error" in table.column_names:
         table = table.filter(pa.compute.equal(pa.compute.fill_null(table["error"], ""), ""))
     splits = {s: table.filter(pa.compute.equal(table["split"], s)) for s in ("train", "val", "test")}
     check_two_classes(splits["train"], "the train split")
     check_two_classes(splits["val"], "the val split (calibration and threshold)")
-    # Container facts (size, JPEG tables, EXIF presence) are context only: see FeatureSpec.fusion_input.
-    schema = {name: spec for name, spec in models.feature_schema(detectors).items() if spec.fusion_input}
-    rng = np.random.default_rng(seed)
+    return table, splits
 
-    train_rows = feature_rows(splits["train"], list(schema))
+
+def _informative_features(train_rows: list[dict[str, float]], schema: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(features the model is fitted on, features left out as constant on the train split)."""
     # Features with at most one value where present carry nothing the model could learn but their absence, and
     # absence can be a container fact (watermark_detected is not computed below 256 px): left out, and named.
     constant = [f for f in schema if len({row[f] for row in train_rows if f in row}) <= 1]
     features = [f for f in schema if f not in constant]
     if not features:
         raise ValueError("every feature is constant on the train split: nothing to learn")
-    groups = {d: [s.name for s in models.get_detector_class(d).features if s.name in features] for d in detectors}
-    y_train = _labels(splits["train"])
-    augmented = train_rows + detector_dropout(train_rows, groups, dropout, dropout_copies, rng)
-    y_augmented = np.concatenate([y_train] * (1 + dropout_copies))
+    return features, constant
 
+
+Preprocessing = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]
+
+
+def _preprocessing(train_rows: list[dict[str, float]], features: list[str]) -> Preprocessing:
+    """(impute, mean, scale, (low, high)) of the features on the train rows, as ``design_matrix`` takes them."""
     values = np.array([[row.get(f, np.nan) for f in features] for row in train_rows], dtype=np.float64)
     impute = np.nanmedian(values, axis=0)
     impute = np.where(np.isnan(impute), 0.0, impute)  # a feature never present on train: its indicator decides
     filled = np.where(np.isnan(values), impute, values)
     mean, scale = filled.mean(axis=0), filled.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
-    value_range = (filled.min(axis=0), filled.max(axis=0))
-    x_train = design_matrix(augmented, features, impute, mean, scale, value_range)
-    fitted = fit_model(kind, x_train, y_augmented, seed)
+    return impute, mean, scale, (filled.min(axis=0), filled.max(axis=0))
 
-    booster = fitted.pop("_booster", None)
-    artifact: dict[str, Any] = {
+
+def _training_set(
+    train: pa.Table,
+    train_rows: list[dict[str, float]],
+    detectors: list[str],
+    features: list[str],
+    preprocessing: Preprocessing,
+    dropout: float,
+    dropout_copies: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Design matrix and labels of the train rows followed by their detector-dropout copies."""
+    rng = np.random.default_rng(seed)
+    groups = {d: [s.name for s in models.get_detector_class(d).features if s.name in features] for d in detectors}
+    augmented = train_rows + detector_dropout(train_rows, groups, dropout, dropout_copies, rng)
+    y_augmented = np.concatenate([_labels(train)] * (1 + dropout_copies))
+    return design_matrix(augmented, features, *preprocessing), y_augmented
+
+
+def _training_record(
+    table: pa.Table, splits: dict[str, pa.Table], dropout: float, dropout_copies: int, seed: int, command: str
+) -> dict[str, Any]:
+    """The artifact's ``training`` entry: what it was trained on, and how."""
+    return {
+        "data_sha256": training_data_hash(table),
+        "rows": {s: t.num_rows for s, t in splits.items()},
+        "dropout": dropout,
+        "dropout_copies": dropout_copies,
+        "seed": seed,
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _untuned_artifact(
+    kind: str,
+    schema: dict[str, Any],
+    features: list[str],
+    constant: list[str],
+    detectors: list[str],
+    table: pa.Table,
+    preprocessing: Preprocessing,
+    fitted: dict[str, Any],
+    confidence: float,
+    target_fpr: float,
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """The artifact before calibration: identity calibration, threshold 0.5 (``_calibrate`` replaces them)."""
+    impute, mean, scale, (low, high) = preprocessing
+    specs = {f: {"low": schema[f].low, "high": schema[f].high, "direction": schema[f].direction} for f in features}
+    return {
         "format": ARTIFACT_FORMAT,
         "version": "",
         "model_type": kind,
         "features": features,
         "dropped_constant_features": constant,
-        "feature_specs": {f: {"low": schema[f].low, "high": schema[f].high, "direction": schema[f].direction} for f in features},
+        "feature_specs": specs,
         "detectors": detectors,
         "detector_versions": _detector_versions(table, detectors),
         "impute": impute.tolist(),
-        "scaler": {"mean": mean.tolist(), "scale": scale.tolist(), "low": value_range[0].tolist(),
-                   "high": value_range[1].tolist()},
+        "scaler": {"mean": mean.tolist(), "scale": scale.tolist(), "low": low.tolist(), "high": high.tolist()},
         **fitted,
         "calibration": {"method": "none"},
         "threshold": 0.5,
         "uncertain_range": uncertain_range(0.5, confidence),
         "target_fpr": target_fpr,
-        "training": {
-            "data_sha256": training_data_hash(table),
-            "rows": {s: t.num_rows for s, t in splits.items()},
-            "dropout": dropout,
-            "dropout_copies": dropout_copies,
-            "seed": seed,
-            "command": command,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
+        "training": training,
     }
-    if booster is not None:
-        model_file = out.with_suffix(".xgb.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        booster.save_model(str(model_file))
-        artifact["xgboost"] = {"model_file": model_file.name}
-    model = TrainedFusion(artifact, out.parent)
 
+
+def _save_booster(artifact: dict[str, Any], booster: Any, out: Path) -> None:
+    """XGBoost's own JSON beside ``out``, named in the artifact."""
+    model_file = out.with_suffix(".xgb.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(model_file))
+    artifact["xgboost"] = {"model_file": model_file.name}
+
+
+def _calibrate(
+    artifact: dict[str, Any],
+    val: pa.Table,
+    folder: Path,
+    calibration: str,
+    target_fpr: float,
+    confidence: float,
+    confident_fpr: float,
+) -> None:
+    """Calibration, threshold and uncertain range, set in ``artifact`` from the val split."""
+    model = TrainedFusion(artifact, folder)
     # Calibration and threshold on val, with every detector present (the live situation).
-    y_val = _labels(splits["val"])
-    raw_val = model.raw_scores(model.design_matrix(feature_rows(splits["val"], features)))
+    y_val = _labels(val)
+    raw_val = model.raw_scores(model.design_matrix(feature_rows(val, artifact["features"])))
     method = calibration if calibration != "auto" else ("isotonic" if len(y_val) >= 500 else "platt")
     artifact["calibration"] = fit_calibration(raw_val, y_val, method)
     p_val = apply_calibration(artifact["calibration"], raw_val)
@@ -204,17 +289,14 @@ def train_fusion(
     confident_ai_from = threshold_for_fpr(p_val[y_val == 0], confident_fpr)
     artifact["uncertain_range"] = uncertain_range(artifact["threshold"], confidence, confident_ai_from)
     artifact["confident_fpr"] = confident_fpr
-    model = TrainedFusion(artifact, out.parent)
 
-    artifact["metrics"] = {
-        split: _split_metrics(model, t, features, artifact["threshold"], target_fpr)
-        for split, t in splits.items()
-        if t.num_rows
-    }
-    artifact["version"] = f"fusion-{kind}-" + hashlib.sha256(json.dumps(artifact, sort_keys=True).encode()).hexdigest()[:12]
+
+def _write_artifact(artifact: dict[str, Any], kind: str, out: Path) -> None:
+    """Version the artifact by the hash of its content and write it to ``out``."""
+    digest = hashlib.sha256(json.dumps(artifact, sort_keys=True).encode()).hexdigest()[:12]
+    artifact["version"] = f"fusion-{kind}-{digest}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(artifact, indent=1))
-    return artifact
 
 
 def _labels(table: pa.Table) -> np.ndarray:
