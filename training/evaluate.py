@@ -39,7 +39,7 @@ from models.fusion import FusionModel, SchemaMismatch, TrainedFusion, json_safe,
 from models.verdict import Verdict
 from models.weights import file_sha256
 from models.registry import feature_owner
-from serve_app.config import load_profile
+from serve_app.config import Profile, load_profile
 from training.augment import ROBUSTNESS
 from training.dataset import check_two_classes, load_manifest
 from training.features import DEFAULT_CACHE, DEFAULT_CONFIG, extract_features, feature_rows, outcomes_of
@@ -261,14 +261,44 @@ def evaluate(
     profile = load_profile(config)
     detectors = profile.args.detector_names()
     model = model if model is not None else profile.args.fusion.model
-    try:  # before any extraction: a wrong model fails in seconds, not hours
-        verdict = profile.args.verdict(model)
+    verdict = _load_verdict(profile, model)  # before any extraction: a wrong model fails in seconds, not hours
+    items = _split_items(manifest_path, split)
+    variants = ["clean", *ROBUSTNESS] if robustness else ["clean"]
+    table = extract_features(items, profile, variants, cache_dir, progress=progress)
+    predictions = predictions_table(table, verdict, detectors)
+    readable, clean = _readable_rows(predictions, items.num_rows, split)
+
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(predictions, out / "predictions.parquet")
+    scores = {v: VariantScores.from_predictions(_rows_of(readable, "variant", v)) for v in variants}
+    unreadable = unreadable_items(predictions, variants)
+    metrics: dict[str, Any] = {
+        "evaluated": _evaluated(
+            manifest_path, items, split, config, model, verdict, profile, table, detectors, variants, command, cache_dir
+        ),
+        "variants": _variant_metrics(scores, verdict.threshold, unreadable),
+        "single_feature_auc": single_feature_aucs(clean, verdict.schema),
+        "unreadable": unreadable,
+        "files": _report_files(),
+    }
+    metrics = json_safe(metrics)
+    _write_report(metrics, scores, out)
+    return metrics
+
+
+def _load_verdict(profile: Profile, model: str | None) -> Verdict:
+    """The service's verdict with fusion model ``model``; refused when that model does not exist."""
+    try:
+        return profile.args.verdict(model)
     except FileNotFoundError as err:
         raise EvaluationRefused(
             f"fusion model {model!r} not found ({err.filename}); "
             "train one with `imgverify train fusion` or pass --model"
         ) from None
 
+
+def _split_items(manifest_path: Path, split: str) -> pa.Table:
+    """The manifest's items of ``split``; refused unless both classes are there."""
     # A missing file is an unreadable item like a corrupt one: listed in the report, never an abort.
     manifest = load_manifest(manifest_path, check_files=False)
     items = (
@@ -277,75 +307,95 @@ def evaluate(
         else manifest.slice(0, 0)
     )
     _refuse_unless_two_classes(items, f"split {split!r} of {manifest_path}")
+    return items
 
-    variants = ["clean", *ROBUSTNESS] if robustness else ["clean"]
-    table = extract_features(items, profile, variants, cache_dir, progress=progress)
-    predictions = predictions_table(table, verdict, detectors)
+
+def _readable_rows(predictions: pa.Table, n_items: int, split: str) -> tuple[pa.Table, pa.Table]:
+    """(readable rows of every variant, readable rows of ``clean``); refused unless clean has both classes."""
     readable = predictions.filter(pc.equal(predictions["error"], ""))
     clean = _rows_of(readable, "variant", "clean")
-    _refuse_unless_two_classes(
-        clean, f"the readable items of split {split!r} ({items.num_rows - clean.num_rows} unreadable)"
-    )
+    _refuse_unless_two_classes(clean, f"the readable items of split {split!r} ({n_items - clean.num_rows} unreadable)")
+    return readable, clean
 
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(predictions, out / "predictions.parquet")
-    scores = {v: VariantScores.from_predictions(_rows_of(readable, "variant", v)) for v in variants}
-    unreadable = unreadable_items(predictions, variants)
+
+def _evaluated(
+    manifest_path: Path,
+    items: pa.Table,
+    split: str,
+    config: Path,
+    model: str | None,
+    verdict: Verdict,
+    profile: Profile,
+    table: pa.Table,
+    detectors: list[str],
+    variants: list[str],
+    command: str,
+    cache_dir: Path,
+) -> dict[str, Any]:
+    """metrics.json's ``evaluated``: what was evaluated, with which model, detectors and policy."""
     labels = items.column("label").to_pylist()
-    metrics: dict[str, Any] = {
-        "evaluated": {
-            "manifest": str(manifest_path),
-            "manifest_sha256": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(),
-            "split": split,
-            "n_items": items.num_rows,
-            "n_real_items": labels.count("real"),
-            "n_ai_items": labels.count("ai"),
-            "config": str(config),
-            "model": model,
-            "model_sha256": _artifact_sha256(model),
-            "model_version": verdict.fusion.version,
-            "model_features": list(verdict.fusion.features),
-            "threshold": verdict.threshold,
-            "threshold_from": verdict.threshold_from,
-            "uncertain_range": list(verdict.uncertain_range),
-            "hard_evidence": verdict.hard_evidence,
-            "detectors": {
-                name: {"versions": found, "config": profile.detectors[name].user_config.detector}
-                for name, found in detector_versions(table, detectors).items()
-            },
-            "variants": variants,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": command,
-            "cache": str(cache_dir),
+    return {
+        "manifest": str(manifest_path),
+        "manifest_sha256": hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest(),
+        "split": split,
+        "n_items": items.num_rows,
+        "n_real_items": labels.count("real"),
+        "n_ai_items": labels.count("ai"),
+        "config": str(config),
+        "model": model,
+        "model_sha256": _artifact_sha256(model),
+        "model_version": verdict.fusion.version,
+        "model_features": list(verdict.fusion.features),
+        "threshold": verdict.threshold,
+        "threshold_from": verdict.threshold_from,
+        "uncertain_range": list(verdict.uncertain_range),
+        "hard_evidence": verdict.hard_evidence,
+        "detectors": {
+            name: {"versions": found, "config": profile.detectors[name].user_config.detector}
+            for name, found in detector_versions(table, detectors).items()
         },
-        "variants": {
-            variant: {
-                "overall": s.metrics(verdict.threshold),
-                "per_source": s.grouped("source", verdict.threshold),
-                "per_generator": s.grouped("generator", verdict.threshold),
-                "reliability": reliability_bins(s.y[~np.isnan(s.prob)], s.prob[~np.isnan(s.prob)]),
-                "n_unreadable": sum(variant in item["variants"] for item in unreadable),
-            }
-            for variant, s in scores.items()
-        },
-        "single_feature_auc": single_feature_aucs(clean, verdict.schema),
-        "unreadable": unreadable,
-        "files": {
-            "report": "report.md",
-            "predictions": "predictions.parquet",
-            "roc": "roc.png",
-            "reliability": "reliability.png",
-            "per_source_accuracy": "per_source_accuracy.png",
-        },
+        "variants": variants,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "cache": str(cache_dir),
     }
-    metrics = json_safe(metrics)
+
+
+def _variant_metrics(
+    scores: dict[str, VariantScores], threshold: float, unreadable: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """metrics.json's ``variants``: overall, per-source, per-generator and reliability numbers of each variant."""
+    return {
+        variant: {
+            "overall": s.metrics(threshold),
+            "per_source": s.grouped("source", threshold),
+            "per_generator": s.grouped("generator", threshold),
+            "reliability": reliability_bins(s.y[~np.isnan(s.prob)], s.prob[~np.isnan(s.prob)]),
+            "n_unreadable": sum(variant in item["variants"] for item in unreadable),
+        }
+        for variant, s in scores.items()
+    }
+
+
+def _report_files() -> dict[str, str]:
+    """The names of the files written beside metrics.json."""
+    return {
+        "report": "report.md",
+        "predictions": "predictions.parquet",
+        "roc": "roc.png",
+        "reliability": "reliability.png",
+        "per_source_accuracy": "per_source_accuracy.png",
+    }
+
+
+def _write_report(metrics: dict[str, Any], scores: dict[str, VariantScores], out: Path) -> None:
+    """metrics.json, the three plots and report.md, into ``out``."""
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_roc(scores, out / "roc.png")
     clean_metrics = metrics["variants"]["clean"]
     plot_reliability(clean_metrics["reliability"], clean_metrics["overall"]["ece"], out / "reliability.png")
     plot_per_source_accuracy(clean_metrics["per_source"], out / "per_source_accuracy.png")
     (out / "report.md").write_text(render_report(metrics))
-    return metrics
 
 
 def _refuse_unless_two_classes(table: pa.Table, what: str) -> None:
@@ -486,13 +536,42 @@ def _group_table(first: str, groups: dict[str, dict[str, Any]], columns: list[tu
 
 
 def render_report(metrics: dict[str, Any]) -> str:
+    """report.md from metrics.json's content, section by section."""
     e = metrics["evaluated"]
     variants = metrics["variants"]
     clean = variants["clean"]
+    parts = [
+        f"# Evaluation of `{Path(e['manifest']).name}`, split {e['split']}",
+        "## What was evaluated",
+        _evaluated_table(e),
+        "## Definitions",
+        DEFINITIONS,
+        "## Overall (clean)",
+        _group_table("", {"all": clean["overall"]}, GROUP_COLUMNS),
+        "## Per source (clean)",
+        _group_table("source", clean["per_source"], GROUP_COLUMNS),
+        f"![per-source accuracy]({metrics['files']['per_source_accuracy']})",
+        "## Per generator (clean)",
+        _group_table("generator", clean["per_generator"], GROUP_COLUMNS),
+        "## Robustness",
+        *_robustness_section(variants, metrics["files"]),
+        "## Calibration (clean)",
+        *_calibration_section(clean, metrics["files"]),
+        "## Single-feature AUC (clean)",
+        *_single_feature_section(metrics["single_feature_auc"]),
+        "## Unreadable items",
+        _unreadable_section(metrics["unreadable"]),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _evaluated_table(e: dict[str, Any]) -> str:
+    """The "What was evaluated" table: data, model, threshold, policy, detectors, command."""
     detector_lines = "; ".join(
         f"`{name}`: {', '.join(d['versions']) or '(no outcome)'}" for name, d in e["detectors"].items()
     )
-    what = markdown_table(
+    low, high = e["uncertain_range"][0], e["uncertain_range"][1]
+    return markdown_table(
         ["", ""],
         [
             ["manifest", f"`{e['manifest']}` (sha256 `{e['manifest_sha256']}`)"],
@@ -505,7 +584,7 @@ def render_report(metrics: dict[str, Any]) -> str:
             ["model features", ", ".join(e["model_features"])],
             [
                 "threshold",
-                f"{e['threshold']:.4f} (from the {e['threshold_from']}); uncertain range [{e['uncertain_range'][0]:.3f}, {e['uncertain_range'][1]:.3f})",
+                f"{e['threshold']:.4f} (from the {e['threshold_from']}); uncertain range [{low:.3f}, {high:.3f})",
             ],
             ["hard provenance evidence", "decides alone" if e["hard_evidence"] else "ignored (policy)"],
             ["detectors", detector_lines],
@@ -515,36 +594,28 @@ def render_report(metrics: dict[str, Any]) -> str:
             ["command", f"`{e['command']}`" if e["command"] else "(called from Python)"],
         ],
     )
-    parts = [
-        f"# Evaluation of `{Path(e['manifest']).name}`, split {e['split']}",
-        "## What was evaluated",
-        what,
-        "## Definitions",
-        DEFINITIONS,
-        "## Overall (clean)",
-        _group_table("", {"all": clean["overall"]}, GROUP_COLUMNS),
-        "## Per source (clean)",
-        _group_table("source", clean["per_source"], GROUP_COLUMNS),
-        f"![per-source accuracy]({metrics['files']['per_source_accuracy']})",
-        "## Per generator (clean)",
-        _group_table("generator", clean["per_generator"], GROUP_COLUMNS),
-        "## Robustness",
-    ]
+
+
+def _robustness_section(variants: dict[str, dict[str, Any]], files: dict[str, str]) -> list[str]:
+    """What the robustness grid is (or that there is none), the grid, and the ROC plot."""
     if len(variants) > 1:
-        parts.append(
+        intro = (
             "Each perturbation applied to real and AI images alike (`training/augment.py`: ROBUSTNESS), then decoded "
             "the service's way."
         )
     else:
-        parts.append("Only the clean variant was evaluated (run with `--robustness` for the grid).")
-    parts += [
-        _group_table(
-            "variant",
-            {v: {**m["overall"], "n_unreadable": m["n_unreadable"]} for v, m in variants.items()},
-            ROBUSTNESS_COLUMNS + [("n_unreadable", "unreadable")],
-        ),
-        f"![ROC curves]({metrics['files']['roc']})",
-        "## Calibration (clean)",
+        intro = "Only the clean variant was evaluated (run with `--robustness` for the grid)."
+    grid = _group_table(
+        "variant",
+        {v: {**m["overall"], "n_unreadable": m["n_unreadable"]} for v, m in variants.items()},
+        ROBUSTNESS_COLUMNS + [("n_unreadable", "unreadable")],
+    )
+    return [intro, grid, f"![ROC curves]({files['roc']})"]
+
+
+def _calibration_section(clean: dict[str, Any], files: dict[str, str]) -> list[str]:
+    """The reliability bins of the clean variant, its ECE and the reliability diagram."""
+    return [
         markdown_table(
             ["bin", "items", "mean P(AI)", "observed AI rate"],
             [
@@ -553,8 +624,13 @@ def render_report(metrics: dict[str, Any]) -> str:
             ],
         ),
         f"ECE {fmt(clean['overall']['ece'])} (equal-width bins over items with a fusion probability).",
-        f"![reliability diagram]({metrics['files']['reliability']})",
-        "## Single-feature AUC (clean)",
+        f"![reliability diagram]({files['reliability']})",
+    ]
+
+
+def _single_feature_section(rows: list[dict[str, Any]]) -> list[str]:
+    """How each feature alone was scored, and the table of their AUCs."""
+    return [
         (
             "Each feature alone as a score for AI: `ai_high` as is, `real_high` negated, `neutral` as is (below 0.5: "
             "higher values point to real). Items without the feature are left out (coverage). Strongest first."
@@ -563,13 +639,10 @@ def render_report(metrics: dict[str, Any]) -> str:
             ["feature", "detector", "direction", "n", "coverage", "AUC", "against its direction"],
             [
                 [r["feature"], r["detector"], r["direction"], r["n"], r["coverage"], r["auc"], r["against_direction"]]
-                for r in metrics["single_feature_auc"]
+                for r in rows
             ],
         ),
-        "## Unreadable items",
-        _unreadable_section(metrics["unreadable"]),
     ]
-    return "\n\n".join(parts) + "\n"
 
 
 def _unreadable_section(unreadable: list[dict[str, Any]]) -> str:
