@@ -50,7 +50,14 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from models.ghostnet import GhostNoiseNet, build_model, encode_metadata, patches_to_tensor, tile_grid
+from models.ghostnet import (
+    GhostNetNoiseDetector,
+    GhostNoiseNet,
+    build_model,
+    encode_metadata,
+    patches_to_tensor,
+    tile_grid,
+)
 from models.image_input import DecodedImage, decode_image
 from models.weights import file_sha256
 from training.augment import Reencode
@@ -344,13 +351,62 @@ def log(started: float, message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Steps 1-6 of the module docstring: data, patch pool, training, calibration, test, card."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    # 1. manifest
+    splits = load_splits(args, started)
+    pool, val_tiled, side_auc = build_pools(args, splits.by_split, started)
+    model, history, best = train_epochs(args, pool, val_tiled, started)
+    calibration, val_mean, val_patch = calibrate_and_save(args, model, val_tiled)
+    training_wall_s = time.perf_counter() - started
+    detector = load_written_detector(args)
+    fp16_diff = float(np.abs(image_logits(detector.model, val_tiled)[0] - val_mean).max())
+    metrics = {
+        "val": score_val_split(detector, val_tiled, val_mean, val_patch, calibration),
+        "test": score_test_split(args, detector, splits.by_split["test"], started),
+    }
+    card = model_card(
+        args,
+        argv,
+        splits,
+        pool,
+        side_auc,
+        history,
+        best,
+        calibration,
+        metrics,
+        detector,
+        model,
+        fp16_diff,
+        training_wall_s,
+    )
+    card_path = args.out.with_suffix(".json")
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    log(started, f"wrote {args.out} ({args.out.stat().st_size} bytes) and {card_path}")
+    return 0
+
+
+@dataclass
+class Splits:
+    """The usable items of the manifest, per split, and what was left out."""
+
+    items: list[Item]  # every usable item, sorted by key
+    by_split: dict[str, list[Item]]  # train, val, test
+    dropped: int  # rows clean_manifest removed
+    too_small: dict[str, int]  # per source: items whose short side holds no patch
+
+
+def tiled_labels(tiled: list[TiledImage]) -> np.ndarray:
+    """The label (1 = ai) of each tiled image."""
+    return np.asarray([t.item.label for t in tiled])
+
+
+def load_splits(args: argparse.Namespace, started: float) -> Splits:
+    """Step 1: the manifest, cleaned, cut to items that hold one patch, per split (train and val need both classes)."""
     table = load_manifest(args.manifest) if args.manifest else build_manifest(args.data, seed=args.seed)
     kept, dropped = clean_manifest(table)
     items, too_small = usable_items(kept, args.patch)
@@ -362,53 +418,40 @@ def main(argv: list[str] | None = None) -> int:
         f"manifest: {table.num_rows} rows, {len(items)} usable, "
         + ", ".join(f"{s} {len(v)}" for s, v in splits.items()),
     )
+    return Splits(items, splits, int(dropped.num_rows), too_small)
 
-    # 2. patch pool (train) and the detector's tiling of re-encoded validation images
+
+def build_pools(
+    args: argparse.Namespace, splits: dict[str, list[Item]], started: float
+) -> tuple[PatchPool, list[TiledImage], float]:
+    """Step 2: the training patch pool, the detector's tiling of re-encoded val images, and the size-confound AUC."""
     pool = build_patch_pool(
         splits["train"], args.patch, args.rounds, args.patches_per_image, args.source_cap, args.seed, args.threads
     )
     val_prepared = prepared_images(splits["val"], args.patch, args.seed, True, args.source_cap)
     val_tiled = tile_images(val_prepared, args.patch, args.max_patches)
-    val_labels = np.asarray([t.item.label for t in val_tiled])
     side_auc = auc(pool.labels, pool.reencoded_sides)
     log(
         started,
         f"pool: {len(pool.labels)} train patches ({int(pool.labels.sum())} ai); {len(val_tiled)} val images; "
         f"AUC of re-encoded image side as a class predictor {side_auc:.3f}",
     )
+    return pool, val_tiled, side_auc
 
-    # 3. training
+
+def train_epochs(
+    args: argparse.Namespace, pool: PatchPool, val_tiled: list[TiledImage], started: float
+) -> tuple[GhostNoiseNet, list[dict], dict]:
+    """Step 3: train, validate each epoch, stop early; the model comes back with the best epoch's weights."""
     model = build_model(args.variant, args.front_end, seed=args.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(pool.labels) / args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, args.lr, total_steps=steps_per_epoch * args.epochs)
     generator = torch.Generator().manual_seed(args.seed)
-    n_ai = float(pool.labels.sum())
-    class_weight = {1: len(pool.labels) / (2 * n_ai), 0: len(pool.labels) / (2 * (len(pool.labels) - n_ai))}
     history, best = [], None
     for epoch in range(1, args.epochs + 1):
-        model.train()
-        order = torch.randperm(len(pool.labels), generator=generator).numpy()
-        losses = []
-        for start in range(0, len(order), args.batch_size):
-            index = order[start : start + args.batch_size]
-            x = patches_to_tensor(pool.patches[index], "cpu", torch.float32)
-            flips = torch.rand(2, len(index), generator=generator) < 0.5
-            x = torch.where(flips[0, :, None, None, None], x.flip(3), x)
-            x = torch.where(flips[1, :, None, None, None], x.flip(2), x)
-            y = torch.from_numpy(pool.labels[index])
-            weight = torch.where(y > 0.5, class_weight[1], class_weight[0])
-            loss = F.binary_cross_entropy_with_logits(model(x), y, weight=weight)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            losses.append(loss.item())
-        val_mean, _ = image_logits(model, val_tiled)
-        val_auc = auc(val_labels, val_mean)
-        val_loss = float(
-            F.binary_cross_entropy_with_logits(torch.from_numpy(val_mean).float(), torch.from_numpy(val_labels).float())
-        )
+        losses = train_one_epoch(model, optimiser, schedule, pool, args.batch_size, generator)
+        val_auc, val_loss = validate(model, val_tiled)
         history.append(
             {
                 "epoch": epoch,
@@ -431,10 +474,57 @@ def main(argv: list[str] | None = None) -> int:
             log(started, f"early stop: no val AUC gain since epoch {best['epoch']}")
             break
     model.load_state_dict(best["state"])
+    return model, history, best
 
-    # 4. calibration on validation
+
+def train_one_epoch(
+    model: GhostNoiseNet,
+    optimiser: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    pool: PatchPool,
+    batch_size: int,
+    generator: torch.Generator,
+) -> list[float]:
+    """One pass over the shuffled pool with random flips and class-balanced BCE; the batch losses."""
+    n_ai = float(pool.labels.sum())
+    class_weight = {1: len(pool.labels) / (2 * n_ai), 0: len(pool.labels) / (2 * (len(pool.labels) - n_ai))}
+    model.train()
+    order = torch.randperm(len(pool.labels), generator=generator).numpy()
+    losses = []
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        x = patches_to_tensor(pool.patches[index], "cpu", torch.float32)
+        flips = torch.rand(2, len(index), generator=generator) < 0.5
+        x = torch.where(flips[0, :, None, None, None], x.flip(3), x)
+        x = torch.where(flips[1, :, None, None, None], x.flip(2), x)
+        y = torch.from_numpy(pool.labels[index])
+        weight = torch.where(y > 0.5, class_weight[1], class_weight[0])
+        loss = F.binary_cross_entropy_with_logits(model(x), y, weight=weight)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+    return losses
+
+
+def validate(model: GhostNoiseNet, val_tiled: list[TiledImage]) -> tuple[float, float]:
+    """Image-level (AUC, BCE of the mean logit) on the validation images."""
+    val_labels = tiled_labels(val_tiled)
+    val_mean, _ = image_logits(model, val_tiled)
+    val_auc = auc(val_labels, val_mean)
+    val_loss = float(
+        F.binary_cross_entropy_with_logits(torch.from_numpy(val_mean).float(), torch.from_numpy(val_labels).float())
+    )
+    return val_auc, val_loss
+
+
+def calibrate_and_save(
+    args: argparse.Namespace, model: GhostNoiseNet, val_tiled: list[TiledImage]
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Step 4: Platt calibration on validation, written into the model and its weights file; with the val logits."""
     val_mean, val_patch = image_logits(model, val_tiled)
-    calibration = fit_platt(val_mean, val_labels)
+    calibration = fit_platt(val_mean, tiled_labels(val_tiled))
     model.calibration_scale.fill_(calibration["scale"])
     model.calibration_bias.fill_(calibration["bias"])
     metadata = {
@@ -445,12 +535,14 @@ def main(argv: list[str] | None = None) -> int:
         "max_patches": str(args.max_patches),
     }
     save_weights(model, args.out, metadata)
-    training_wall_s = time.perf_counter() - started
+    return calibration, val_mean, val_patch
 
-    # 5. test through the detector itself, loading the written file
+
+def load_written_detector(args: argparse.Namespace) -> GhostNetNoiseDetector:
+    """Step 5 starts from the written file, loaded through the detector itself."""
     from models.registry import create_detector
 
-    detector = create_detector(
+    return create_detector(
         "ghostnet",
         {
             "weights": str(args.out),
@@ -460,20 +552,34 @@ def main(argv: list[str] | None = None) -> int:
             "max_patches": args.max_patches,
         },
     )
-    fp16_diff = float(np.abs(image_logits(detector.model, val_tiled)[0] - val_mean).max())
+
+
+def score_val_split(
+    detector: GhostNetNoiseDetector,
+    val_tiled: list[TiledImage],
+    val_mean: np.ndarray,
+    val_patch: np.ndarray,
+    calibration: dict,
+) -> dict:
+    """Image and patch metrics on the re-encoded validation images (the ones calibration was fitted on)."""
+    val_labels = tiled_labels(val_tiled)
     val_patch_labels = np.concatenate([[t.item.label] * len(t.boxes) for t in val_tiled])
     val_prob = np.asarray([detector.score(v) for v in val_mean])
-    metrics = {
-        "val": {
-            "reencoded": {
-                "image": per_source(val_labels, val_prob, [t.item.source for t in val_tiled]),
-                "patch": summarise(val_patch_labels, sigmoid(calibration["scale"] * val_patch + calibration["bias"])),
-            }
-        },
-        "test": {},
+    return {
+        "reencoded": {
+            "image": per_source(val_labels, val_prob, [t.item.source for t in val_tiled]),
+            "patch": summarise(val_patch_labels, sigmoid(calibration["scale"] * val_patch + calibration["bias"])),
+        }
     }
+
+
+def score_test_split(
+    args: argparse.Namespace, detector: GhostNetNoiseDetector, test_items: list[Item], started: float
+) -> dict:
+    """Step 5: the test split through ``detector.predict``, re-encoded like training and as stored, per source."""
+    metrics = {}
     for condition, processed in (("reencoded", True), ("as_is", False)):
-        prepared = prepared_images(splits["test"], args.patch, args.seed, processed, args.source_cap)
+        prepared = prepared_images(test_items, args.patch, args.seed, processed, args.source_cap)
         results = []
         for start in range(0, len(prepared), 16):
             results.extend(detector.predict([image for _, image in prepared[start : start + 16]]))
@@ -488,85 +594,43 @@ def main(argv: list[str] | None = None) -> int:
             [[item.label] * len(r.details["patch_scores"]) for (item, _), r in zip(prepared, results)]
         )
         patch_sources = [item.source for (item, _), r in zip(prepared, results) for _ in r.details["patch_scores"]]
-        metrics["test"][condition] = {
+        metrics[condition] = {
             "image": per_source(labels, image_prob, sources),
             "patch": per_source(patch_labels, patch_prob, patch_sources),
         }
-        log(started, f"test {condition}: image {metrics['test'][condition]['image']['all']}")
+        log(started, f"test {condition}: image {metrics[condition]['image']['all']}")
+    return metrics
 
-    card = {
+
+# ---- the model card ---------------------------------------------------------------------------------------------
+def model_card(
+    args: argparse.Namespace,
+    argv: list[str],
+    splits: Splits,
+    pool: PatchPool,
+    side_auc: float,
+    history: list[dict],
+    best: dict,
+    calibration: dict,
+    metrics: dict,
+    detector: GhostNetNoiseDetector,
+    model: GhostNoiseNet,
+    fp16_diff: float,
+    training_wall_s: float,
+) -> dict:
+    """Step 6: the card written beside the weights: what was trained, on what, how, and how well."""
+    return {
         "name": "ghostnet_noise",
         "detector": "ghostnet (models/ghostnet.py), feature ghostnet_score",
-        "weights": {
-            "file": args.out.name,
-            "sha256": file_sha256(args.out),
-            "bytes": args.out.stat().st_size,
-            "dtype": "float16 weights; float32 BatchNorm statistics and calibration",
-            "fp16_max_abs_val_logit_change": round(fp16_diff, 5),
-        },
-        "architecture": {
-            "variant": args.variant,
-            "front_end": args.front_end,
-            "front_end_detail": "3 fixed 5x5 SRM kernels per colour channel (9 ch) + 3 Bayar-constrained 5x5 filters (3 ch), reflection padding",
-            "in_chans": int(detector.model.front_end.out_channels),
-            "parameters": int(sum(p.numel() for p in model.parameters())),
-            "patch": args.patch,
-            "max_patches": args.max_patches,
-            "tiling": "deterministic grid, each patch centred in its cell, native resolution; images with a side < patch are skipped",
-            "aggregate": "mean of patch logits",
-        },
+        "weights": card_weights(args, fp16_diff),
+        "architecture": card_architecture(args, detector, model),
         "calibration": {
             **calibration,
             "method": "Platt (logistic on the image-level mean logit), class-balanced",
             "fitted_on": "validation split, images re-encoded once like training (seeded)",
         },
-        "training": {
-            "command": "python -m training.train_ghostnet " + " ".join(argv),
-            "wall_s": round(training_wall_s, 1),
-            "wall_s_covers": "manifest, patch pool, training, calibration (test scoring not included)",
-            "threads": args.threads,
-            "seed": args.seed,
-            "epochs_run": len(history),
-            "best_epoch": best["epoch"],
-            "history": history,
-            "rounds": args.rounds,
-            "patches_per_image": args.patches_per_image,
-            "source_cap": args.source_cap,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "weight_decay": args.weight_decay,
-            "train_patches": len(pool.labels),
-            "train_patches_ai": int(pool.labels.sum()),
-            "train_patches_per_source": {s: pool.sources.count(s) for s in sorted(set(pool.sources))},
-            "processing": "native window <= source_cap px, then training.augment.Reencode (crop 0.6-1.0, resize 0.5-1.0, JPEG q65-97, 4:4:4 or 4:2:0), identical for both classes",
-            "confound_check": {
-                "auc_of_reencoded_short_side_as_class_predictor": round(side_auc, 4),
-                "median_reencoded_short_side": {
-                    "ai": float(np.median(pool.reencoded_sides[pool.labels == 1])),
-                    "real": float(np.median(pool.reencoded_sides[pool.labels == 0])),
-                },
-            },
-        },
-        "data": {
-            "roots": [str(p) for p in (args.data or [])],
-            "manifest": str(args.manifest) if args.manifest else None,
-            "items_sha256": data_hash(items),
-            "items_sha256_of": "sorted lines 'key<TAB>label<TAB>split' of the items used",
-            "items_per_split": {
-                s: {"ai": sum(i.label for i in v), "real": sum(1 - i.label for i in v)} for s, v in splits.items()
-            },
-            "test_items": [
-                {
-                    "file": _relative(i.filepath, args.data),
-                    "crop": i.crop,
-                    "label": "ai" if i.label else "real",
-                    "source": i.source,
-                }
-                for i in splits["test"]
-            ],
-            "dropped_by_clean_manifest": int(dropped.num_rows),
-            "left_out_smaller_than_patch": too_small,
-        },
+        "training": card_training(args, argv, training_wall_s, history, best, pool, side_auc),
+        "data": card_data(args, splits),
         "metrics": metrics,
         "cpu_cost": cpu_cost(args.patch, args.max_patches, args.threads),
         "modern_matched_test": {c: metrics["test"][c]["image"].get(MODERN_MATCHED) for c in ("reencoded", "as_is")},
@@ -576,10 +640,104 @@ def main(argv: list[str] | None = None) -> int:
         "timm_version": _timm_version(),
         "python": platform.python_version(),
     }
-    card_path = args.out.with_suffix(".json")
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
-    log(started, f"wrote {args.out} ({args.out.stat().st_size} bytes) and {card_path}")
-    return 0
+
+
+def card_weights(args: argparse.Namespace, fp16_diff: float) -> dict:
+    """The card's ``weights``: the written file and what storing it in fp16 changed."""
+    return {
+        "file": args.out.name,
+        "sha256": file_sha256(args.out),
+        "bytes": args.out.stat().st_size,
+        "dtype": "float16 weights; float32 BatchNorm statistics and calibration",
+        "fp16_max_abs_val_logit_change": round(fp16_diff, 5),
+    }
+
+
+def card_architecture(args: argparse.Namespace, detector: GhostNetNoiseDetector, model: GhostNoiseNet) -> dict:
+    """The card's ``architecture``: network, front end, tiling and aggregation."""
+    return {
+        "variant": args.variant,
+        "front_end": args.front_end,
+        "front_end_detail": (
+            "3 fixed 5x5 SRM kernels per colour channel (9 ch) + 3 Bayar-constrained 5x5 filters (3 ch), "
+            "reflection padding"
+        ),
+        "in_chans": int(detector.model.front_end.out_channels),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "patch": args.patch,
+        "max_patches": args.max_patches,
+        "tiling": (
+            "deterministic grid, each patch centred in its cell, native resolution; images with a side < patch "
+            "are skipped"
+        ),
+        "aggregate": "mean of patch logits",
+    }
+
+
+def card_training(
+    args: argparse.Namespace,
+    argv: list[str],
+    training_wall_s: float,
+    history: list[dict],
+    best: dict,
+    pool: PatchPool,
+    side_auc: float,
+) -> dict:
+    """The card's ``training``: command, settings, history, the patch pool and its size-confound check."""
+    return {
+        "command": "python -m training.train_ghostnet " + " ".join(argv),
+        "wall_s": round(training_wall_s, 1),
+        "wall_s_covers": "manifest, patch pool, training, calibration (test scoring not included)",
+        "threads": args.threads,
+        "seed": args.seed,
+        "epochs_run": len(history),
+        "best_epoch": best["epoch"],
+        "history": history,
+        "rounds": args.rounds,
+        "patches_per_image": args.patches_per_image,
+        "source_cap": args.source_cap,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "train_patches": len(pool.labels),
+        "train_patches_ai": int(pool.labels.sum()),
+        "train_patches_per_source": {s: pool.sources.count(s) for s in sorted(set(pool.sources))},
+        "processing": (
+            "native window <= source_cap px, then training.augment.Reencode (crop 0.6-1.0, resize 0.5-1.0, "
+            "JPEG q65-97, 4:4:4 or 4:2:0), identical for both classes"
+        ),
+        "confound_check": {
+            "auc_of_reencoded_short_side_as_class_predictor": round(side_auc, 4),
+            "median_reencoded_short_side": {
+                "ai": float(np.median(pool.reencoded_sides[pool.labels == 1])),
+                "real": float(np.median(pool.reencoded_sides[pool.labels == 0])),
+            },
+        },
+    }
+
+
+def card_data(args: argparse.Namespace, splits: Splits) -> dict:
+    """The card's ``data``: where the items came from, their hash, the test items and what was left out."""
+    return {
+        "roots": [str(p) for p in (args.data or [])],
+        "manifest": str(args.manifest) if args.manifest else None,
+        "items_sha256": data_hash(splits.items),
+        "items_sha256_of": "sorted lines 'key<TAB>label<TAB>split' of the items used",
+        "items_per_split": {
+            s: {"ai": sum(i.label for i in v), "real": sum(1 - i.label for i in v)} for s, v in splits.by_split.items()
+        },
+        "test_items": [
+            {
+                "file": _relative(i.filepath, args.data),
+                "crop": i.crop,
+                "label": "ai" if i.label else "real",
+                "source": i.source,
+            }
+            for i in splits.by_split["test"]
+        ],
+        "dropped_by_clean_manifest": splits.dropped,
+        "left_out_smaller_than_patch": splits.too_small,
+    }
 
 
 def cpu_cost(patch: int, max_patches: int, threads: int, repeats: int = 5) -> dict:
