@@ -39,6 +39,7 @@ from training.dataset import DATASET_LIMITS, item_bytes, load_manifest
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.local.yaml"
 DEFAULT_CACHE = Path("cache/features")
 ITEM_COLUMNS = ("key", "variant", "filepath", "label", "split", "source", "generator")
+CACHE_FLUSH_ROWS = 200  # outcomes are written to the cache every this many rows, not only at the end
 
 
 # A variant's name plus, for re-encoded variants, the processing's parameters: changing FUSION_PROCESSING
@@ -122,9 +123,17 @@ def extract_features(
             ds = ray.data.from_items(todo, override_num_blocks=max(1, min(200, len(todo) // 8)))
             ds = ds.map_batches(load_stage, batch_size=8, batch_format="numpy", num_cpus=0.1)
             ds = add_detector_stages(ds, profile.detectors, ActorPoolStrategy(min_size=1, max_size=2), str(cache_dir))
-            for batch in ds.select_columns(keep).iter_batches(batch_size=None, batch_format="pyarrow"):
+            # A small CPU share on purpose: without one this step asks for a whole CPU, which the detector pools
+            # hold on a 2-CPU machine, and the pixels it should drop pile up until the pipeline stalls (seen).
+            ds = ds.select_columns(keep, num_cpus=0.1)
+            pending: list[pa.Table] = []
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 tables.append(batch.cast(tables[0].schema) if tables else batch)
+                pending.append(tables[-1])
                 bar.update(batch.num_rows)
+                if sum(t.num_rows for t in pending) >= CACHE_FLUSH_ROWS:  # a killed run keeps what it computed
+                    _update_cache(pa.concat_tables(pending), detectors, cache_dir)
+                    pending = []
     table = pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in keep})
     _update_cache(table, detectors, cache_dir)
     return _with_feature_columns(table, detectors)
