@@ -1,0 +1,87 @@
+"""Soak: N requests at a fixed concurrency against a running local service, and the replicas' memory.
+
+    python bench/soak.py [--url http://127.0.0.1:8000] [--requests 2000] [--concurrency 8]
+                         [--max-seconds 1800] [--warmup 50] [--image F] [--api-key K]
+
+Loopback only; bounded by ``--requests`` and ``--max-seconds``. Prints requests/s, p50/p99 latency, status
+counts, and the RSS of the ingress and of each detector replica (every ``ray::ServeReplica:*`` process on
+this machine, read from /proc) after the warm-up and at the end. Target (issue 13): zero 5xx other than
+``overloaded``; RSS growth under 10% after warm-up (30 minutes at the concurrency the box sustains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from overload import run_load, summarize, synthetic_image  # noqa: E402
+
+
+def replica_rss_mb() -> dict[str, float]:
+    """RSS in MB of each Serve replica process, by its process title (``ServeReplica:APP:DEPLOYMENT``)."""
+    found: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if "ServeReplica:" not in title:
+                continue
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        rss_kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        name = title.split("ServeReplica:", 1)[1].strip()
+        key = name if name not in found else f"{name}#{proc.name}"
+        found[key] = round(rss_kb / 1024, 1)
+    return dict(sorted(found.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-seconds", type=float, default=1800.0)
+    parser.add_argument("--warmup", type=int, default=50, help="requests before the first RSS reading")
+    parser.add_argument("--image", type=Path)
+    parser.add_argument("--api-key")
+    args = parser.parse_args(argv)
+    if not args.url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
+        parser.error("loopback only: --url must be http://127.0.0.1:PORT or localhost")
+    data = args.image.read_bytes() if args.image else synthetic_image()
+    warm = asyncio.run(run_load(args.url, data, args.concurrency, requests=args.warmup, api_key=args.api_key))
+    rss_start = replica_rss_mb()
+    started = time.perf_counter()
+    records = asyncio.run(
+        run_load(
+            args.url, data, args.concurrency, seconds=args.max_seconds, requests=args.requests, api_key=args.api_key
+        )
+    )
+    summary = summarize(records, time.perf_counter() - started)
+    rss_end = replica_rss_mb()
+    summary["concurrency"] = args.concurrency
+    summary["warmup_statuses"] = sorted({str(r["status"]) for r in warm})
+    summary["rss_mb"] = {
+        name: {
+            "start": rss_start.get(name),
+            "end": end,
+            "growth_pct": round(100 * (end / rss_start[name] - 1), 1) if rss_start.get(name) else None,
+        }
+        for name, end in rss_end.items()
+    }
+    print(json.dumps(summary, indent=2))
+    bad = [
+        r for r in records if isinstance(r["status"], str) or (r["status"] >= 500 and r.get("error") != "overloaded")
+    ]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
