@@ -167,7 +167,7 @@ def test_keys_never_reach_the_logs(guarded, ray_session):
     assert sha(WRONG_KEY) not in everything
 
 
-def test_redeploy_under_load_fails_no_request(guarded):
+def test_redeploy_under_load_fails_no_request(guarded, ray_session):
     """A new user_config for a detector (reconfigured in place) and new args for the ingress (its replica
     replaced, the old one drained by graceful shutdown) while two clients keep scoring: zero failures."""
     client = guarded["client"]
@@ -215,5 +215,8 @@ def test_redeploy_under_load_fails_no_request(guarded):
         deploy_apps(guarded["applications"])
     failures = [status for status, _ in results if status != 200]
     assert failures == [], failures
+    # The ingress replica really was replaced under load (each replica writes its own log file).
+    serve_logs = Path(ray_session._private.worker._global_node.get_logs_dir_path()) / "serve"
+    assert len(list(serve_logs.glob("replica_guarded_FusionIngress_*.log"))) >= 2
     versions = {version for _, version in results}
     assert versions == {"debug_mean-1 busy_ms=0.0", "debug_mean-1 busy_ms=1.0"}, versions
