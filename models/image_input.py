@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:  # libjpeg-turbo straight into a numpy array; optional, Pillow decodes everything without it
+    import simplejpeg
+except ImportError:  # pragma: no cover - simplejpeg is a dependency, this only keeps Pillow-only installs working
+    simplejpeg = None
 
 # Our own pixel limit (checked on the header, from config) replaces Pillow's global one, which would
 # otherwise refuse with its own limit and message, or only warn.
@@ -20,6 +26,25 @@ Image.MAX_IMAGE_PIXELS = None
 
 # Pillow names the formats it decoded; MPO is the multi-picture JPEG many cameras write.
 SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+
+# Fast path for the common upload, a single-frame YCbCr or grey JPEG: simplejpeg decodes it with libjpeg-turbo
+# (accurate DCT, fancy upsampling: Pillow's own settings) directly into the output array, skipping Pillow's
+# decode into its own buffer and the copy out of it. The pixels are identical to Pillow's (tests/test_fast_jpeg.py
+# checks every JPEG fixture and real camera files); anything the fast path does not handle, or any libjpeg warning
+# (strict mode: corrupt or truncated data), goes through Pillow, which then decides the error.
+# IMGVERIFY_FAST_JPEG=0 switches it off (Pillow decodes everything; bench/serve_latency.py's "pillow" variant).
+FAST_JPEG = simplejpeg is not None and os.environ.get("IMGVERIFY_FAST_JPEG", "1") != "0"
+_FAST_JPEG_MODES = {"RGB": "RGB", "L": "GRAY"}
+# numpy equivalents of the transposes ImageOps.exif_transpose applies (EXIF Orientation 2..8): exact pixel moves.
+_ORIENT = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.transpose(1, 0, 2),  # TRANSPOSE
+    6: lambda a: a[::-1].transpose(1, 0, 2),  # ROTATE_270 (90 clockwise)
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # TRANSVERSE
+    8: lambda a: a[:, ::-1].transpose(1, 0, 2),  # ROTATE_90 (90 counter-clockwise)
+}
 
 
 class ImageInputError(ValueError):
@@ -107,18 +132,25 @@ def decode_image(data: bytes, limits: InputLimits = InputLimits()) -> DecodedIma
     if n_frames > 1:
         image.seek(0)
         notes.append(f"first of {n_frames} frames used")
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError) as err:
-        if "truncated" in str(err).lower():
-            raise ImageInputError("truncated_image", f"the {fmt} data ends early: {err}") from err
-        raise ImageInputError("corrupt_image", f"the {fmt} data cannot be decoded: {err}") from err
     source_mode = image.mode
-    image, orientation = _apply_orientation(image, notes)
-    rgb = _to_rgb(image, notes)
+    fast = _fast_jpeg(data, image, fmt, n_frames) if FAST_JPEG else None
+    if fast is not None:
+        rgb, orientation = fast
+        if orientation != 1:
+            notes.append(f"EXIF orientation {orientation} applied")
+    else:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            if "truncated" in str(err).lower():
+                raise ImageInputError("truncated_image", f"the {fmt} data ends early: {err}") from err
+            raise ImageInputError("corrupt_image", f"the {fmt} data cannot be decoded: {err}") from err
+        image, orientation = _apply_orientation(image, notes)
+        rgb = _to_rgb(image, notes)
+    data = bytes(data)  # no copy when it already is bytes
     return DecodedImage(
         rgb=rgb,
-        data=bytes(data),
+        data=data,
         format=fmt,
         source_mode=source_mode,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -145,6 +177,36 @@ def _open(data: bytes) -> Image.Image:
             status=415,
         )
     return image
+
+
+def _fast_jpeg(data: bytes, image: Image.Image, fmt: str, n_frames: int) -> tuple[np.ndarray, int] | None:
+    """(RGB pixels with EXIF orientation applied, orientation) of a plain JPEG, exactly as the Pillow path gives
+    them, or None to leave the image to Pillow (other modes, several frames, odd EXIF, any libjpeg warning)."""
+    colorspace = _FAST_JPEG_MODES.get(image.mode)
+    if fmt != "JPEG" or n_frames != 1 or colorspace is None:
+        return None
+    try:
+        raw = image.getexif().get(0x0112, 1)
+    except Exception:  # broken EXIF: Pillow's path writes the note and leaves the pixels as stored
+        return None
+    try:
+        orientation = int(raw or 1)
+    except (TypeError, ValueError):
+        return None
+    transpose = _ORIENT.get(orientation) if orientation in range(2, 9) else None
+    if transpose is not None and _ORIENT.get(raw) is not transpose:
+        return None  # a tag exif_transpose would read differently from int(); Pillow decides
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, fastdct=False, fastupsample=False, strict=True)
+    except Exception:  # noqa: BLE001 - warnings, corrupt or truncated data: Pillow's path and its error codes
+        return None
+    if pixels.shape[:2] != (image.height, image.width):
+        return None
+    if colorspace == "GRAY":  # Pillow's L -> RGB copies the grey value into each channel
+        pixels = np.repeat(pixels.reshape(pixels.shape[0], pixels.shape[1], 1), 3, axis=2)
+    if transpose is None:
+        return pixels, 1
+    return np.ascontiguousarray(transpose(pixels)), orientation
 
 
 def _apply_orientation(image: Image.Image, notes: list[str]) -> tuple[Image.Image, int]:
