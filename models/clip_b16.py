@@ -587,6 +587,10 @@ class ClipB16Detector(Detector):
         return out.image_embeds.float().cpu().numpy(), out.last_hidden_state[:, 0].float().cpu().numpy()
 
     def _forward(self, inputs: list[np.ndarray]) -> list[dict[str, Any]]:
+        return self.apply_heads(*self._embed_images(inputs))
+
+    def _embed_images(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Per image: unit-norm image_embeds and CLS (float32), each the normalised mean of its views'."""
         counts = [len(x) for x in inputs]
         if self.session is not None:
             # One image (all its views) per onnxruntime run: dynamic quantisation scales activations over the whole
@@ -600,6 +604,11 @@ class ClipB16Detector(Detector):
         # Each view is normalised, the views of one image averaged and normalised again.
         embeds = np.stack([_unit(_unit(embeds[a:b]).mean(axis=0)) for a, b in pairwise(bounds)])
         cls = np.stack([_unit(_unit(cls[a:b]).mean(axis=0)) for a, b in pairwise(bounds)])
+        return embeds, cls
+
+    def apply_heads(self, embeds: np.ndarray, cls: np.ndarray) -> list[dict[str, Any]]:
+        """The trained and the published head on per-image embeddings. Also how training turns embeddings it has
+        cached (``return_embedding``) into this detector's features without running the backbone again."""
         outputs = [{"embedding": e, "cls": c, "prob": None, "pub_prob": None} for e, c in zip(embeds, cls)]
         if self.head is not None:
             X = embeds if self.head.embedding_kind == "image_embeds" else cls

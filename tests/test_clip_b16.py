@@ -311,6 +311,38 @@ def test_detector_with_a_trained_head(tiny_clip, embedder, images, kind, tmp_pat
     assert "head=sha256:" in detector.version
 
 
+def test_head_features_from_cached_embeddings_equal_the_detectors_own(tiny_clip, embedder, images, tmp_path, no_network):
+    """train clip-head caches the new head's features from the embeddings it computed: same numbers as running
+    the detector, under the version the fusion's feature extraction looks up."""
+    import pyarrow as pa
+    import yaml
+
+    from deployments.data import load_outcome_cache
+    from models.fusion import DetectorOutcome
+    from training.train_clip_head import cache_head_features
+
+    embedded = [DetectorOutcome.from_result("clip_b16", r, embedder.version, 1.0) for r in embedder.predict(images)]
+    X = _embeddings(embedder.predict(images), "cls")
+    head = EmbeddingHead(cv=2, backbone_id=tiny_clip, embedding_kind="cls").fit(X, np.array([0, 0, 1, 1, 0]))
+    path = head.save(tmp_path / "head.npz")
+    config = tmp_path / "serve.yaml"
+    detector_settings = {"backbone": tiny_clip, "head": "elsewhere.npz", **NO_PUBLISHED}
+    config.write_text(yaml.safe_dump({"applications": [{
+        "name": "x", "import_path": "serve_app.app:build_app", "args": {"detectors": [{"name": "clip_b16"}]},
+        "deployments": [{"name": "clip_b16", "user_config": {"detector": detector_settings}}]}]}))
+    table = pa.table({"key": [f"k{i}" for i in range(len(images))],
+                      "outcome.clip_b16": [o.to_json() for o in embedded]})
+    assert cache_head_features(table, config, path, tmp_path / "cache") == len(images)
+
+    detector = create_detector("clip_b16", {**detector_settings, "head": str(path)})
+    cached = load_outcome_cache(tmp_path / "cache", "clip_b16", detector.version)
+    for i, result in enumerate(detector.predict(images)):
+        outcome = DetectorOutcome.from_json(cached[f"k{i}"])
+        assert outcome.version == detector.version and outcome.status == "ok"
+        assert outcome.result.features == pytest.approx(result.features, abs=1e-6)
+        assert outcome.result.evidence == result.evidence
+
+
 def test_detector_refuses_a_head_for_another_embedding(tiny_clip, tiny_onnx, tmp_path, no_network):
     y = separable(n=20)[1]
     onnx_id = create_detector("clip_b16", {"backbone": str(tiny_onnx["int8"]), "return_embedding": True,

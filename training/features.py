@@ -132,10 +132,10 @@ def extract_features(
                 pending.append(tables[-1])
                 bar.update(batch.num_rows)
                 if sum(t.num_rows for t in pending) >= CACHE_FLUSH_ROWS:  # a killed run keeps what it computed
-                    _update_cache(pa.concat_tables(pending), detectors, cache_dir)
+                    update_cache(pa.concat_tables(pending), detectors, cache_dir)
                     pending = []
     table = pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in keep})
-    _update_cache(table, detectors, cache_dir)
+    update_cache(table, detectors, cache_dir)
     return _with_feature_columns(table, detectors)
 
 
@@ -167,7 +167,7 @@ def _cached_table(items: list[dict], caches: dict[str, dict[str, str]], columns:
     return pa.table({c: pa.array(v, pa.string()) for c, v in rows.items()})
 
 
-def _update_cache(table: pa.Table, detectors: list[str], cache_dir: Path) -> None:
+def update_cache(table: pa.Table, detectors: list[str], cache_dir: Path) -> None:
     """Append outcomes the cache does not hold yet, one Parquet part per detector version and run."""
     keys = table.column("key").to_pylist()
     for name in detectors:

@@ -9,7 +9,9 @@ the detector's own preprocessing, a cache keyed by detector version), with ``cli
 Serve config but with ``return_embedding`` on and no heads. Each train / val item is embedded as stored and as
 ``--copies`` re-encoded copies (``training.augment.FUSION_PROCESSING``: the same random crop, resize, generator
 size, format and blur for both classes), so a head cannot learn the container. Test items are never embedded
-here: ``imgverify evaluate`` measures the head on them.
+here: ``imgverify evaluate`` measures the head on them. Once the head is saved, the features it gives for
+every embedded row go into the feature cache (``cache_head_features``), so the fusion's feature extraction
+does not run the backbone a second time on the same re-encoded copies.
 
 Every combination of embedding kind (``image_embeds``: the projected 512-d embedding; ``cls``: the 768-d CLS
 token of the last hidden state), linear model and ``C`` is fitted on ``train`` and calibrated on ``val``; the one
@@ -29,9 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.clip_b16 import EmbeddingHead
+from models.fusion import DetectorOutcome
 from serve_app.config import AppArgs, DetectorArgs, DetectorProfile, Profile, load_profile
 from training.dataset import check_two_classes, load_manifest
-from training.features import DEFAULT_CACHE, DEFAULT_CONFIG, extract_features, outcome_column
+from training.features import DEFAULT_CACHE, DEFAULT_CONFIG, extract_features, outcome_column, update_cache
 from training.train_fusion import training_data_hash
 
 DETAIL_OF_KIND = {"image_embeds": "embedding", "cls": "cls"}  # where the detector puts each embedding
@@ -129,7 +132,37 @@ def train_clip_head(
         "command": command,
     }
     best["head"].save(out, metadata=report)
+    report["cached_head_features"] = cache_head_features(table, config, out, cache_dir)
     return report
+
+
+def cache_head_features(table: pa.Table, config: Path, head: Path, cache_dir: Path) -> int:
+    """Put the features the Serve config's ``clip_b16`` gives with the new ``head`` into the feature cache, for
+    every row embedded here, computed from the cached embeddings by the detector's own ``apply_heads``: the
+    fusion's feature extraction (same items, same re-encoded variants) then skips the backbone for these rows.
+    Returns the number of rows cached."""
+    import models
+
+    settings = {**load_profile(config).detectors["clip_b16"].user_config.detector,
+                "head": str(head), "head_sha256": None, "return_embedding": False}
+    detector = models.create_detector("clip_b16", settings)
+    keys, embedded = [], []
+    for key, text in zip(table.column("key").to_pylist(), table.column(outcome_column("clip_b16")).to_pylist()):
+        outcome = DetectorOutcome.from_json(text) if text else None
+        if outcome is not None and outcome.status == "ok":
+            keys.append(key)
+            embedded.append(outcome)
+    if not embedded:
+        return 0
+    embeds = np.asarray([o.result.details["embedding"] for o in embedded], dtype=np.float32)
+    cls = np.asarray([o.result.details["cls"] for o in embedded], dtype=np.float32)
+    outcomes = [
+        DetectorOutcome.from_result("clip_b16", detector.postprocess(output, False), detector.version, o.latency_ms)
+        for output, o in zip(detector.apply_heads(embeds, cls), embedded)
+    ]
+    update_cache(pa.table({"key": keys, outcome_column("clip_b16"): [o.to_json() for o in outcomes]}),
+                 ["clip_b16"], cache_dir)
+    return len(outcomes)
 
 
 def _backbone_id(profile: Profile) -> str:
