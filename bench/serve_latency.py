@@ -12,6 +12,7 @@ Measured in one run, on the same images and the same machine:
      are identical;
    - the answer's JSON rendering (a verdict, and one the size of ?artifacts=true): Starlette's JSONResponse
      (json.dumps) vs. serve_app.fast_json.FastJSONResponse (orjson), and whether the JSON is the same;
+   - reading the upload in Starlette: multipart form parsing vs. the raw body;
 2. the Serve application from the config (started here on a free port), over HTTP, at concurrency 1, 8 and
    32, for each request body kind (multipart field "file", or the raw image body with Content-Type image/jpeg)
    and each variant (``--variants``): p50 / p99 latency, images/s, and the server's own median decode and
@@ -111,6 +112,50 @@ def decode_lever(images: list[bytes], limits, repeat: int = 5) -> dict:
             "identical": identical}
 
 
+def body_lever(images: list[bytes], repeat: int = 20) -> dict:
+    """What the ingress spends reading one upload, in-process (Starlette, 64 KiB chunks as the proxy sends them):
+    multipart form parsing + reading the part vs the raw body (Content-Type image/jpeg); timed alternately."""
+    import httpx
+    from starlette.requests import Request
+
+    def request(body: bytes, content_type: str) -> Request:
+        chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
+        position = iter(range(len(chunks)))
+
+        async def receive() -> dict:
+            i = next(position, None)
+            if i is None:
+                return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": chunks[i], "more_body": i < len(chunks) - 1}
+
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        return Request({"type": "http", "method": "POST", "path": "/v1/detect", "headers": headers,
+                        "query_string": b""}, receive)
+
+    async def multipart(data: bytes, encoded: httpx.Request) -> None:
+        form = await request(encoded.read(), encoded.headers["content-type"]).form(max_files=1, max_fields=16)
+        assert await form["file"].read() == data
+        await form.close()
+
+    async def raw(data: bytes) -> None:
+        assert await request(data, "image/jpeg").body() == data
+
+    async def run() -> dict:
+        times: dict[str, list[float]] = {"multipart_ms": [], "raw_ms": []}
+        encoded = [httpx.Request("POST", "http://x/v1/detect", files={"file": ("image", d)}) for d in images]
+        for _ in range(repeat):
+            for data, form in zip(images, encoded):
+                for key, call in (("multipart_ms", multipart(data, form)), ("raw_ms", raw(data))):
+                    started = time.perf_counter()
+                    await call
+                    times[key].append((time.perf_counter() - started) * 1000)
+        return {key: statistics.median(values) for key, values in times.items()}
+
+    result = asyncio.run(run())
+    result["kb"] = statistics.median(len(d) for d in images) / 1000
+    return result
+
+
 def artifacts_body(body: dict, image) -> dict:
     """``body`` plus an ``artifacts`` entry the size ?artifacts=true gives: the image at <= 1024 px as a PNG (the
     overlay) and a grey heatmap PNG, base64, for two heatmap detectors."""
@@ -187,7 +232,7 @@ def in_process(config: Path, images: list[bytes]) -> dict:
     bodies.append(artifacts_body(bodies[0], decoded[0]))
     return {"alone_ms": alone, "sequential_p50_ms": statistics.median(sequential) * 1000,
             "sequential_ips": len(sequential) / sum(sequential),
-            "decode": decode_lever(images, limits), "json": json_lever(bodies)}
+            "decode": decode_lever(images, limits), "json": json_lever(bodies), "body": body_lever(images)}
 
 
 async def load(url: str, images: list[bytes], concurrency: int, requests: int, body: str) -> dict:
@@ -300,6 +345,9 @@ def main() -> int:
     d = base["decode"]
     fast = "n/a (simplejpeg not installed)" if d["fast_ms"] is None else f"{d['fast_ms']:.2f} ms"
     print(f"  decode_image: Pillow {d['pillow_ms']:.2f} ms, fast JPEG path {fast}; identical: {d['identical']}")
+    b = base["body"]
+    print(f"  reading the upload ({b['kb']:.0f} kB median): multipart {b['multipart_ms']:.3f} ms, "
+          f"raw body {b['raw_ms']:.3f} ms")
     for kind, j in base["json"].items():
         print(f"  {kind} answer JSON ({j['bytes'] / 1000:.0f} kB): JSONResponse {j['json_ms']:.3f} ms, "
               f"FastJSONResponse (orjson) {j['orjson_ms']:.3f} ms; same JSON: {j['same_json']}, "
