@@ -31,18 +31,21 @@ import numpy as np
 import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from PIL import Image
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
 import models
 from deployments.detector import LATENCY_BUCKETS_MS, DetectorDeployment
 from models.fusion import DetectorOutcome, json_safe
-from models.image_input import DecodedImage, ImageInputError, decode_image
+from models.image_input import DecodedImage, ImageInputError
+from serve_app.admission import Overloaded
+from serve_app.auth import GateMiddleware, install_gate
 from serve_app.config import AppArgs
-from serve_app.responses import ERROR_RESPONSES, BatchAnswer, ServiceVerdict
+from serve_app.fast_json import FastJSONResponse as JSONResponse  # orjson: the same JSON, rendered sooner
+from serve_app.responses import ERROR_RESPONSES, BatchAnswer, ServiceVerdict, current_request_id
 from serve_app.url_input import fetch_url
 from serve_app.web import router as web_router
 
@@ -56,6 +59,7 @@ api = FastAPI(
     description="Was this image made by a generative model or captured by a camera? And why.",
 )
 api.include_router(web_router)  # GET / and /static/*: the page for people
+api.add_middleware(GateMiddleware)  # API keys, rate limits, admission, 503 overloaded (serve_app/auth.py)
 
 
 class RequestError(ImageInputError):
@@ -63,7 +67,7 @@ class RequestError(ImageInputError):
 
 
 def _error_response(request: Request, code: str, detail: Any, status: int) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail, "request_id": _request_id()}, status_code=status)
+    return JSONResponse({"error": code, "detail": detail, "request_id": current_request_id()}, status_code=status)
 
 
 @api.exception_handler(ImageInputError)
@@ -74,13 +78,6 @@ async def _image_error(request: Request, err: ImageInputError) -> JSONResponse:
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
     return _error_response(request, "invalid_request", json_safe(err.errors()), 422)
-
-
-def _request_id() -> str:
-    # Serve's own request id: it takes the caller's X-Request-ID header when there is one, is returned
-    # in the response header, and is attached to every Serve log line of this request, here and in the
-    # detector replicas, which is what makes the logs of one request findable.
-    return serve.context._get_serve_request_context().request_id
 
 
 def _encode_artifacts(image: DecodedImage, outcomes: list[DetectorOutcome]) -> dict[str, dict[str, Any]]:
@@ -121,6 +118,7 @@ class FusionIngress:
         self.timeouts = {d.name: d.timeout_s for d in self.args.detectors}
         self.verdict = self.args.verdict()
         self.limits = self.args.input.limits()
+        self.gate = install_gate(self.args)  # keys, rate limits, admission of this replica
         self.detector_ms = Histogram(
             "imgverify_detector_latency_ms",
             description="Per-detector latency seen by the ingress (queueing and batching included).",
@@ -168,7 +166,7 @@ class FusionIngress:
         results = await asyncio.gather(*(one(u) for u in uploads))
         for upload, result in zip(uploads, results):
             result["filename"] = upload.filename
-        return JSONResponse(json_safe({"request_id": _request_id(), "results": results}))
+        return JSONResponse(json_safe({"request_id": current_request_id(), "results": results}))
 
     @api.get("/healthz", summary="Ready only when every enabled detector is")
     async def healthz(self) -> JSONResponse:
@@ -198,6 +196,7 @@ class FusionIngress:
                 "detectors": self.args.detector_names(),
                 # the detectors that add a heatmap to ?artifacts=true
                 "heatmaps": [n for n in self.args.detector_names() if models.get_detector_class(n).has_artifacts],
+                "auth_required": self.gate.keys.enabled,  # /v1/config is open; the page then asks for a key
                 "fusion": {"threshold": self.verdict.threshold, "uncertain_range": list(self.verdict.uncertain_range)},
             }
         )
@@ -205,7 +204,7 @@ class FusionIngress:
     # ---- the pipeline for one image -------------------------------------------------------------------
     async def _score(self, data: bytes, artifacts: bool) -> dict[str, Any]:
         started = time.perf_counter()
-        image = await asyncio.to_thread(decode_image, data, self.limits)
+        image = await self.gate.decode(data, self.limits)  # decode_image in a thread, within the pixel budget
         decoded = time.perf_counter()
         image_ref = ray.put(image)  # once; every detector gets this reference
         outcomes = await asyncio.gather(
@@ -216,7 +215,7 @@ class FusionIngress:
         fused = time.perf_counter()
         if artifacts:
             body["artifacts"] = _encode_artifacts(image, outcomes)
-        body["request_id"] = _request_id()
+        body["request_id"] = current_request_id()
         body["image"] = image.summary()
         done = time.perf_counter()
         body["timings"] = {
@@ -242,6 +241,8 @@ class FusionIngress:
         try:
             result, version = await asyncio.wait_for(response, timeout)
             outcome = DetectorOutcome.from_result(name, result, version, (time.perf_counter() - started) * 1000)
+        except BackPressureError as err:  # this detector's Serve queue is full: the whole request is overloaded
+            raise Overloaded(f"detector {name}: {err}", self.args.admission.retry_after_s) from err
         except asyncio.TimeoutError:
             response.cancel()
             outcome = DetectorOutcome(name, "timeout", timeout * 1000, error=f"no answer within {timeout} s")

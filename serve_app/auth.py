@@ -45,6 +45,7 @@ from serve_app.admission import (
     header_pixels,
     retry_after_header,
 )
+from serve_app.responses import current_request_id
 
 log = logging.getLogger("ray.serve")
 
@@ -186,12 +187,7 @@ def current_gate() -> Gate | None:
 
 
 def _request_id(scope: dict) -> str:
-    try:
-        from ray import serve
-
-        request_id = serve.context._get_serve_request_context().request_id
-    except Exception:  # noqa: BLE001 - outside Serve (unit tests)
-        request_id = ""
+    request_id = current_request_id()
     if request_id:
         return request_id
     for name, value in scope.get("headers", []):

@@ -1,6 +1,7 @@
 """The ``imgverify`` command.
 
     imgverify score IMAGE... [--url http://127.0.0.1:8000] [--artifacts]   post to a running service
+                   [--api-key K | $IMGVERIFY_API_KEY] [--retries 3]     (waits out 429/503 Retry-After)
     imgverify batch INPUT --out OUT [--config serve_config.local.yaml]      Ray Data batch scoring
     imgverify dataset build ROOT... --out M.parquet | dataset clean M --out C.parquet
     imgverify features extract MANIFEST --out DIR [--config ...]
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +41,40 @@ COMMANDS: dict[tuple[str, ...], str] = {
 }
 
 
+RETRY_STATUSES = (429, 503)
+MAX_RETRY_WAIT_S = 30.0
+
+
+def retry_after_s(response) -> float | None:
+    """Seconds the service asked us to wait: a 429, or a 503 that carries ``Retry-After`` (``overloaded``, or
+    Serve's own backpressure answer); None for every other answer (a 503 ``UNKNOWN`` verdict is final)."""
+    if response.status_code not in RETRY_STATUSES:
+        return None
+    header = response.headers.get("retry-after")
+    if header is None:
+        return 1.0 if response.status_code == 429 else None
+    try:
+        return min(MAX_RETRY_WAIT_S, max(0.0, float(header)))
+    except ValueError:
+        return 1.0
+
+
+def post_politely(client, path: str, retries: int, sleep=None, **request):
+    """POST, and on 429/503 with ``Retry-After`` wait that long (at most 30 s, plus up to 10% jitter) and try
+    again, at most ``retries`` more times. Returns the last response."""
+    import random
+    import time
+
+    sleep = sleep or time.sleep
+    for attempt in range(retries + 1):
+        response = client.post(path, **request)
+        wait = retry_after_s(response)
+        if wait is None or attempt == retries:
+            return response
+        sleep(wait * (1.0 + 0.1 * random.random()))
+    return response
+
+
 def score(argv: list[str]) -> int:
     """POST each image to ``/v1/detect`` and print the JSON answers (one object per line)."""
     import httpx
@@ -49,9 +85,14 @@ def score(argv: list[str]) -> int:
     parser.add_argument("--artifacts", action="store_true", help="ask for heatmaps (base64 PNG)")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--indent", type=int, default=None)
+    parser.add_argument("--retries", type=int, default=3, help="retries on 429/503 with Retry-After (default 3)")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("IMGVERIFY_API_KEY"), help="Bearer key (default: $IMGVERIFY_API_KEY)"
+    )
     args = parser.parse_args(argv)
     failures = 0
-    with httpx.Client(base_url=args.url, timeout=args.timeout) as client:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=args.url, timeout=args.timeout, headers=headers) as client:
         for path in args.images:
             try:
                 data = path.read_bytes()
@@ -60,8 +101,12 @@ def score(argv: list[str]) -> int:
                 failures += 1
                 continue
             try:
-                response = client.post(
-                    "/v1/detect", params={"artifacts": str(args.artifacts).lower()}, files={"file": (path.name, data)}
+                response = post_politely(
+                    client,
+                    "/v1/detect",
+                    args.retries,
+                    params={"artifacts": str(args.artifacts).lower()},
+                    files={"file": (path.name, data)},
                 )
             except httpx.TransportError as err:  # no service there: say so, once, and stop
                 print(json.dumps({"path": str(path), "error": "service_unreachable", "detail": f"{args.url}: {err}"}))

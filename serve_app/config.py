@@ -58,12 +58,64 @@ class FusionArgs(BaseModel):
         return value
 
 
+class ApiKeyArgs(BaseModel):
+    """One accepted API key, by the hex sha256 of the key (the key itself is never in the config)."""
+
+    sha256: str = Field(description="hex sha256 of the key: `printf %s KEY | sha256sum`")
+    name: str | None = Field(None, description="who holds it; logged instead of the key")
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="this key's rate; None: access.requests_per_minute"
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        value = value.strip().lower()
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ValueError("sha256 must be 64 hex digits (the sha256 of the key, not the key)")
+        return value
+
+
+class AccessArgs(BaseModel):
+    """API keys and per-key rate limits (serve_app/auth.py). Off unless a key is configured here or in the
+    environment variable named by ``keys_env`` (raw keys, comma-separated, in the ingress replicas' env)."""
+
+    api_keys: list[ApiKeyArgs] = Field(
+        default_factory=list, description="accepted keys (sha256); a bare string is a sha256"
+    )
+    keys_env: str = Field("IMGVERIFY_API_KEYS", description="env var with raw keys, comma-separated")
+    requests_per_minute: float | None = Field(None, gt=0, description="per key, token bucket; None: no rate limit")
+    burst: float | None = Field(None, ge=1, description="bucket size; None: 10 s of the rate (at least 1)")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _bare_hashes(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"sha256": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+class AdmissionArgs(BaseModel):
+    """Backpressure in each ingress replica (serve_app/admission.py). Defaults are off (no limits)."""
+
+    max_in_flight: int | None = Field(
+        None, ge=1, description="scoring requests at once per ingress replica; more get 503 overloaded at once"
+    )
+    max_decode_pixels: int | None = Field(
+        None, ge=1, description="pixels being decoded at once per ingress replica (~8 bytes each while decoding)"
+    )
+    pixel_wait_s: float = Field(0.5, ge=0, description="how long an image waits for the decode budget before 503")
+    retry_after_s: float = Field(1.0, gt=0, description="Retry-After of 503 overloaded answers")
+
+
 class AppArgs(BaseModel):
     """Arguments of ``serve_app.app:build_app``."""
 
     detectors: list[DetectorArgs]
     fusion: FusionArgs = FusionArgs()
     input: InputArgs = InputArgs()
+    access: AccessArgs = AccessArgs()
+    admission: AdmissionArgs = AdmissionArgs()
 
     @field_validator("detectors")
     @classmethod

@@ -13,6 +13,21 @@ from pydantic import BaseModel, Field
 from models.verdict import VerdictBody
 
 
+def current_request_id() -> str:
+    """Serve's id of the request being handled ("" outside a Serve request, e.g. in unit tests).
+
+    It takes the caller's X-Request-ID header when there is one, is returned in the response header, and is on
+    every Serve log line of the request, here and in the detector replicas: what makes one request's logs
+    findable. Private API: Ray 2.60 has no public accessor for it inside a handler.
+    """
+    from ray import serve
+
+    try:
+        return serve.context._get_serve_request_context().request_id
+    except Exception:  # noqa: BLE001 - no Serve request context
+        return ""
+
+
 class ImageSummary(BaseModel):
     width: int
     height: int

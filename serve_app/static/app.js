@@ -28,6 +28,24 @@
 
   const $ = (id) => document.getElementById(id);
 
+  // ---- API key (only when GET /v1/config says auth_required) ------------------------------------------------
+  // Kept in this tab's sessionStorage, never in the page or the URL; sent as "Authorization: Bearer <key>".
+  const KEY_STORAGE = "imgverify-api-key";
+  function storedKey() {
+    try {
+      return sessionStorage.getItem(KEY_STORAGE) || "";
+    } catch (err) {
+      return "";
+    }
+  }
+  let apiKey = storedKey();
+  const authHeaders = () => (apiKey ? { Authorization: `Bearer ${apiKey}` } : {});
+
+  function askForKey(message) {
+    $("key-form").hidden = false;
+    $("key-label").textContent = message;
+  }
+
   // ---- small DOM helpers ------------------------------------------------------------------------------
   /** Create an element; attrs are set as properties or attributes, children are nodes or plain text. */
   function el(tag, attrs = {}, ...children) {
@@ -88,7 +106,11 @@
   async function postForJson(path, options) {
     let response;
     try {
-      response = await fetch(api(path), { method: "POST", ...options });
+      response = await fetch(api(path), {
+        method: "POST",
+        ...options,
+        headers: { ...(options.headers || {}), ...authHeaders() },
+      });
     } catch (err) {
       return { status: 0, body: { error: "network_error", detail: `the service did not answer: ${err.message}` } };
     }
@@ -98,6 +120,7 @@
     } catch (err) {
       body = { error: "invalid_response", detail: `HTTP ${response.status} without a JSON body` };
     }
+    if (response.status === 401) askForKey("This service needs a valid API key");
     return { status: response.status, body };
   }
 
@@ -113,12 +136,13 @@
       `JPEG, PNG, WebP, GIF, BMP or TIFF; up to ${formatBytes(input.max_bytes)} and ` +
       `${(input.max_pixels / 1e6).toFixed(0)} megapixels each, ${input.max_batch_files} files at a time.`;
     $("url-form").hidden = !input.allow_url;
+    if (state.config.auth_required) askForKey(apiKey ? "API key (one is set for this tab)" : "This service needs an API key");
   }
 
   /** Feature meanings and directions, for the detector rows; the page works without them. */
   async function loadDetectorSpecs() {
     try {
-      const response = await fetch(api("v1/detectors"));
+      const response = await fetch(api("v1/detectors"), { headers: authHeaders() });
       if (!response.ok) return;
       const body = await response.json();
       for (const [detector, info] of Object.entries(body.detectors || {})) {
@@ -753,6 +777,20 @@
       event.preventDefault();
       clearError();
       scoreOne({ url: $("url-input").value.trim() });
+    });
+
+    $("key-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      apiKey = $("key-input").value.trim();
+      $("key-input").value = "";
+      try {
+        sessionStorage.setItem(KEY_STORAGE, apiKey);
+      } catch (err) {
+        // Private mode: the key lives until the page is closed.
+      }
+      clearError();
+      askForKey(apiKey ? "API key (one is set for this tab)" : "This service needs an API key");
+      loadDetectorSpecs();
     });
 
     $("heatmap-load").addEventListener("click", loadHeatmaps);
