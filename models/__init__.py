@@ -14,5 +14,6 @@ from models import forensics  # noqa: F401  (registers forensics)
 from models import mantranet  # noqa: F401  (registers mantranet)
 from models import ghostnet  # noqa: F401  (registers ghostnet)
 from models import clip_b16  # noqa: F401  (registers clip_b16)
+from models import effnet_artifact  # noqa: F401  (registers effnet_artifact)
 
 __all__ = ["create_detector", "feature_schema", "get_detector_class", "list_detectors", "register_detector"]
