@@ -59,7 +59,7 @@ def test_container_facts_are_declared_context_only():
 
 
 def test_shipped_fusion_reads_no_container_fact(local_verdict):
-    fusion, _ = local_verdict
+    fusion = local_verdict.fusion
     assert set(fusion.features) & set(CONTAINER_FACTS) == set()
     assert "ghostnet_score" in fusion.features
 
@@ -97,7 +97,7 @@ def test_container_facts_cannot_move_the_verdict(local_verdict, local_detectors,
 
 
 def test_values_outside_the_training_range_are_clipped(local_verdict):
-    fusion, _ = local_verdict
+    fusion = local_verdict.fusion
     name = "ghostnet_score"
     high = fusion.high[fusion.features.index(name)]
     assert np.isfinite(high)
