@@ -43,7 +43,7 @@ def run_loop(config: Path, bucket: Path, cpus: int) -> dict:
     import models
     from models.fusion import DetectorOutcome
     from models.image_input import ImageInputError, decode_image
-    from serve_app.config import load_profile
+    from deployments.config import load_profile
 
     torch.set_num_threads(cpus)
     cv2.setNumThreads(cpus)

@@ -50,7 +50,7 @@ import models  # noqa: E402
 from models import image_input  # noqa: E402
 from models.fusion import DetectorOutcome, json_safe  # noqa: E402
 from models.image_input import decode_image  # noqa: E402
-from serve_app.config import load_profile  # noqa: E402
+from deployments.config import load_profile  # noqa: E402
 
 LEVELS = (1, 8, 32)
 

@@ -2,7 +2,7 @@
 
 Each enabled detector becomes its own deployment (named after the detector), so it scales, batches
 and takes GPU fractions independently. Replicas, autoscaling and ``ray_actor_options`` come from the
-Serve config's ``deployments`` list; ``user_config`` (see ``serve_app.config.DetectorUserConfig``)
+Serve config's ``deployments`` list; ``user_config`` (see ``deployments.config.DetectorUserConfig``)
 sets batching and the detector's settings, and ``reconfigure`` applies a new one to live replicas.
 """
 
@@ -20,7 +20,7 @@ from ray.serve.metrics import Counter, Histogram
 import models
 from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
-from serve_app.config import DEFAULT_DETECTOR_CPUS, DetectorUserConfig
+from deployments.config import DEFAULT_DETECTOR_CPUS, DetectorUserConfig
 
 log = logging.getLogger("ray.serve")
 

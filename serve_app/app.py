@@ -43,7 +43,7 @@ from models.fusion import DetectorOutcome, json_safe
 from models.image_input import DecodedImage, ImageInputError
 from serve_app.admission import Overloaded
 from serve_app.auth import GateMiddleware, install_gate
-from serve_app.config import AppArgs
+from deployments.config import AppArgs
 from serve_app.fast_json import FastJSONResponse as JSONResponse  # orjson: the same JSON, rendered sooner
 from serve_app.responses import ERROR_RESPONSES, BatchAnswer, ServiceVerdict, current_request_id
 from serve_app.url_input import fetch_url

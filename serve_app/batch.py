@@ -5,7 +5,7 @@
 INPUT is a local folder (recursive), a glob, a manifest (.csv/.parquet with a ``filepath`` column) or
 a URI any pyarrow filesystem reads (``s3://bucket/prefix``). The detectors, their settings, resources
 and batch sizes, the fusion model and the verdict policy all come from the same Serve config file as
-the HTTP service (``serve_app.config.load_profile``), and the same stages compute the same answer
+the HTTP service (``deployments.config.load_profile``), and the same stages compute the same answer
 (``deployments/data.py``).
 
 Output: Parquet files ``part-<run>-<n>.parquet`` under OUT with ``deployments.data.output_schema``, one row per
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 import models
 from deployments.data import output_schema
-from serve_app.config import Profile, load_profile
+from deployments.config import Profile, load_profile
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.local.yaml"

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from serve_app.config import DEFAULT_DETECTOR_CPUS
+from deployments.config import DEFAULT_DETECTOR_CPUS
 
 RAY_VERSION = "2.60.0"  # pyproject.toml's ray pin; the image must carry the same
 UNIT = 10_000  # Ray accounts resources in 1/10000 units: 0.15 + 0.85 GPU is exactly one GPU

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.weights import WeightSource, WeightsUnavailable, cache_dir, fetch_weights, file_sha256
-from serve_app.config import Profile, load_profile
+from deployments.config import Profile, load_profile
 
 
 @dataclass(frozen=True)

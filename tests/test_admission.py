@@ -27,7 +27,7 @@ from serve_app.admission import (
 )
 from serve_app.auth import Gate, KeyRing, Unauthorized, needs_key, route_path
 from serve_app.cli import post_politely, retry_after_s
-from serve_app.config import AccessArgs, AppArgs
+from deployments.config import AccessArgs, AppArgs
 
 KEY = "s3cret-key-one"
 OTHER = "s3cret-key-two"

@@ -20,7 +20,7 @@ from conftest import REPO, image_bytes
 from deployments.data import verdict_column
 from models.verdict import VerdictBody
 from serve_app.batch import actors_per_detector, list_inputs, run_batch
-from serve_app.config import load_profile
+from deployments.config import load_profile
 from serve_app.responses import ServiceVerdict
 
 DEBUG_CONFIG = {

@@ -10,7 +10,7 @@ from ray.serve.schema import ServeDeploySchema
 import models
 from conftest import REPO
 from serve_app.app import build_app
-from serve_app.config import AppArgs, DetectorUserConfig, load_profile
+from deployments.config import AppArgs, DetectorUserConfig, load_profile
 
 SEED_DETECTORS = {"provenance", "forensics", "ghostnet", "clip_h14", "clip_bigg", "dino", "fatformer", "mantranet",
                   "clip_b16"}

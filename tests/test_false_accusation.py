@@ -13,7 +13,7 @@ import pytest
 import models
 from models.fusion import DetectorOutcome, SchemaMismatch, load_fusion, resolve_fusion_path
 from models.image_input import decode_image
-from serve_app.config import load_profile
+from deployments.config import load_profile
 from training.augment import GENERATOR_SIZE_LIST, crop_resize_to
 from training.dataset import DATASET_LIMITS
 

@@ -39,7 +39,7 @@ from models.fusion import FusionModel, SchemaMismatch, TrainedFusion, json_safe,
 from models.verdict import Verdict
 from models.weights import file_sha256
 from models.registry import feature_owner
-from serve_app.config import Profile, load_profile
+from deployments.config import Profile, load_profile
 from training.augment import ROBUSTNESS
 from training.dataset import check_two_classes, load_manifest
 from training.features import DEFAULT_CACHE, DEFAULT_CONFIG, extract_features, feature_rows, outcomes_of

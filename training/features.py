@@ -32,7 +32,7 @@ import models
 from deployments.data import cache_path, load_outcome_cache, outcome_column
 from models.fusion import DetectorOutcome
 from models.image_input import ImageInputError, decode_image, images_to_columns
-from serve_app.config import Profile, load_profile
+from deployments.config import Profile, load_profile
 from training.augment import FUSION_PROCESSING, ROBUSTNESS
 from training.dataset import DATASET_LIMITS, item_bytes, load_manifest
 

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from models.clip_b16 import EmbeddingHead
 from models.fusion import DetectorOutcome
-from serve_app.config import AppArgs, DetectorArgs, DetectorProfile, Profile, load_profile
+from deployments.config import AppArgs, DetectorArgs, DetectorProfile, Profile, load_profile
 from training.dataset import check_two_classes, load_manifest
 from training.features import DEFAULT_CACHE, DEFAULT_CONFIG, extract_features, outcome_column, update_cache
 from training.train_fusion import training_data_hash

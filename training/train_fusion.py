@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 import models
 from models.fusion import ARTIFACT_FORMAT, TrainedFusion, apply_calibration, design_matrix
-from serve_app.config import load_profile
+from deployments.config import load_profile
 from training.dataset import check_two_classes
 from training.features import DEFAULT_CONFIG, feature_rows
 from training.metrics import binary_metrics, threshold_for_fpr

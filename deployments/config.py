@@ -4,6 +4,9 @@
 :class:`AppArgs`; each detector's deployment (named after the detector) takes its replicas, autoscaling,
 ``ray_actor_options`` and ``user_config`` (batching and detector settings) from the ``deployments`` list.
 Batch scoring reads the same file through :func:`load_profile`, so both ways in run the same setup.
+
+It lives in ``deployments/`` because everything above reads it (the detector deployment, the ingress, batch
+scoring, training) and it reads only ``models/``: imports point one way, down.
 """
 
 from __future__ import annotations
