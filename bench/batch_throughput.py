@@ -30,7 +30,13 @@ sys.path.insert(0, str(REPO))
 
 
 def make_bucket(data: Path, count: int, folder: Path) -> None:
-    sources = ["modern-matched/real", "modern-matched/ai", "imagenet-real/real", "early-generators-ai/ai", "camera-models/real"]
+    sources = [
+        "modern-matched/real",
+        "modern-matched/ai",
+        "imagenet-real/real",
+        "early-generators-ai/ai",
+        "camera-models/real",
+    ]
     files = [p for s in sources for p in sorted((data / s).rglob("*")) if p.is_file()]
     for i, path in enumerate(files[:: max(1, len(files) // count)][:count]):
         shutil.copy(path, folder / f"{i:05d}{path.suffix}")
@@ -41,9 +47,9 @@ def run_loop(config: Path, bucket: Path, cpus: int) -> dict:
     import torch
 
     import models
+    from deployments.config import load_profile
     from models.fusion import DetectorOutcome
     from models.image_input import ImageInputError, decode_image
-    from deployments.config import load_profile
 
     torch.set_num_threads(cpus)
     cv2.setNumThreads(cpus)
@@ -117,20 +123,43 @@ def main() -> int:
     results = {}
     for cpus in (1, 2):
         for kind in ("loop", "ray"):
-            command = ["taskset", "-c", f"0-{cpus - 1}", sys.executable, __file__, "--child", kind, "--cpus", str(cpus),
-                       "--bucket", str(bucket), "--config", str(args.config)]
+            command = [
+                "taskset",
+                "-c",
+                f"0-{cpus - 1}",
+                sys.executable,
+                __file__,
+                "--child",
+                kind,
+                "--cpus",
+                str(cpus),
+                "--bucket",
+                str(bucket),
+                "--config",
+                str(args.config),
+            ]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            results[(kind, cpus)] = json.loads(next(l for l in output.splitlines() if l.startswith("RESULT "))[7:])
+            results[(kind, cpus)] = json.loads(
+                next(line for line in output.splitlines() if line.startswith("RESULT "))[7:]
+            )
     print(f"\n{args.images} images, config {args.config.name}\n")
-    print("| CPUs | loop images/s | Ray Data images/s (steady) | ratio | Ray Data wall incl. start-up |\n|---|---|---|---|---|")
+    print(
+        "| CPUs | loop images/s | Ray Data images/s (steady) | ratio | Ray Data wall incl. start-up |\n"
+        "|---|---|---|---|---|"
+    )
     for cpus in (1, 2):
         loop, rd = results[("loop", cpus)], results[("ray", cpus)]
-        print(f"| {cpus} | {loop['steady_ips']:.2f} | {rd['steady_ips']:.2f} | {rd['steady_ips'] / loop['steady_ips']:.2f}x | "
-              f"{rd['wall_s']:.1f} s ({rd['wall_ips']:.2f} images/s) |")
+        print(
+            f"| {cpus} | {loop['steady_ips']:.2f} | {rd['steady_ips']:.2f} | "
+            f"{rd['steady_ips'] / loop['steady_ips']:.2f}x | "
+            f"{rd['wall_s']:.1f} s ({rd['wall_ips']:.2f} images/s) |"
+        )
     ratio1 = results[("ray", 1)]["steady_ips"] / results[("loop", 1)]["steady_ips"]
     rising = results[("ray", 2)]["steady_ips"] > results[("ray", 1)]["steady_ips"]
-    print(f"\nRay Data at 1 CPU = {ratio1:.2f} x loop (target >= 0.9): {'met' if ratio1 >= 0.9 else 'NOT met'}; "
-          f"rising with CPUs: {'yes' if rising else 'NO'}")
+    print(
+        f"\nRay Data at 1 CPU = {ratio1:.2f} x loop (target >= 0.9): {'met' if ratio1 >= 0.9 else 'NOT met'}; "
+        f"rising with CPUs: {'yes' if rising else 'NO'}"
+    )
     return 0
 
 

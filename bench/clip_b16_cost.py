@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     files += sorted((DATA / "modern-matched" / "ai").glob("*.jpg"))[: args.images - half]
     images = [decode_image(p.read_bytes()) for p in files]
     sizes = sorted({f"{im.width}x{im.height}" for im in images})
-    print(f"{len(images)} images ({', '.join(sizes)}) from {DATA / 'modern-matched'}; "
-          f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    print(
+        f"{len(images)} images ({', '.join(sizes)}) from {DATA / 'modern-matched'}; "
+        f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}"
+    )
 
     clip = dict(OFFLINE_CONFIG)
     if args.backbone:
@@ -77,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             wall, cpu = time.perf_counter(), time.process_time()
             run(detectors[name], batch)
             if round_:
-                samples.append(((time.perf_counter() - wall) * 1000 / len(images),
-                                (time.process_time() - cpu) * 1000 / len(images)))
+                samples.append(
+                    (
+                        (time.perf_counter() - wall) * 1000 / len(images),
+                        (time.process_time() - cpu) * 1000 / len(images),
+                    )
+                )
 
     ms = {key: statistics.median(w for w, _ in samples) for key, samples in timings.items()}
     cpu_ms = {key: statistics.median(c for _, c in samples) for key, samples in timings.items()}
@@ -89,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nratios (wall clock)")
     for name in [n for n in detectors if n.startswith("clip_b16")]:
         for other in ("forensics", "ghostnet"):
-            print(f"  {name} / {other}: batch 1 {ms[name, 1] / ms[other, 1]:.2f}x, "
-                  f"batch 8 {ms[name, 8] / ms[other, 8]:.2f}x")
+            print(
+                f"  {name} / {other}: batch 1 {ms[name, 1] / ms[other, 1]:.2f}x, "
+                f"batch 8 {ms[name, 8] / ms[other, 8]:.2f}x"
+            )
     target = ms["clip_b16 (onnxruntime)", 8]
     print(f"\ntarget clip_b16 <= 150 ms/image at batch 8: {target:.1f} ms -> {'met' if target <= 150 else 'MISSED'}")
     return 0

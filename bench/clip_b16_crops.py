@@ -29,8 +29,9 @@ def main() -> None:
     parser.add_argument("--crops", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--C", type=float, nargs="+", default=[0.002, 0.01, 0.1, 0.5])
     args = parser.parse_args()
-    rows = [r for r in pq.read_table(args.manifest).to_pylist()
-            if r["source"] == "modern-matched" and r["split"] == "train"]
+    rows = [
+        r for r in pq.read_table(args.manifest).to_pylist() if r["source"] == "modern-matched" and r["split"] == "train"
+    ]
     rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))[: args.images]]
     images = [decode_image(open(r["filepath"], "rb").read()) for r in rows]
     y = np.array([r["label"] == "ai" for r in rows])

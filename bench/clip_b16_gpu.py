@@ -16,8 +16,17 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 # openai/clip-vit-base-patch16's vision tower (its config.json).
-VIT_B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-               patch_size=16, image_size=224, projection_dim=512, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+VIT_B16 = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    patch_size=16,
+    image_size=224,
+    projection_dim=512,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
 
 
 def images_per_second(model: torch.nn.Module, batch: int, device: str, dtype: torch.dtype, seconds: float) -> float:
@@ -44,8 +53,10 @@ def main() -> None:
     args = parser.parse_args()
     model = CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_B16)).eval()
     cpu = images_per_second(model, args.cpu_batch, "cpu", torch.float32, args.seconds)
-    print(f"cpu fp32 batch {args.cpu_batch}: {cpu:.1f} images/s ({1000 / cpu:.1f} ms/image, "
-          f"{torch.get_num_threads()} threads)")
+    print(
+        f"cpu fp32 batch {args.cpu_batch}: {cpu:.1f} images/s ({1000 / cpu:.1f} ms/image, "
+        f"{torch.get_num_threads()} threads)"
+    )
     if not torch.cuda.is_available():
         print("no CUDA device: GPU rows skipped")
         return

@@ -36,8 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the target machine has 2)")
-    parser.add_argument("--max-patches", type=int, nargs="+", default=[4],
-                        help="effnet_artifact tilings to time (the first is the default configuration)")
+    parser.add_argument(
+        "--max-patches",
+        type=int,
+        nargs="+",
+        default=[4],
+        help="effnet_artifact tilings to time (the first is the default configuration)",
+    )
     parser.add_argument("--random-init", action="store_true", help="effnet_artifact with seeded random weights")
     args = parser.parse_args(argv)
 
@@ -54,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     images = [im for im in images if (im.width, im.height) == (1280, 720)]
     if len(images) < args.images:
         print(f"note: {args.images - len(images)} of the chosen files are not 1280x720 and were left out")
-    print(f"{len(images)} images of 1280x720 from {DATA / 'modern-matched'}; torch threads {torch.get_num_threads()}, "
-          f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"{len(images)} images of 1280x720 from {DATA / 'modern-matched'}; torch threads {torch.get_num_threads()}, "
+        f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}"
+    )
 
     detectors = {}
     for count in args.max_patches:
@@ -78,13 +85,19 @@ def main(argv: list[str] | None = None) -> int:
             wall, cpu = time.perf_counter(), time.process_time()
             run(detectors[name], batch)
             if round_:
-                samples.append(((time.perf_counter() - wall) * 1000 / len(images),
-                                (time.process_time() - cpu) * 1000 / len(images)))
+                samples.append(
+                    (
+                        (time.perf_counter() - wall) * 1000 / len(images),
+                        (time.process_time() - cpu) * 1000 / len(images),
+                    )
+                )
 
     ms = {key: statistics.median(w for w, _ in samples) for key, samples in timings.items()}
     cpu_ms = {key: statistics.median(c for _, c in samples) for key, samples in timings.items()}
-    print(f"\nms per 1280x720 image, median of {args.rounds} interleaved rounds (process CPU ms in brackets); "
-          f"load average now {os.getloadavg()[0]:.2f}")
+    print(
+        f"\nms per 1280x720 image, median of {args.rounds} interleaved rounds (process CPU ms in brackets); "
+        f"load average now {os.getloadavg()[0]:.2f}"
+    )
     print(f"{'detector':28s} {'batch 1':>18s} {'batch 8':>18s}")
     for name in detectors:
         print(f"{name:28s} {ms[name, 1]:9.1f} [{cpu_ms[name, 1]:6.1f}] {ms[name, 8]:9.1f} [{cpu_ms[name, 8]:6.1f}]")
@@ -92,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     effnets = [n for n in detectors if n.startswith("effnet_artifact")]
     for name in effnets:
         for other in ("ghostnet", "forensics"):
-            print(f"  {name} / {other}: batch 1 {ms[name, 1] / ms[other, 1]:.2f}x, "
-                  f"batch 8 {ms[name, 8] / ms[other, 8]:.2f}x")
+            print(
+                f"  {name} / {other}: batch 1 {ms[name, 1] / ms[other, 1]:.2f}x, "
+                f"batch 8 {ms[name, 8] / ms[other, 8]:.2f}x"
+            )
     for name in effnets:
         value = ms[name, 8]
-        print(f"target {name} <= {TARGET_MS:.0f} ms/image at batch 8: {value:.1f} ms -> "
-              f"{'met' if value <= TARGET_MS else 'MISSED'}")
+        print(
+            f"target {name} <= {TARGET_MS:.0f} ms/image at batch 8: {value:.1f} ms -> "
+            f"{'met' if value <= TARGET_MS else 'MISSED'}"
+        )
     return 0
 
 

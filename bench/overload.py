@@ -89,7 +89,7 @@ async def run_load(
 
 def summarize(records: list[dict], wall_s: float) -> dict:
     statuses = collections.Counter(str(r["status"]) for r in records)
-    errors = collections.Counter(f'{r["status"]} {r.get("error")}' for r in records if r["status"] != 200)
+    errors = collections.Counter(f"{r['status']} {r.get('error')}" for r in records if r["status"] != 200)
     ok = [r["latency_ms"] for r in records if r["status"] == 200]
     refused = [r["latency_ms"] for r in records if r["status"] == 503 and r.get("error") == "overloaded"]
     return {
@@ -102,7 +102,9 @@ def summarize(records: list[dict], wall_s: float) -> dict:
         "with_missing_detectors": sum(1 for r in records if r["status"] == 200 and r.get("missing")),
         "ok_ms": {"p50": percentile(ok, 50), "p99": percentile(ok, 99)},
         "overloaded_ms": {
-            "p50": percentile(refused, 50), "p99": percentile(refused, 99), "max": percentile(refused, 100)
+            "p50": percentile(refused, 50),
+            "p99": percentile(refused, 99),
+            "max": percentile(refused, 100),
         },
         "overloaded_without_retry_after": sum(
             1 for r in records if r.get("error") == "overloaded" and not r.get("retry_after")
@@ -118,15 +120,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, help="the image to send (default: a 512x512 random JPEG)")
     parser.add_argument("--api-key")
     parser.add_argument(
-        "--honour-retry-after", action="store_true", help="wait Retry-After before the next request (default: the "
-        "worst case, every client sends its next request at once)"
+        "--honour-retry-after",
+        action="store_true",
+        help="wait Retry-After before the next request (default: the "
+        "worst case, every client sends its next request at once)",
     )
     args = parser.parse_args(argv)
     data = args.image.read_bytes() if args.image else synthetic_image()
     started = time.perf_counter()
     records = asyncio.run(
-        run_load(args.url, data, args.concurrency, seconds=args.seconds, api_key=args.api_key,
-                 honour_retry_after=args.honour_retry_after)
+        run_load(
+            args.url,
+            data,
+            args.concurrency,
+            seconds=args.seconds,
+            api_key=args.api_key,
+            honour_retry_after=args.honour_retry_after,
+        )
     )
     summary = summarize(records, time.perf_counter() - started)
     health = httpx.get(f"{args.url}/healthz", timeout=60)

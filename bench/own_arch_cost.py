@@ -116,8 +116,18 @@ def child(name: str, side: int, runs: int, warmup: int) -> dict:
 
 
 def _run_child(name: str, args: argparse.Namespace) -> dict | None:
-    command = [sys.executable, __file__, "--child", name, "--side", str(args.side), "--runs", str(args.runs),
-               "--warmup", str(args.warmup)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--side",
+        str(args.side),
+        "--runs",
+        str(args.runs),
+        "--warmup",
+        str(args.warmup),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     if done.returncode != 0:
@@ -145,9 +155,11 @@ def main() -> None:
     from models import list_detectors
 
     registered = set(list_detectors())
-    print(f"own-architecture CPU cost: {args.side}x{args.side}, median of {args.runs} runs after {args.warmup} "
-          f"warm-up, each model in a fresh subprocess; load average at start {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs")
+    print(
+        f"own-architecture CPU cost: {args.side}x{args.side}, median of {args.runs} runs after {args.warmup} "
+        f"warm-up, each model in a fresh subprocess; load average at start {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs"
+    )
     results: dict[str, dict] = {}
     for name in [BASELINE, *args.only]:
         if name != BASELINE and name not in registered:
@@ -162,15 +174,19 @@ def main() -> None:
         return
     base = results[BASELINE]
     print(f"\nthreads: {base['threads']}; load average at end {os.getloadavg()[0]:.1f}")
-    header = f"{'model':<11} {'input':<44} {'wall s':>8} {'cpu s':>8} {'runs wall s':>20} {'after load GiB':>14} " \
-             f"{'peak GiB':>9} {'x ViT wall':>10} {'x ViT cpu':>10} {'x ViT peak':>10}"
+    header = (
+        f"{'model':<11} {'input':<44} {'wall s':>8} {'cpu s':>8} {'runs wall s':>20} {'after load GiB':>14} "
+        f"{'peak GiB':>9} {'x ViT wall':>10} {'x ViT cpu':>10} {'x ViT peak':>10}"
+    )
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         runs = ",".join(f"{t:.2f}" for t in r["timings_s"])
-        print(f"{name:<11} {r['input']:<44} {r['median_s']:>8.2f} {r['median_cpu_s']:>8.2f} {runs:>20} "
-              f"{r['rss_after_load_gib']:>14.2f} {r['peak_rss_gib']:>9.2f} {r['median_s'] / base['median_s']:>10.1f} "
-              f"{r['median_cpu_s'] / base['median_cpu_s']:>10.1f} {r['peak_rss_gib'] / base['peak_rss_gib']:>10.2f}")
+        print(
+            f"{name:<11} {r['input']:<44} {r['median_s']:>8.2f} {r['median_cpu_s']:>8.2f} {runs:>20} "
+            f"{r['rss_after_load_gib']:>14.2f} {r['peak_rss_gib']:>9.2f} {r['median_s'] / base['median_s']:>10.1f} "
+            f"{r['median_cpu_s'] / base['median_cpu_s']:>10.1f} {r['peak_rss_gib'] / base['peak_rss_gib']:>10.2f}"
+        )
     for name, r in results.items():
         print(f"  {name}: {r['version']}")
 

@@ -38,19 +38,29 @@ DETECTORS = ["clip_h14", "clip_bigg", "clip_probe_ufd", "clip_probe_cues", "clip
 def tiny_configs(folder: Path) -> dict[str, dict]:
     """Random tiny backbones and heads, saved to ``folder`` and described as detector configs."""
     import open_clip
-    from transformers import BitImageProcessor, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-    from transformers import Dinov2Config, Dinov2Model
+    from transformers import (
+        BitImageProcessor,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        Dinov2Config,
+        Dinov2Model,
+    )
 
     from models.clip_detector import RineHead
 
     torch.manual_seed(0)
     # open_clip: a ViT with 4 blocks of width 128 at 224 px (the input size RINE crops to).
     name = "imgverify-bench-tiny"
-    (folder / f"{name}.json").write_text(json.dumps({
-        "embed_dim": 128,
-        "vision_cfg": {"image_size": 224, "layers": 4, "width": 128, "patch_size": 16, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
-    }))
+    (folder / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "embed_dim": 128,
+                "vision_cfg": {"image_size": 224, "layers": 4, "width": 128, "patch_size": 16, "head_width": 32},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+            }
+        )
+    )
     open_clip.add_model_config(folder / f"{name}.json")
     torch.save(open_clip.create_model(name).state_dict(), folder / "open_clip.pt")
     backbone = {"model_name": name, "pretrained": str(folder / "open_clip.pt")}
@@ -59,19 +69,45 @@ def tiny_configs(folder: Path) -> dict[str, dict]:
 
     # transformers CLIPVisionModel at 336 px (clip-cues' input size) and a linear head in clip-cues' format.
     hf_clip = folder / "hf_clip"
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=128, num_hidden_layers=4, intermediate_size=256,
-                                     num_attention_heads=4, image_size=336, patch_size=28)).save_pretrained(hf_clip)
+    CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=128,
+            num_hidden_layers=4,
+            intermediate_size=256,
+            num_attention_heads=4,
+            image_size=336,
+            patch_size=28,
+        )
+    ).save_pretrained(hf_clip)
     CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(hf_clip)
     fc = torch.nn.Linear(128, 1)
-    torch.save({"state_dict": {f"model.classification_head.fc.{k}": v for k, v in fc.state_dict().items()},
-                "model_type": "linear"}, folder / "cues.ckpt")
+    torch.save(
+        {
+            "state_dict": {f"model.classification_head.fc.{k}": v for k, v in fc.state_dict().items()},
+            "model_type": "linear",
+        },
+        folder / "cues.ckpt",
+    )
 
     # DINOv2 with the published preprocessing (256 / 224) and a head fitted on random embeddings.
     dino = folder / "dino"
-    Dinov2Model(Dinov2Config(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
-                             patch_size=14, image_size=224)).save_pretrained(dino)
-    BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(dino)
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=256,
+            patch_size=14,
+            image_size=224,
+        )
+    ).save_pretrained(dino)
+    BitImageProcessor(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(dino)
     rng = np.random.default_rng(0)
     DinoSvmHead(cv=2, backbone_id=str(dino)).fit(rng.normal(size=(20, 128)), np.arange(20) % 2).save(
         folder / "dino.npz"
@@ -135,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.real and "dino" not in overrides:
             configs["dino"] = {"return_embedding": True}  # no published head: time the embedding
         images = sample_images(8)
-        print(f"device={args.device} torch_threads={torch.get_num_threads()} "
-              f"models={'published' if args.real else 'tiny random'} images=640x480 JPEG repeats={args.repeats} "
-              f"load_avg_1min={os.getloadavg()[0]:.1f} cpus={os.cpu_count()}")
+        print(
+            f"device={args.device} torch_threads={torch.get_num_threads()} "
+            f"models={'published' if args.real else 'tiny random'} images=640x480 JPEG repeats={args.repeats} "
+            f"load_avg_1min={os.getloadavg()[0]:.1f} cpus={os.cpu_count()}"
+        )
         print(f"{'detector':<17}{'batch 1 ms/img':>16}{'batch 8 ms/img':>16}{'speed-up b8':>13}")
         for name in args.detectors:
             detector = create_detector(name, {**configs[name], **overrides.get(name, {})}, device=args.device)

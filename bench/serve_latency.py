@@ -47,10 +47,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import models  # noqa: E402
+from deployments.config import load_profile  # noqa: E402
 from models import image_input  # noqa: E402
 from models.fusion import DetectorOutcome, json_safe  # noqa: E402
 from models.image_input import decode_image  # noqa: E402
-from deployments.config import load_profile  # noqa: E402
 
 LEVELS = (1, 8, 32)
 
@@ -86,6 +86,7 @@ def timed_median_ms(fn, items, repeat: int = 3) -> float:
 def decode_lever(images: list[bytes], limits, repeat: int = 5) -> dict:
     """decode_image with Pillow only vs. with the fast JPEG path on the bench's images, timed alternately (so
     that anything else on the machine weighs on both alike); the two results compared field by field."""
+
     def decode(data: bytes, fast: bool):
         saved, image_input.FAST_JPEG = image_input.FAST_JPEG, fast
         try:
@@ -108,8 +109,11 @@ def decode_lever(images: list[bytes], limits, repeat: int = 5) -> dict:
                 started = time.perf_counter()
                 decode(data, fast)
                 times[fast].append((time.perf_counter() - started) * 1000)
-    return {"pillow_ms": statistics.median(times[False]), "fast_ms": statistics.median(times[True]),
-            "identical": identical}
+    return {
+        "pillow_ms": statistics.median(times[False]),
+        "fast_ms": statistics.median(times[True]),
+        "identical": identical,
+    }
 
 
 def body_lever(images: list[bytes], repeat: int = 20) -> dict:
@@ -129,8 +133,9 @@ def body_lever(images: list[bytes], repeat: int = 20) -> dict:
             return {"type": "http.request", "body": chunks[i], "more_body": i < len(chunks) - 1}
 
         headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
-        return Request({"type": "http", "method": "POST", "path": "/v1/detect", "headers": headers,
-                        "query_string": b""}, receive)
+        return Request(
+            {"type": "http", "method": "POST", "path": "/v1/detect", "headers": headers, "query_string": b""}, receive
+        )
 
     async def multipart(data: bytes, encoded: httpx.Request) -> None:
         form = await request(encoded.read(), encoded.headers["content-type"]).form(max_files=1, max_fields=16)
@@ -169,10 +174,16 @@ def artifacts_body(body: dict, image) -> dict:
     overlay = image.to_pil()
     overlay.thumbnail((1024, 1024))
     grey = png(overlay.convert("L"))
-    entry = {"width": overlay.width, "height": overlay.height,
-             "heatmap_png_base64": grey, "overlay_png_base64": png(overlay)}
-    return {**body, "artifacts": {"ela": {"detector": "forensics", **entry},
-                                  "mantranet": {"detector": "mantranet", **entry}}}
+    entry = {
+        "width": overlay.width,
+        "height": overlay.height,
+        "heatmap_png_base64": grey,
+        "overlay_png_base64": png(overlay),
+    }
+    return {
+        **body,
+        "artifacts": {"ela": {"detector": "forensics", **entry}, "mantranet": {"detector": "mantranet", **entry}},
+    }
 
 
 def json_lever(bodies: list[dict]) -> dict:
@@ -230,9 +241,14 @@ def in_process(config: Path, images: list[bytes]) -> dict:
         body.update({"request_id": "0" * 32, "image": image.summary(), "timings": timings})
         bodies.append(body)
     bodies.append(artifacts_body(bodies[0], decoded[0]))
-    return {"alone_ms": alone, "sequential_p50_ms": statistics.median(sequential) * 1000,
-            "sequential_ips": len(sequential) / sum(sequential),
-            "decode": decode_lever(images, limits), "json": json_lever(bodies), "body": body_lever(images)}
+    return {
+        "alone_ms": alone,
+        "sequential_p50_ms": statistics.median(sequential) * 1000,
+        "sequential_ips": len(sequential) / sum(sequential),
+        "decode": decode_lever(images, limits),
+        "json": json_lever(bodies),
+        "body": body_lever(images),
+    }
 
 
 async def load(url: str, images: list[bytes], concurrency: int, requests: int, body: str) -> dict:
@@ -273,9 +289,13 @@ async def load(url: str, images: list[bytes], concurrency: int, requests: int, b
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return {"p50_ms": float(np.percentile(latencies, 50)) * 1000, "p99_ms": float(np.percentile(latencies, 99)) * 1000,
-            "ips": len(latencies) / wall, "overloaded": overloaded,
-            **{f"server_{k}": statistics.median(v) for k, v in server.items() if v}}
+    return {
+        "p50_ms": float(np.percentile(latencies, 50)) * 1000,
+        "p99_ms": float(np.percentile(latencies, 99)) * 1000,
+        "ips": len(latencies) / wall,
+        "overloaded": overloaded,
+        **{f"server_{k}": statistics.median(v) for k, v in server.items() if v},
+    }
 
 
 def variant_applications(config: Path, variant: str) -> list[dict]:
@@ -308,8 +328,9 @@ def main() -> int:
     parser.add_argument("--jpeg-size", help="instead of --images: one real photo as a WxH JPEG, e.g. 1280x720")
     parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level")
     parser.add_argument("--bodies", default="multipart", help="comma-separated: multipart, raw")
-    parser.add_argument("--variants", default="configured",
-                        help="comma-separated: configured, pillow, ingress1, ingress2")
+    parser.add_argument(
+        "--variants", default="configured", help="comma-separated: configured, pillow, ingress1, ingress2"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -328,8 +349,10 @@ def main() -> int:
         deploy_apps(variant_applications(args.config, variant))
         asyncio.run(load(url, images, 4, 8, bodies[0]))  # warm-up
         runs[variant] = {
-            body: {c: asyncio.run(load(url, images, c, args.requests if c > 1 else args.requests // 2, body))
-                   for c in LEVELS}
+            body: {
+                c: asyncio.run(load(url, images, c, args.requests if c > 1 else args.requests // 2, body))
+                for c in LEVELS
+            }
             for body in bodies
         }
     ray.shutdown()
@@ -340,37 +363,51 @@ def main() -> int:
     print("in-process, ms per image (median):")
     for name, ms in base["alone_ms"].items():
         print(f"  {name:<12} alone {ms:8.1f}")
-    print(f"  sequential pipeline (decode + all detectors + verdict): p50 {base['sequential_p50_ms']:.1f} ms, "
-          f"{base['sequential_ips']:.2f} images/s")
+    print(
+        f"  sequential pipeline (decode + all detectors + verdict): p50 {base['sequential_p50_ms']:.1f} ms, "
+        f"{base['sequential_ips']:.2f} images/s"
+    )
     d = base["decode"]
     fast = "n/a (simplejpeg not installed)" if d["fast_ms"] is None else f"{d['fast_ms']:.2f} ms"
     print(f"  decode_image: Pillow {d['pillow_ms']:.2f} ms, fast JPEG path {fast}; identical: {d['identical']}")
     b = base["body"]
-    print(f"  reading the upload ({b['kb']:.0f} kB median): multipart {b['multipart_ms']:.3f} ms, "
-          f"raw body {b['raw_ms']:.3f} ms")
+    print(
+        f"  reading the upload ({b['kb']:.0f} kB median): multipart {b['multipart_ms']:.3f} ms, "
+        f"raw body {b['raw_ms']:.3f} ms"
+    )
     for kind, j in base["json"].items():
-        print(f"  {kind} answer JSON ({j['bytes'] / 1000:.0f} kB): JSONResponse {j['json_ms']:.3f} ms, "
-              f"FastJSONResponse (orjson) {j['orjson_ms']:.3f} ms; same JSON: {j['same_json']}, "
-              f"same bytes: {j['same_bytes']}")
-    print("\n| variant | body | concurrency | p50 ms | p99 ms | images/s | 503 retried "
-          "| server decode ms | server detectors ms | server total ms |")
+        print(
+            f"  {kind} answer JSON ({j['bytes'] / 1000:.0f} kB): JSONResponse {j['json_ms']:.3f} ms, "
+            f"FastJSONResponse (orjson) {j['orjson_ms']:.3f} ms; same JSON: {j['same_json']}, "
+            f"same bytes: {j['same_bytes']}"
+        )
+    print(
+        "\n| variant | body | concurrency | p50 ms | p99 ms | images/s | 503 retried "
+        "| server decode ms | server detectors ms | server total ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     nan = float("nan")
     for variant, by_body in runs.items():
         for body, levels in by_body.items():
             for c, r in levels.items():
-                print(f"| {variant} | {body} | {c} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['ips']:.2f} "
-                      f"| {r['overloaded']} | {r.get('server_decode_ms', nan):.1f} "
-                      f"| {r.get('server_detectors_ms', nan):.1f} | {r.get('server_total_ms', nan):.1f} |")
+                print(
+                    f"| {variant} | {body} | {c} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['ips']:.2f} "
+                    f"| {r['overloaded']} | {r.get('server_decode_ms', nan):.1f} "
+                    f"| {r.get('server_detectors_ms', nan):.1f} | {r.get('server_total_ms', nan):.1f} |"
+                )
     bound = base["alone_ms"][slowest] + 20
-    print(f"\ntargets: p50 at c=1 <= slowest alone ({slowest}, {base['alone_ms'][slowest]:.1f} ms) + 20 ms = "
-          f"{bound:.1f} ms; images/s at c=32 >= 3 x sequential ({base['sequential_ips']:.2f}) = "
-          f"{3 * base['sequential_ips']:.2f}")
+    print(
+        f"\ntargets: p50 at c=1 <= slowest alone ({slowest}, {base['alone_ms'][slowest]:.1f} ms) + 20 ms = "
+        f"{bound:.1f} ms; images/s at c=32 >= 3 x sequential ({base['sequential_ips']:.2f}) = "
+        f"{3 * base['sequential_ips']:.2f}"
+    )
     for variant, by_body in runs.items():
         for body, levels in by_body.items():
             p50, ratio = levels[1]["p50_ms"], levels[32]["ips"] / base["sequential_ips"]
-            print(f"  {variant:<10} {body:<9} c=1 p50 {p50:6.1f} ms -> {'met' if p50 <= bound else 'NOT met'};"
-                  f"  c=32 {ratio:.2f}x sequential -> {'met' if ratio >= 3 else 'NOT met'}")
+            print(
+                f"  {variant:<10} {body:<9} c=1 p50 {p50:6.1f} ms -> {'met' if p50 <= bound else 'NOT met'};"
+                f"  c=32 {ratio:.2f}x sequential -> {'met' if ratio >= 3 else 'NOT met'}"
+            )
     if args.json:
         result = {"config": str(args.config), "images": what, "in_process": base, "runs": runs}
         args.json.write_text(json.dumps(result, indent=1))

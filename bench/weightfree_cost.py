@@ -21,7 +21,8 @@ image, and for one ViT-B/16 forward pass (torchvision ``vit_b_16(weights=None)``
 Why subprocesses and the resident-set peak rather than tracemalloc: the RSS peak counts what tracemalloc
 misses (OpenCV, libjpeg, Pillow and PyTorch allocate outside Python's allocator). A fresh process per
 measurement keeps one measurement's memory and caches out of the next. The image reaches the child as an
-``.npy`` array plus the file bytes (no decode in the child). Linux only (/proc). The ViT timing is the forward pass only (no resize/normalise), which favours the ViT.
+``.npy`` array plus the file bytes (no decode in the child). Linux only (/proc). The ViT timing is the forward
+pass only (no resize/normalise), which favours the ViT.
 
 The ViT is measured first and last; ratios use the faster of the two medians (the conservative choice on a
 machine shared with other work). ``forensics`` is also timed with ``artifacts=True`` (full-image ELA
@@ -199,19 +200,26 @@ def main() -> None:
         raise SystemExit(f"ViT-B/16 measurement failed: {vit_first.get('error')}")
     vit_ms = min(v["median_ms"] for v in vits)
     first, last = (v.get("median_ms", float("nan")) for v in (vit_first, vit_last))
-    print(f"ViT-B/16 forward (224 px, batch 1, torch threads {vits[0]['torch_threads']}): median {first:.1f} ms "
-          f"first, {last:.1f} ms last; peak RSS growth {vits[0]['peak_rss_growth_mib']:.1f} MiB; "
-          f"reference = {vit_ms:.1f} ms")
+    print(
+        f"ViT-B/16 forward (224 px, batch 1, torch threads {vits[0]['torch_threads']}): median {first:.1f} ms "
+        f"first, {last:.1f} ms last; peak RSS growth {vits[0]['peak_rss_growth_mib']:.1f} MiB; "
+        f"reference = {vit_ms:.1f} ms"
+    )
     print(f"{'detector':<24}{'image':<12}{'median ms':>10}{'min ms':>9}{'peak RSS +MiB':>15}{'ratio to ViT':>14}")
     for label, size, stats in rows:
         if "error" in stats:
             print(f"{label:<24}{size:<12}  failed: {stats['error']}")
             continue
         ratio = stats["median_ms"] / vit_ms
-        print(f"{label:<24}{size:<12}{stats['median_ms']:>10.1f}{stats['min_ms']:>9.1f}"
-              f"{stats['peak_rss_growth_mib']:>15.1f}{ratio:>14.3f}")
-    over = [f"{label} {size}" for label, size, stats in rows
-            if "error" not in stats and "artifacts" not in label and stats["median_ms"] > vit_ms]
+        print(
+            f"{label:<24}{size:<12}{stats['median_ms']:>10.1f}{stats['min_ms']:>9.1f}"
+            f"{stats['peak_rss_growth_mib']:>15.1f}{ratio:>14.3f}"
+        )
+    over = [
+        f"{label} {size}"
+        for label, size, stats in rows
+        if "error" not in stats and "artifacts" not in label and stats["median_ms"] > vit_ms
+    ]
     verdict = "MET" if not over else "MISSED by " + ", ".join(over)
     print("target (features cost less than one ViT-B/16 forward):", verdict)
 

@@ -29,6 +29,7 @@ from models.fusion import DetectorOutcome
 from models.image_input import ImageInputError, InputLimits, decode_image, images_from_columns, images_to_columns
 from models.verdict import Verdict, VerdictBody
 
+
 def outcome_column(detector: str) -> str:
     return f"outcome.{detector}"
 
@@ -50,8 +51,12 @@ def decode_stage(batch: dict[str, np.ndarray], limits: InputLimits, done: frozen
         errors.append(error)
         images.append(image)
         datas.append(data)
-    return {"path": np.asarray(paths, dtype=object), "sha256": np.asarray(hashes, dtype=object),
-            "error": np.asarray(errors, dtype=object), **images_to_columns(images, datas)}
+    return {
+        "path": np.asarray(paths, dtype=object),
+        "sha256": np.asarray(hashes, dtype=object),
+        "error": np.asarray(errors, dtype=object),
+        **images_to_columns(images, datas),
+    }
 
 
 class DetectorStage:
@@ -112,7 +117,11 @@ class FusionStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = []
         for i in range(len(batch["path"])):
-            row: dict[str, Any] = {"path": batch["path"][i], "sha256": batch["sha256"][i], "error": batch["error"][i] or None}
+            row: dict[str, Any] = {
+                "path": batch["path"][i],
+                "sha256": batch["sha256"][i],
+                "error": batch["error"][i] or None,
+            }
             if not row["error"]:
                 outcomes = [DetectorOutcome.from_json(batch[outcome_column(n)][i]) for n in self.detectors]
                 row.update(self.verdict.decide(outcomes))

@@ -18,9 +18,9 @@ from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
 import models
+from deployments.config import DEFAULT_DETECTOR_CPUS, DetectorUserConfig
 from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
-from deployments.config import DEFAULT_DETECTOR_CPUS, DetectorUserConfig
 
 log = logging.getLogger("ray.serve")
 
@@ -78,7 +78,10 @@ class DetectorDeployment:
             self.detector = models.create_detector(self.name, config.detector, device=self.device)
             log.info(
                 "detector %s loaded (%s) on %s in %.1f s",
-                self.name, self.detector.version, self.device, time.perf_counter() - started,
+                self.name,
+                self.detector.version,
+                self.device,
+                time.perf_counter() - started,
             )
         self.user_config = config
 

@@ -118,8 +118,9 @@ class Detector(ABC):
         ``imgverify weights fetch`` fetches them ahead of time. Weight-free detectors return []."""
         return []
 
-    def load(self) -> None:
-        """Load weights / build the model from ``self.config``. Called at init and on reconfigure."""
+    def load(self) -> None:  # noqa: B027 - optional hook, see the docstring
+        """Load weights / build the model from ``self.config``. Called at init and on reconfigure; the weight-free
+        detectors have nothing to load, so this is a no-op rather than abstract."""
 
     @property
     @abstractmethod

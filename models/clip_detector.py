@@ -31,7 +31,12 @@ from models.base import Detector, DetectorResult, FeatureSpec
 from models.image_input import DecodedImage
 from models.registry import register_detector
 from models.weights import (
-    WeightSource, file_sha256, hf_repo_source, hf_weights_id, load_state_dict, resolve_weights,
+    WeightSource,
+    file_sha256,
+    hf_repo_source,
+    hf_weights_id,
+    load_state_dict,
+    resolve_weights,
 )
 
 CODE_VERSION = "clip-1"
@@ -120,8 +125,12 @@ class RineHead(nn.Module):
             proj2 += [nn.Linear(proj_dim, proj_dim), nn.ReLU(), nn.Dropout()]
         self.proj2 = nn.Sequential(*proj2)
         self.head = nn.Sequential(
-            nn.Linear(proj_dim, proj_dim), nn.ReLU(), nn.Dropout(),
-            nn.Linear(proj_dim, proj_dim), nn.ReLU(), nn.Dropout(),
+            nn.Linear(proj_dim, proj_dim),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(proj_dim, proj_dim),
+            nn.ReLU(),
+            nn.Dropout(),
             nn.Linear(proj_dim, 1),
         )
 
@@ -132,7 +141,7 @@ class RineHead(nn.Module):
         return self.head(self.proj2(mixed))
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "RineHead":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> RineHead:
         """A head shaped like ``state`` (layers, nproj, proj_dim read off the tensors), loaded strictly."""
         nproj = len([k for k in state if k.startswith("proj1.") and k.endswith(".weight")])
         in_dim = int(state["proj1.1.weight"].shape[1])
@@ -146,7 +155,7 @@ class RineHead(nn.Module):
 def load_cues_head(state: dict[str, torch.Tensor]) -> tuple[nn.Module, str]:
     """A clip-cues checkpoint's ``state_dict`` -> (head, kind); the kind is read off the keys."""
     prefix = "model.classification_head."
-    inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if "fc.weight" in inner:
         head: nn.Module = CuesLinearHead(in_dim=int(inner["fc.weight"].shape[1]))
         kind = "linear_probe"
@@ -241,9 +250,13 @@ class HfClipVisionBackbone:
         from transformers import AutoImageProcessor, CLIPVisionModel
 
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        self.model = CLIPVisionModel.from_pretrained(
-            model_id, cache_dir=cache_dir, local_files_only=local_files_only, dtype=dtype
-        ).to(device).eval()
+        self.model = (
+            CLIPVisionModel.from_pretrained(
+                model_id, cache_dir=cache_dir, local_files_only=local_files_only, dtype=dtype
+            )
+            .to(device)
+            .eval()
+        )
         self.name = model_id
         self.weights_id = hf_weights_id(model_id)
         self.dtype = dtype
@@ -255,12 +268,14 @@ class HfClipVisionBackbone:
         size = shortest if shortest else (_size_field(processor.size, "height"), _size_field(processor.size, "width"))
         # clip-cues (feature_extractor.py) trained and evaluates its heads with exactly this pipeline: torchvision
         # Resize (its default bilinear, not the processor's bicubic) and CenterCrop, with the processor's mean/std.
-        self.preprocess = transforms.Compose([
-            transforms.Resize(size),
-            transforms.CenterCrop(size),
-            transforms.ToTensor(),
-            transforms.Normalize(mean=list(processor.image_mean), std=list(processor.image_std)),
-        ])
+        self.preprocess = transforms.Compose(
+            [
+                transforms.Resize(size),
+                transforms.CenterCrop(size),
+                transforms.ToTensor(),
+                transforms.Normalize(mean=list(processor.image_mean), std=list(processor.image_std)),
+            ]
+        )
 
     def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixels).pooler_output
@@ -313,7 +328,10 @@ class ClipDetector(Detector):
             )
         else:
             self.backbone = OpenClipBackbone(
-                self.config["model_name"], self.config["pretrained"], self.config["cache_dir"], self.device,
+                self.config["model_name"],
+                self.config["pretrained"],
+                self.config["cache_dir"],
+                self.device,
                 keep_text=head == "prompts",
             )
         if head == "prompts":
@@ -332,7 +350,7 @@ class ClipDetector(Detector):
         tokens = self.backbone.tokenizer(real + ai).to(self.device)
         with torch.inference_mode():
             per_prompt = nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
-            classes = torch.stack([per_prompt[: len(real)].mean(0), per_prompt[len(real):].mean(0)])
+            classes = torch.stack([per_prompt[: len(real)].mean(0), per_prompt[len(real) :].mean(0)])
             self.class_embeddings = nn.functional.normalize(classes, dim=-1)  # rows: real, ai
             self.logit_scale = float(model.logit_scale.exp().float())
         self.prompt_embeddings = per_prompt
@@ -430,8 +448,7 @@ class ClipDetector(Detector):
                 "class_similarity": {"real": round(output["sim_real"], 4), "ai": round(output["sim_ai"], 4)},
             }
             evidence = [
-                f'{self.backbone.name} zero-shot: closest prompt "{prompt}" ({prompt_class} class); '
-                f"P(AI) {prob:.2f}"
+                f'{self.backbone.name} zero-shot: closest prompt "{prompt}" ({prompt_class} class); P(AI) {prob:.2f}'
             ]
         else:
             details = {
@@ -449,11 +466,13 @@ def rine_transform(backbone: OpenClipBackbone):
 
     size = backbone.visual.image_size
     cfg = getattr(backbone.visual, "preprocess_cfg", {}) or {}
-    return transforms.Compose([
-        transforms.CenterCrop(size),
-        transforms.ToTensor(),
-        transforms.Normalize(mean=list(cfg.get("mean", CLIP_MEAN)), std=list(cfg.get("std", CLIP_STD))),
-    ])
+    return transforms.Compose(
+        [
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=list(cfg.get("mean", CLIP_MEAN)), std=list(cfg.get("std", CLIP_STD))),
+        ]
+    )
 
 
 def input_dtype(module: nn.Module) -> torch.dtype:
@@ -535,5 +554,8 @@ class ClipProbeRineDetector(ClipDetector):
     # RINE crops 224 px without resizing; a smaller image would be zero-padded, which the head never saw.
     min_side = 224
     default_config = {
-        **OPEN_CLIP_BACKBONE, "head": "rine", "head_weights": RINE_HEAD_URL, "head_sha256": RINE_HEAD_SHA256,
+        **OPEN_CLIP_BACKBONE,
+        "head": "rine",
+        "head_weights": RINE_HEAD_URL,
+        "head_sha256": RINE_HEAD_SHA256,
     }

@@ -29,10 +29,9 @@ import numpy as np
 import torch
 
 from models.base import Detector, DetectorResult, FeatureSpec
-from models.weights import hf_weights_id
 from models.image_input import DecodedImage
 from models.registry import register_detector
-from models.weights import WeightSource, hf_repo_source, resolve_weights
+from models.weights import WeightSource, hf_repo_source, hf_weights_id, resolve_weights
 
 CODE_VERSION = "dino-1"
 HEAD_FORMAT = "imgverify-dino-svm-1"
@@ -52,8 +51,15 @@ class DinoSvmHead:
     ``expit(-(a * (x . w + c) + b))``.
     """
 
-    def __init__(self, C: float = 1.0, cv: int = 5, max_iter: int = 10000, random_state: int = 0,
-                 backbone_id: str = "", pooling: str = "cls"):
+    def __init__(
+        self,
+        C: float = 1.0,
+        cv: int = 5,
+        max_iter: int = 10000,
+        random_state: int = 0,
+        backbone_id: str = "",
+        pooling: str = "cls",
+    ):
         self.C = C
         self.cv = cv
         self.max_iter = max_iter
@@ -62,10 +68,16 @@ class DinoSvmHead:
         self.pooling = pooling
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {"C": self.C, "cv": self.cv, "max_iter": self.max_iter, "random_state": self.random_state,
-                "backbone_id": self.backbone_id, "pooling": self.pooling}
+        return {
+            "C": self.C,
+            "cv": self.cv,
+            "max_iter": self.max_iter,
+            "random_state": self.random_state,
+            "backbone_id": self.backbone_id,
+            "pooling": self.pooling,
+        }
 
-    def set_params(self, **params: Any) -> "DinoSvmHead":
+    def set_params(self, **params: Any) -> DinoSvmHead:
         unknown = set(params) - set(self.get_params())
         if unknown:
             raise ValueError(f"unknown DinoSvmHead parameters {sorted(unknown)}")
@@ -73,7 +85,7 @@ class DinoSvmHead:
             setattr(self, key, value)
         return self
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "DinoSvmHead":
+    def fit(self, X: np.ndarray, y: np.ndarray) -> DinoSvmHead:
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.model_selection import StratifiedKFold
         from sklearn.svm import LinearSVC
@@ -89,8 +101,7 @@ class DinoSvmHead:
             raise ValueError(
                 f"need at least 2 examples of each class to calibrate; got {counts[0]} real and {counts[1]} AI"
             )
-        folds = StratifiedKFold(n_splits=int(min(self.cv, counts.min())), shuffle=True,
-                                random_state=self.random_state)
+        folds = StratifiedKFold(n_splits=int(min(self.cv, counts.min())), shuffle=True, random_state=self.random_state)
         svm = LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
         calibrated = CalibratedClassifierCV(svm, method="sigmoid", cv=folds).fit(X, y)
         folds_fitted = calibrated.calibrated_classifiers_
@@ -133,12 +144,18 @@ class DinoSvmHead:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as handle:  # a file handle, so numpy does not append its own ".npz"
-            np.savez(handle, coef=self.coef_, intercept=self.intercept_, platt_a=self.platt_a_,
-                     platt_b=self.platt_b_, schema=np.array(json.dumps(schema)))
+            np.savez(
+                handle,
+                coef=self.coef_,
+                intercept=self.intercept_,
+                platt_a=self.platt_a_,
+                platt_b=self.platt_b_,
+                schema=np.array(json.dumps(schema)),
+            )
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DinoSvmHead":
+    def load(cls, path: str | os.PathLike) -> DinoSvmHead:
         with np.load(path, allow_pickle=False) as data:
             schema = json.loads(str(data["schema"]))
             if schema.get("format") != HEAD_FORMAT:
@@ -175,7 +192,10 @@ class DinoDetector(Detector):
     name = "dino"
     features = (
         FeatureSpec(
-            "dino_prob", 0.0, 1.0, "ai_high",
+            "dino_prob",
+            0.0,
+            1.0,
+            "ai_high",
             "P(AI) from a Platt-calibrated linear SVM on DINOv2 embeddings (training/train_dino_svm.py).",
             probability=True,
         ),
@@ -250,7 +270,7 @@ class DinoDetector(Detector):
             tokens = self.model(pixel_values=pixels).last_hidden_state.float()  # after the final layernorm
             embedding = tokens[:, 0]
             if self.config["pooling"] == "cls+mean":
-                embedding = torch.cat([embedding, tokens[:, self.first_patch:].mean(dim=1)], dim=-1)
+                embedding = torch.cat([embedding, tokens[:, self.first_patch :].mean(dim=1)], dim=-1)
             embedding = torch.nn.functional.normalize(embedding, dim=-1).cpu().numpy()
         probs = self.head.predict_proba(embedding)[:, 1] if self.head is not None else [None] * len(inputs)
         return [{"embedding": e, "prob": None if p is None else float(p)} for e, p in zip(embedding, probs)]

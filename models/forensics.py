@@ -62,9 +62,10 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -155,13 +156,24 @@ GENERATOR_SIZES = frozenset(
         for flip in (True, False)
         for size in (
             (768, 512),  # SD 1.x / 2.x
-            (1152, 896), (1216, 832), (1344, 768), (1536, 640),  # SDXL training buckets
+            (1152, 896),
+            (1216, 832),
+            (1344, 768),
+            (1536, 640),  # SDXL training buckets
             (1792, 1024),  # DALL-E 3
             (1536, 1024),  # GPT-image-1
-            (1456, 816), (1344, 896), (1232, 928),  # Midjourney 16:9, 3:2, 4:3
-            (1248, 832), (1184, 864), (1536, 672), (1376, 768),  # Gemini / Imagen ("Nano Banana")
-            (1408, 768), (1280, 896),  # Imagen 3
-            (1664, 928), (1472, 1140), (1584, 1056),  # Qwen-Image
+            (1456, 816),
+            (1344, 896),
+            (1232, 928),  # Midjourney 16:9, 3:2, 4:3
+            (1248, 832),
+            (1184, 864),
+            (1536, 672),
+            (1376, 768),  # Gemini / Imagen ("Nano Banana")
+            (1408, 768),
+            (1280, 896),  # Imagen 3
+            (1664, 928),
+            (1472, 1140),
+            (1584, 1056),  # Qwen-Image
         )
     }
 )
@@ -498,7 +510,20 @@ def upsampling_peak(luma: np.ndarray, frequencies: tuple[float, ...] = (1 / 2, 1
 
 # Zig-zag positions 1..14 (the lowest AC frequencies), as (row, column) of the 8x8 DCT block.
 LOW_AC_ZIGZAG = (
-    (0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0), (4, 0), (3, 1), (2, 2), (1, 3), (0, 4),
+    (0, 1),
+    (1, 0),
+    (2, 0),
+    (1, 1),
+    (0, 2),
+    (0, 3),
+    (1, 2),
+    (2, 1),
+    (3, 0),
+    (4, 0),
+    (3, 1),
+    (2, 2),
+    (1, 3),
+    (0, 4),
 )
 
 
@@ -551,8 +576,15 @@ def double_compression_score(
 
 JPEG_FEATURES = ("jpeg_quality", "jpeg_table_nonstandard", "jpeg_chroma_subsampling", "jpeg_double_compression")
 PIXEL_FEATURES = (
-    "image_entropy", "ela_mean", "ela_std", "ela_high_fraction", "noise_log_variance", "noise_log_kurtosis",
-    "jpeg_double_compression", "spectrum_hf_slope", "spectrum_upsampling_peak",
+    "image_entropy",
+    "ela_mean",
+    "ela_std",
+    "ela_high_fraction",
+    "noise_log_variance",
+    "noise_log_kurtosis",
+    "jpeg_double_compression",
+    "spectrum_hf_slope",
+    "spectrum_upsampling_peak",
 )
 
 
@@ -601,70 +633,112 @@ class ForensicsDetector(Detector):
     name = "forensics"
     features = (
         FeatureSpec(
-            "image_entropy", 0.0, 8.0, "neutral",
+            "image_entropy",
+            0.0,
+            8.0,
+            "neutral",
             "Shannon entropy (bits) of the whole image's grey-level histogram.",
         ),
         FeatureSpec(
-            "compression_level", 0.0, 1.0, "neutral",
+            "compression_level",
+            0.0,
+            1.0,
+            "neutral",
             "Lossy compression strength from the container: 0 = lossless file or JPEG q100, 1 = JPEG q<=10 "
             "(linear in the estimated quality); lossy WebP from its VP8 quantiser (approximate).",
             fusion_input=False,
         ),
         FeatureSpec(
-            "jpeg_quality", 1.0, 100.0, "neutral",
+            "jpeg_quality",
+            1.0,
+            100.0,
+            "neutral",
             "IJG quality whose scaled Annex K tables fit the JPEG's quantisation tables best (least squares).",
             fusion_input=False,
         ),
         FeatureSpec(
-            "jpeg_table_nonstandard", 0.0, 1.0, "real_high",
+            "jpeg_table_nonstandard",
+            0.0,
+            1.0,
+            "real_high",
             "Fraction of quantisation-table entries differing from the IJG table at jpeg_quality: 0 = libjpeg "
             "defaults (most software); >0 = custom tables (cameras, some editors).",
             fusion_input=False,
         ),
         FeatureSpec(
-            "jpeg_chroma_subsampling", 1.0, 16.0, "neutral",
+            "jpeg_chroma_subsampling",
+            1.0,
+            16.0,
+            "neutral",
             "Luma samples per chroma sample: 1 = 4:4:4, 2 = 4:2:2, 4 = 4:2:0.",
             fusion_input=False,
         ),
         FeatureSpec(
-            "jpeg_double_compression", 0.0, 20.0, "neutral",
+            "jpeg_double_compression",
+            0.0,
+            20.0,
+            "neutral",
             "Double-quantisation periodicity of low-frequency DCT histograms (centre crop): ~0.1-0.5 saved once, "
             ">1 saved first at a lower quality and then re-saved at a higher one.",
             fusion_input=False,
         ),
         FeatureSpec(
-            "ela_mean", 0.0, 255.0, "neutral",
+            "ela_mean",
+            0.0,
+            255.0,
+            "neutral",
             "Mean error level (grey levels) after a JPEG re-save at ela_quality, centre crop.",
         ),
         FeatureSpec("ela_std", 0.0, 255.0, "neutral", "Standard deviation of the error level over the centre crop."),
         FeatureSpec(
-            "ela_high_fraction", 0.0, 1.0, "neutral",
+            "ela_high_fraction",
+            0.0,
+            1.0,
+            "neutral",
             "Share of centre-crop pixels whose error level exceeds ela_high_level.",
         ),
         FeatureSpec(
-            "noise_log_variance", 0.0, 6.1, "real_high",
+            "noise_log_variance",
+            0.0,
+            6.1,
+            "real_high",
             "log10(1 + variance) of the luma's 3x3 Laplacian residual, centre crop at native resolution.",
         ),
         FeatureSpec(
-            "noise_log_kurtosis", 0.0, 6.1, "neutral",
+            "noise_log_kurtosis",
+            0.0,
+            6.1,
+            "neutral",
             "log10 of the Laplacian residual's kurtosis (0.48 = Gaussian), centre crop.",
         ),
         FeatureSpec(
-            "spectrum_hf_slope", -30.0, 30.0, "neutral",
+            "spectrum_hf_slope",
+            -30.0,
+            30.0,
+            "neutral",
             "Slope of log10 power vs log10 frequency over 1/8..1/2 cycles/px (photos about -2 to -4), centre crop.",
         ),
         FeatureSpec(
-            "spectrum_upsampling_peak", -10.0, 10.0, "ai_high",
+            "spectrum_upsampling_peak",
+            -10.0,
+            10.0,
+            "ai_high",
             "log10 peak/background at 1/2, 1/3, 1/4 cycles/px in the residual profile spectra: periodic "
             "traces of upsampling (JPEG's 8x8 grid also adds to 1/2 and 1/4).",
         ),
         FeatureSpec(
-            "geometry_pow2_alignment", 0.0, 7.0, "ai_high",
+            "geometry_pow2_alignment",
+            0.0,
+            7.0,
+            "ai_high",
             "Largest k<=7 with both sides multiples of 2**k (>=6: multiples of 64, as generators emit).",
             fusion_input=False,
         ),
         FeatureSpec(
-            "geometry_generator_size", 0.0, 1.0, "ai_high",
+            "geometry_generator_size",
+            0.0,
+            1.0,
+            "ai_high",
             "1 when width x height is a standard generator output size (square 512/1024/..., SDXL, DALL-E, "
             "Midjourney, Gemini buckets).",
             fusion_input=False,
@@ -790,8 +864,13 @@ class ForensicsDetector(Detector):
         stored = item.stored_rgb
         report.features["image_entropy"] = grey_entropy(stored)
         top, left, crop_h, crop_w = centre_crop_box(*stored.shape[:2], int(self.config["crop_size"]))
-        report.details["crop"] = {"top": top, "left": left, "height": crop_h, "width": crop_w,
-                                  "orientation": "as stored in the file"}
+        report.details["crop"] = {
+            "top": top,
+            "left": left,
+            "height": crop_h,
+            "width": crop_w,
+            "orientation": "as stored in the file",
+        }
         crop = np.ascontiguousarray(stored[top : top + crop_h, left : left + crop_w])
         luma = luminance(crop)
 

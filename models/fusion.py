@@ -256,8 +256,14 @@ def load_fusion(location: str | None, schema: dict[str, FeatureSpec]) -> FusionM
             problems.append(f"{name} (no enabled detector produces it)")
         elif not spec.fusion_input:
             problems.append(f"{name} (a container fact, context only: it must never decide a verdict)")
-        elif saved and (saved.get("low"), saved.get("high"), saved.get("direction")) != (spec.low, spec.high, spec.direction):
-            problems.append(f"{name} (trained with {saved}, declared now as [{spec.low}, {spec.high}] {spec.direction})")
+        elif saved and (saved.get("low"), saved.get("high"), saved.get("direction")) != (
+            spec.low,
+            spec.high,
+            spec.direction,
+        ):
+            problems.append(
+                f"{name} (trained with {saved}, declared now as [{spec.low}, {spec.high}] {spec.direction})"
+            )
     if problems:
         raise SchemaMismatch(
             f"fusion model {path} does not match the enabled detectors' feature schema: " + "; ".join(problems)

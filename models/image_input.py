@@ -110,9 +110,7 @@ def decode_image(data: bytes, limits: InputLimits = InputLimits()) -> DecodedIma
     if not data:
         raise ImageInputError("empty_input", "the request carried no image bytes")
     if len(data) > limits.max_bytes:
-        raise ImageInputError(
-            "too_large", f"image is {len(data)} bytes, the limit is {limits.max_bytes}", status=413
-        )
+        raise ImageInputError("too_large", f"image is {len(data)} bytes, the limit is {limits.max_bytes}", status=413)
     image = _open(data)
     fmt = "JPEG" if image.format == "MPO" else image.format
     width, height = image.size
@@ -124,9 +122,7 @@ def decode_image(data: bytes, limits: InputLimits = InputLimits()) -> DecodedIma
             status=413,
         )
     if min(width, height) < limits.min_side:
-        raise ImageInputError(
-            "too_small", f"image is {width}x{height}, the smallest side allowed is {limits.min_side}"
-        )
+        raise ImageInputError("too_small", f"image is {width}x{height}, the smallest side allowed is {limits.min_side}")
     n_frames = int(getattr(image, "n_frames", 1) or 1)
     notes: list[str] = []
     if n_frames > 1:
@@ -172,8 +168,7 @@ def _open(data: bytes) -> Image.Image:
     if image.format not in SUPPORTED_FORMATS:
         raise ImageInputError(
             "unsupported_format",
-            f"{image.format} images are not accepted; send one of "
-            f"{', '.join(sorted(SUPPORTED_FORMATS - {'MPO'}))}",
+            f"{image.format} images are not accepted; send one of {', '.join(sorted(SUPPORTED_FORMATS - {'MPO'}))}",
             status=415,
         )
     return image

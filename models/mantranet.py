@@ -182,9 +182,7 @@ class ConvLSTMCell(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(input_dim + hidden_dim, 4 * hidden_dim, kernel_size, padding=kernel_size // 2)
 
-    def forward(
-        self, x: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gate_in, gate_forget, candidate, gate_out = self.conv(torch.cat([x, hidden], dim=1)).chunk(4, dim=1)
         cell = keras_hard_sigmoid(gate_forget) * cell + keras_hard_sigmoid(gate_in) * torch.tanh(candidate)
         hidden = keras_hard_sigmoid(gate_out) * torch.tanh(cell)

@@ -67,46 +67,99 @@ class ProvenanceDetector(Detector):
 
     name = "provenance"
     features = (
-        FeatureSpec("exif_score", 0.0, 1.0, "real_high",
-                    "How camera-like the EXIF is: weighted share of make+model (0.30), exposure time / f-number / "
-                    "ISO / focal length (0.30), a valid consistent capture date (0.15), a maker note (0.10), "
-                    "flash/metering/program/white balance (0.05), a thumbnail (0.05), lens (0.05). 0 = no EXIF.",
-                    fusion_input=False),
-        FeatureSpec("has_exif", 0.0, 1.0, "real_high", "1 when the file carries an EXIF block (even a broken one).",
-                    fusion_input=False),
-        FeatureSpec("software_flag", 0.0, 1.0, "ai_high",
-                    "Software / CreatorTool tags: 0 none or camera firmware, 0.5 an editor or other software, "
-                    "1 an AI generator named in the tag. The highest over all such tags."),
-        FeatureSpec("c2pa_present", 0.0, 1.0, "neutral", "1 when the file carries a C2PA manifest store.",
-                    fusion_input=False),
-        FeatureSpec("c2pa_valid", 0.0, 1.0, "neutral",
-                    "1 when the C2PA claim signature verifies, the content hash matches and only signer-trust codes "
-                    "(untrusted / expired / off-profile certificate) are reported; 0 otherwise or without C2PA.",
-                    fusion_input=False),
-        FeatureSpec("c2pa_ai_claim", 0.0, 1.0, "ai_high",
-                    "1 when a C2PA manifest (or one of its ingredients) declares AI generation "
-                    "(digitalSourceType trainedAlgorithmicMedia / compositeWithTrainedAlgorithmicMedia, or a signed "
-                    "'AI generated' created action). Not set when a manifest exists but cannot be read."),
-        FeatureSpec("metadata_ai_claim", 0.0, 1.0, "ai_high",
-                    "1 when non-C2PA metadata names an AI generator: generator parameters (A1111, ComfyUI, InvokeAI, "
-                    "NovelAI, Fooocus, ...), DALL-E/Midjourney/Google markers, IPTC DigitalSourceType AI, or an AI "
-                    "generator in Software/CreatorTool."),
-        FeatureSpec("watermark_detected", 0.0, 1.0, "ai_high",
-                    "1 when a Stable Diffusion 1.x / 2.x / XL invisible watermark decodes with >= 95% of its bits. "
-                    "Not set for images under 256x256 pixels."),
+        FeatureSpec(
+            "exif_score",
+            0.0,
+            1.0,
+            "real_high",
+            "How camera-like the EXIF is: weighted share of make+model (0.30), exposure time / f-number / "
+            "ISO / focal length (0.30), a valid consistent capture date (0.15), a maker note (0.10), "
+            "flash/metering/program/white balance (0.05), a thumbnail (0.05), lens (0.05). 0 = no EXIF.",
+            fusion_input=False,
+        ),
+        FeatureSpec(
+            "has_exif",
+            0.0,
+            1.0,
+            "real_high",
+            "1 when the file carries an EXIF block (even a broken one).",
+            fusion_input=False,
+        ),
+        FeatureSpec(
+            "software_flag",
+            0.0,
+            1.0,
+            "ai_high",
+            "Software / CreatorTool tags: 0 none or camera firmware, 0.5 an editor or other software, "
+            "1 an AI generator named in the tag. The highest over all such tags.",
+        ),
+        FeatureSpec(
+            "c2pa_present", 0.0, 1.0, "neutral", "1 when the file carries a C2PA manifest store.", fusion_input=False
+        ),
+        FeatureSpec(
+            "c2pa_valid",
+            0.0,
+            1.0,
+            "neutral",
+            "1 when the C2PA claim signature verifies, the content hash matches and only signer-trust codes "
+            "(untrusted / expired / off-profile certificate) are reported; 0 otherwise or without C2PA.",
+            fusion_input=False,
+        ),
+        FeatureSpec(
+            "c2pa_ai_claim",
+            0.0,
+            1.0,
+            "ai_high",
+            "1 when a C2PA manifest (or one of its ingredients) declares AI generation "
+            "(digitalSourceType trainedAlgorithmicMedia / compositeWithTrainedAlgorithmicMedia, or a signed "
+            "'AI generated' created action). Not set when a manifest exists but cannot be read.",
+        ),
+        FeatureSpec(
+            "metadata_ai_claim",
+            0.0,
+            1.0,
+            "ai_high",
+            "1 when non-C2PA metadata names an AI generator: generator parameters (A1111, ComfyUI, InvokeAI, "
+            "NovelAI, Fooocus, ...), DALL-E/Midjourney/Google markers, IPTC DigitalSourceType AI, or an AI "
+            "generator in Software/CreatorTool.",
+        ),
+        FeatureSpec(
+            "watermark_detected",
+            0.0,
+            1.0,
+            "ai_high",
+            "1 when a Stable Diffusion 1.x / 2.x / XL invisible watermark decodes with >= 95% of its bits. "
+            "Not set for images under 256x256 pixels.",
+        ),
         # Container facts, reported for context; the decisions they support go through hard evidence.
-        FeatureSpec("c2pa_trusted", 0.0, 1.0, "neutral",
-                    "1 when the C2PA manifest is valid and its signer chains to a configured trust anchor (by default "
-                    "the official C2PA trust list) with no signer issue; 0 otherwise or without C2PA.",
-                    fusion_input=False),
-        FeatureSpec("c2pa_capture_claim", 0.0, 1.0, "real_high",
-                    "1 when a valid C2PA manifest from a trusted signer declares a camera capture (digitalCapture / "
-                    "computationalCapture) with no AI in its history; 0.5 when a valid but untrusted one does; "
-                    "0 otherwise.", fusion_input=False),
-        FeatureSpec("aigc_label", 0.0, 1.0, "ai_high",
-                    "China's implicit AIGC label (GB 45438-2025): 1 for Label 1 (AI-generated), 0.5 for Label 2 / 3 "
-                    "(possibly / suspected), 0 when the metadata was read and carries no label.",
-                    fusion_input=False),
+        FeatureSpec(
+            "c2pa_trusted",
+            0.0,
+            1.0,
+            "neutral",
+            "1 when the C2PA manifest is valid and its signer chains to a configured trust anchor (by default "
+            "the official C2PA trust list) with no signer issue; 0 otherwise or without C2PA.",
+            fusion_input=False,
+        ),
+        FeatureSpec(
+            "c2pa_capture_claim",
+            0.0,
+            1.0,
+            "real_high",
+            "1 when a valid C2PA manifest from a trusted signer declares a camera capture (digitalCapture / "
+            "computationalCapture) with no AI in its history; 0.5 when a valid but untrusted one does; "
+            "0 otherwise.",
+            fusion_input=False,
+        ),
+        FeatureSpec(
+            "aigc_label",
+            0.0,
+            1.0,
+            "ai_high",
+            "China's implicit AIGC label (GB 45438-2025): 1 for Label 1 (AI-generated), 0.5 for Label 2 / 3 "
+            "(possibly / suspected), 0 when the metadata was read and carries no label.",
+            fusion_input=False,
+        ),
     )
     default_config: dict[str, Any] = {
         # The official C2PA trust lists shipped in models/trust (claim signers + time-stamping authorities).
@@ -131,8 +184,10 @@ class ProvenanceDetector(Detector):
 
     @property
     def version(self) -> str:
-        return (f"{CODE_VERSION} {self._c2pa_version} trust_anchors={self._trust_id} "
-                f"watermark_max_pixels={int(self.config['watermark_max_pixels'])}")
+        return (
+            f"{CODE_VERSION} {self._c2pa_version} trust_anchors={self._trust_id} "
+            f"watermark_max_pixels={int(self.config['watermark_max_pixels'])}"
+        )
 
     # All the work is parsing one file; there is no model to batch, so it happens per image here.
     def preprocess(self, image: DecodedImage) -> dict[str, Any]:
@@ -198,8 +253,14 @@ def _exif_report(container) -> dict[str, Any]:
     where, block = container.exif[0]
     data = parse_exif(block)
     camera = camera_evidence(data)
-    report = {"present": True, "where": where, "tags": data.tag_count, "broken": bool(data.problems),
-              "problems": data.problems, **camera}
+    report = {
+        "present": True,
+        "where": where,
+        "tags": data.tag_count,
+        "broken": bool(data.problems),
+        "problems": data.problems,
+        **camera,
+    }
     return {"report": report, "data": data}
 
 
@@ -247,10 +308,14 @@ def _software_report(container, exif: ExifData | None, xmp: dict[str, Any]) -> l
         candidates += [(f"EXIF {tag}", exif.text(tag)) for tag in ("Software", "ProcessingSoftware")]
     candidates += [("XMP CreatorTool", tool) for tool in xmp.get("creator_tools", [])]
     candidates += [("XMP history softwareAgent", agent) for agent in xmp.get("history_agents", [])]
-    candidates += [(f"{container.text_where[key]} {key}", container.text[key]) for key in ("Software",)
-                   if key in container.text]
-    return [{"where": where, "value": value[:200], "class": software_class(value, make, model)}
-            for where, value in candidates if value]
+    candidates += [
+        (f"{container.text_where[key]} {key}", container.text[key]) for key in ("Software",) if key in container.text
+    ]
+    return [
+        {"where": where, "value": value[:200], "class": software_class(value, make, model)}
+        for where, value in candidates
+        if value
+    ]
 
 
 # ---- from the report to features and evidence ------------------------------------------------------------
@@ -287,9 +352,14 @@ def build_result(report: dict[str, Any]) -> DetectorResult:
     if watermark is not None and watermark.get("checked"):
         features["watermark_detected"] = 1.0 if watermark.get("detected") else 0.0
         if watermark.get("detected"):
-            add("watermark", "pixels (dwtDct, U channel)",
+            add(
+                "watermark",
+                "pixels (dwtDct, U channel)",
                 f"Invisible {watermark['generator']} watermark decoded ({watermark['match']:.0%} of its bits, "
-                f"{watermark['channel_order']} order)", "hard", "ai")
+                f"{watermark['channel_order']} order)",
+                "hard",
+                "ai",
+            )
     conflicts = _resolve_conflicts(evidence, labels or [])
     generator, model = _headline(report, findings, xmp, software or [])
     summary = summarise(evidence, c2pa or {}, labels or [], generator, report["exif"], conflicts)
@@ -324,23 +394,45 @@ def _aigc_evidence(labels: list[dict[str, Any]], add) -> float | None:
     claim = None
     for label in labels:
         if label.get("error"):
-            add("aigc", label["where"], f"AIGC label in {label['where']} is unreadable: {label['error']}",
-                "weak", "neutral")
+            add(
+                "aigc",
+                label["where"],
+                f"AIGC label in {label['where']} is unreadable: {label['error']}",
+                "weak",
+                "neutral",
+            )
             continue
         parties = f"producer {label['producer']!r}" if label.get("producer") else "no producer named"
         if label.get("propagator"):
             parties += f", propagated by {label['propagator']!r}"
         if label["label"] == "1":
-            add("aigc", label["where"], f"China's implicit AIGC label (GB 45438-2025) in {label['where']} declares "
-                f"the image AI-generated (Label 1; {parties})", "hard", "ai")
+            add(
+                "aigc",
+                label["where"],
+                f"China's implicit AIGC label (GB 45438-2025) in {label['where']} declares "
+                f"the image AI-generated (Label 1; {parties})",
+                "hard",
+                "ai",
+            )
             claim = 1.0
         elif label["label"] in ("2", "3"):
-            add("aigc", label["where"], f"AIGC label (GB 45438-2025) in {label['where']} says {label['meaning']} "
-                f"(Label {label['label']}; {parties}): the producer's own doubt, not decisive", "weak", "ai")
+            add(
+                "aigc",
+                label["where"],
+                f"AIGC label (GB 45438-2025) in {label['where']} says {label['meaning']} "
+                f"(Label {label['label']}; {parties}): the producer's own doubt, not decisive",
+                "weak",
+                "ai",
+            )
             claim = max(claim or 0.0, 0.5)
         else:
-            add("aigc", label["where"], f"AIGC label in {label['where']} has an unknown Label value "
-                f"{label['label']!r} ({parties})", "weak", "neutral")
+            add(
+                "aigc",
+                label["where"],
+                f"AIGC label in {label['where']} has an unknown Label value {label['label']!r} ({parties})",
+                "weak",
+                "neutral",
+            )
     return claim
 
 
@@ -354,26 +446,41 @@ def _resolve_conflicts(evidence: list[dict[str, str]], labels: list[dict[str, An
     conflicts: list[str] = []
     hard_ai = [e for e in evidence if e["strength"] == "hard" and e["points_to"] == "ai"]
     hard_real = [e for e in evidence if e["strength"] == "hard" and e["points_to"] == "real"]
-    weak_real = [e for e in evidence if e["strength"] == "weak" and e["points_to"] == "real"
-                 and e["kind"] in ("c2pa", "xmp")]  # declared captures; camera-like EXIF is no declaration
+    weak_real = [
+        e for e in evidence if e["strength"] == "weak" and e["points_to"] == "real" and e["kind"] in ("c2pa", "xmp")
+    ]  # declared captures; camera-like EXIF is no declaration
     if hard_real and hard_ai:
         for item in hard_ai:
-            conflicts.append(f"{item['where']} claims AI, but a trusted C2PA capture manifest says camera capture; "
-                             "the trusted manifest wins")
+            conflicts.append(
+                f"{item['where']} claims AI, but a trusted C2PA capture manifest says camera capture; "
+                "the trusted manifest wins"
+            )
             item["strength"] = "weak"
             item["what"] = f"Conflict: {item['what']} (outweighed by the trusted C2PA capture manifest)"
     elif hard_ai and weak_real:
         for item in weak_real:
-            conflicts.append(f"{item['where']} declares a capture, but {hard_ai[0]['where']} claims AI; "
-                             "the AI claim decides (the capture claim is not from a trusted signer)")
+            conflicts.append(
+                f"{item['where']} declares a capture, but {hard_ai[0]['where']} claims AI; "
+                "the AI claim decides (the capture claim is not from a trusted signer)"
+            )
     values = sorted({label["label"] for label in labels if label.get("label")})
     if len(values) > 1:
         conflicts.append(f"AIGC labels disagree (Label values {', '.join(values)}); the strongest claim is used")
     return conflicts
 
 
-SOURCES = (("c2pa", "c2pa"), ("stealth", "watermark"), ("pixels", "watermark"), ("xmp", "xmp"), ("exif", "exif"),
-           ("tiff", "exif"), ("png", "png_text"), ("iptc", "iptc"), ("jpeg com", "comment"), ("description", "exif"))
+SOURCES = (
+    ("c2pa", "c2pa"),
+    ("stealth", "watermark"),
+    ("pixels", "watermark"),
+    ("xmp", "xmp"),
+    ("exif", "exif"),
+    ("tiff", "exif"),
+    ("png", "png_text"),
+    ("iptc", "iptc"),
+    ("jpeg com", "comment"),
+    ("description", "exif"),
+)
 
 
 def _source(where: str) -> str | None:
@@ -381,8 +488,14 @@ def _source(where: str) -> str | None:
     return next((source for key, source in SOURCES if key in where.lower()), None)
 
 
-def summarise(evidence: list[dict[str, str]], c2pa: dict[str, Any], labels: list[dict[str, Any]],
-              generator: str | None, exif: dict[str, Any], conflicts: list[str]) -> dict[str, Any]:
+def summarise(
+    evidence: list[dict[str, str]],
+    c2pa: dict[str, Any],
+    labels: list[dict[str, Any]],
+    generator: str | None,
+    exif: dict[str, Any],
+    conflicts: list[str],
+) -> dict[str, Any]:
     """The verdict's top-level ``provenance`` object, from the strongest evidence that says anything.
 
     Order: a hard AI claim (trusted C2PA first), a trusted camera capture, then what a readable but
@@ -407,8 +520,13 @@ def summarise(evidence: list[dict[str, str]], c2pa: dict[str, Any], labels: list
             producer = next((label.get("producer") for label in labels if label.get("label") == "1"), None)
             summary.update(generator=generator or producer)
     elif hard_real or (c2pa.get("readable") and c2pa.get("kind") not in (None, "none")):
-        summary.update(kind=c2pa["kind"], trusted=bool(c2pa.get("trusted")), signer=signer, source="c2pa",
-                       generator=", ".join(c2pa.get("generators", [])[:1]) or None)
+        summary.update(
+            kind=c2pa["kind"],
+            trusted=bool(c2pa.get("trusted")),
+            signer=signer,
+            source="c2pa",
+            generator=", ".join(c2pa.get("generators", [])[:1]) or None,
+        )
         if c2pa["kind"] in ("captured", "edited") and c2pa.get("capture"):
             summary["device"] = _device(c2pa["capture"], exif)
     elif any(e["kind"] == "xmp" and e["points_to"] == "real" for e in evidence):
@@ -430,12 +548,23 @@ def _exif_features(exif: dict[str, Any], features: dict[str, float], add) -> Non
     features["has_exif"] = 1.0 if exif.get("present") else 0.0
     if not exif.get("present"):
         features["exif_score"] = 0.0  # defined: no EXIF scores 0
-        add("exif", "file", f"{CONTEXT_PREFIX}no EXIF metadata (usual for generated images, and just as usual for "
-            "screenshots and photos re-saved by web platforms); not used by the verdict", "weak", "neutral")
+        add(
+            "exif",
+            "file",
+            f"{CONTEXT_PREFIX}no EXIF metadata (usual for generated images, and just as usual for "
+            "screenshots and photos re-saved by web platforms); not used by the verdict",
+            "weak",
+            "neutral",
+        )
         return
     if exif.get("broken"):
-        add("exif", exif.get("where", "EXIF"), f"EXIF is malformed: {'; '.join(exif['problems'][:3])}",
-            "weak", "neutral")
+        add(
+            "exif",
+            exif.get("where", "EXIF"),
+            f"EXIF is malformed: {'; '.join(exif['problems'][:3])}",
+            "weak",
+            "neutral",
+        )
     if "exif_score" not in exif:  # present but the step failed: the error is listed, the score omitted
         return
     features["exif_score"] = float(exif["exif_score"])
@@ -443,9 +572,14 @@ def _exif_features(exif: dict[str, Any], features: dict[str, float], add) -> Non
     if dates:
         add("exif", "EXIF dates", f"EXIF dates are inconsistent or invalid: {'; '.join(dates[:2])}", "weak", "neutral")
     if exif["exif_score"] >= CAMERA_LIKE_EXIF:
-        add("exif", exif["where"], f"Camera EXIF from {exif.get('make')} {exif.get('model')} with "
+        add(
+            "exif",
+            exif["where"],
+            f"Camera EXIF from {exif.get('make')} {exif.get('model')} with "
             f"{len(exif.get('exposure_fields', []))} of 4 exposure fields (exif_score {exif['exif_score']:.2f})",
-            "weak", "real")
+            "weak",
+            "real",
+        )
 
 
 def _metadata_evidence(findings: list[dict], xmp: dict[str, Any], software: list[dict], add) -> bool:
@@ -453,15 +587,25 @@ def _metadata_evidence(findings: list[dict], xmp: dict[str, Any], software: list
     claim = False
     for finding in findings:
         params = ", ".join(f"{k} {finding[k]}" for k in ("model", "seed", "steps", "sampler", "cfg") if k in finding)
-        add("generator_metadata", finding["where"],
+        add(
+            "generator_metadata",
+            finding["where"],
             f"{finding['tool']} generation metadata in {finding['where']}" + (f" ({params})" if params else ""),
-            "hard", "ai")
+            "hard",
+            "ai",
+        )
         claim = True
     where = "XMP Iptc4xmpExt:DigitalSourceType"
     for code in xmp.get("source_type_codes", []):
         if code == "compositeWithTrainedAlgorithmicMedia":
-            add("xmp", where, f"XMP declares digital source type {code} (edited with generative AI)", "hard", "ai",
-                ai_kind="ai_edited")
+            add(
+                "xmp",
+                where,
+                f"XMP declares digital source type {code} (edited with generative AI)",
+                "hard",
+                "ai",
+                ai_kind="ai_edited",
+            )
             claim = True
         elif code in AI_SOURCE_TYPES:
             add("xmp", where, f"XMP declares digital source type {code}", "hard", "ai")
@@ -478,8 +622,14 @@ def _metadata_evidence(findings: list[dict], xmp: dict[str, Any], software: list
         if declared:
             ai_kind, who = declared
             made = "edited with AI" if ai_kind == "ai_edited" else "AI-generated"
-            add("iptc", credit_where, f"IPTC credit ({credit_where}) says {credit!r} ({who}, {made})", "hard", "ai",
-                ai_kind=ai_kind)
+            add(
+                "iptc",
+                credit_where,
+                f"IPTC credit ({credit_where}) says {credit!r} ({who}, {made})",
+                "hard",
+                "ai",
+                ai_kind=ai_kind,
+            )
             claim = True
     for item in software:
         if item["class"] == "generator":
@@ -511,33 +661,66 @@ def _c2pa_features(c2pa: dict[str, Any], features: dict[str, float], add, exif: 
         made = "editing with AI" if c2pa.get("kind") == "ai_edited" else "AI generation"
         if c2pa["valid"]:
             trust = f"trusted signer {signer}" if c2pa["trusted"] else f"signer {signer} not on the trust list"
-            add("c2pa", "C2PA manifest", f"C2PA Content Credentials declare {made} by {generators} "
-                f"({reason}; signature and content hash verified, {trust})", "hard", "ai")
+            add(
+                "c2pa",
+                "C2PA manifest",
+                f"C2PA Content Credentials declare {made} by {generators} "
+                f"({reason}; signature and content hash verified, {trust})",
+                "hard",
+                "ai",
+            )
         else:
             failed = ", ".join(c2pa["integrity_failures"] or ["signature or content binding not verified"])
-            add("c2pa", "C2PA manifest", f"C2PA manifest declares {made} by {generators}, but its "
-                f"validation failed ({failed}): not decisive", "weak", "ai")
+            add(
+                "c2pa",
+                "C2PA manifest",
+                f"C2PA manifest declares {made} by {generators}, but its validation failed ({failed}): not decisive",
+                "weak",
+                "ai",
+            )
     elif capture and c2pa["trusted"]:
         device = _device(capture, exif) or "an unnamed device"
         edits = f", then {', '.join(c2pa['edits'])} without AI" if c2pa.get("edits") else ""
-        add("c2pa", "C2PA manifest", f"C2PA Content Credentials signed by trusted signer {signer} declare a camera "
+        add(
+            "c2pa",
+            "C2PA manifest",
+            f"C2PA Content Credentials signed by trusted signer {signer} declare a camera "
             f"capture ({capture['source_type']}) by {device}{edits}; signature and content hash verified, no AI "
-            "action or ingredient in its history", "hard", "real")
+            "action or ingredient in its history",
+            "hard",
+            "real",
+        )
     elif capture:
         issues = ", ".join(c2pa.get("signer_issues") or ["signer not on the trust list"])
-        add("c2pa", "C2PA manifest", f"C2PA manifest declares a camera capture ({capture['source_type']}), signed by "
-            f"{signer} ({issues}): anyone can sign such a manifest, so it is not decisive", "weak", "real")
+        add(
+            "c2pa",
+            "C2PA manifest",
+            f"C2PA manifest declares a camera capture ({capture['source_type']}), signed by "
+            f"{signer} ({issues}): anyone can sign such a manifest, so it is not decisive",
+            "weak",
+            "real",
+        )
     elif c2pa["valid"]:
-        add("c2pa", "C2PA manifest", f"C2PA manifest by {c2pa.get('claim_generator')} (signed by {signer}) "
-            "verifies and makes no AI claim", "weak", "neutral")
+        add(
+            "c2pa",
+            "C2PA manifest",
+            f"C2PA manifest by {c2pa.get('claim_generator')} (signed by {signer}) verifies and makes no AI claim",
+            "weak",
+            "neutral",
+        )
     else:
         failed = ", ".join(c2pa["integrity_failures"] or ["signature or content binding not verified"])
-        add("c2pa", "C2PA manifest", f"C2PA manifest by {c2pa.get('claim_generator')} failed validation "
-            f"({failed}); it makes no AI claim", "weak", "neutral")
+        add(
+            "c2pa",
+            "C2PA manifest",
+            f"C2PA manifest by {c2pa.get('claim_generator')} failed validation ({failed}); it makes no AI claim",
+            "weak",
+            "neutral",
+        )
 
 
 def _signer_text(c2pa: dict[str, Any]) -> str:
-    """"Google LLC (Pixel Camera)" from the certificate's organisation and common name."""
+    """ "Google LLC (Pixel Camera)" from the certificate's organisation and common name."""
     org, name = c2pa.get("signer_org"), c2pa.get("signer")
     if org and name and org != name:
         return f"{org} ({name})"

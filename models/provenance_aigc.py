@@ -30,8 +30,7 @@ from typing import Any
 from models.provenance_container import find_xmp_packet
 
 TC260_NS = "http://www.tc260.org.cn/ns/AIGC/1.0/"
-FIELDS = ("Label", "ContentProducer", "ProduceID", "ReservedCode1", "ContentPropagator", "PropagateID",
-          "ReservedCode2")
+FIELDS = ("Label", "ContentProducer", "ProduceID", "ReservedCode1", "ContentPropagator", "PropagateID", "ReservedCode2")
 LABEL_MEANING = {"1": "AI-generated", "2": "possibly AI-generated", "3": "suspected AI-generated"}
 VALUE_LIMIT = 16 * 1024  # a real label is a few hundred bytes; longer values are cut before JSON parsing
 MAX_LABELS = 8
@@ -63,8 +62,9 @@ def parse_label(text: str, where: str) -> dict[str, Any] | None:
     }
 
 
-def find_labels(xmp_packets: list[tuple[str, bytes]], text: dict[str, str], text_where: dict[str, str],
-                user_comment: str | None) -> list[dict[str, Any]]:
+def find_labels(
+    xmp_packets: list[tuple[str, bytes]], text: dict[str, str], text_where: dict[str, str], user_comment: str | None
+) -> list[dict[str, Any]]:
     """Every AIGC label in the XMP packets, the ``AIGC`` text chunk and EXIF UserComment of one file."""
     found: list[dict[str, Any]] = []
     for where, packet in xmp_packets:

@@ -41,15 +41,30 @@ SIGNER_ONLY_FAILURES = {
     "timeStamp.untrusted",
     "timeStamp.outsideValidity",
 }
-BINDING_MATCHES = {"assertion.dataHash.match", "assertion.boxesHash.match", "assertion.bmffHash.match",
-                   "assertion.collectionHash.match"}
+BINDING_MATCHES = {
+    "assertion.dataHash.match",
+    "assertion.boxesHash.match",
+    "assertion.bmffHash.match",
+    "assertion.collectionHash.match",
+}
 MAX_MANIFEST_DEPTH = 16  # ingredient chains followed at most this deep
 # IPTC digital source types of a camera capture that may decide "NON-AI" when signed by a trusted signer.
 CAPTURE_SOURCE_TYPES = {"digitalCapture", "computationalCapture"}
 # C2PA 2.x standard actions that change the content (c2pa.created / opened / placed / published ... do not).
-EDIT_ACTIONS = {"c2pa.edited", "c2pa.cropped", "c2pa.resized", "c2pa.color_adjustments", "c2pa.drawing",
-                "c2pa.filtered", "c2pa.orientation", "c2pa.enhanced", "c2pa.placed", "c2pa.removed", "c2pa.deleted",
-                "c2pa.redacted"}
+EDIT_ACTIONS = {
+    "c2pa.edited",
+    "c2pa.cropped",
+    "c2pa.resized",
+    "c2pa.color_adjustments",
+    "c2pa.drawing",
+    "c2pa.filtered",
+    "c2pa.orientation",
+    "c2pa.enhanced",
+    "c2pa.placed",
+    "c2pa.removed",
+    "c2pa.deleted",
+    "c2pa.redacted",
+}
 
 
 def c2pa_settings(claim_anchors_pem: str | None) -> dict[str, Any]:
@@ -60,8 +75,12 @@ def c2pa_settings(claim_anchors_pem: str | None) -> dict[str, Any]:
     handed over; c2pa-rs validates RFC 3161 time-stamps on its own (``timeStamp.trusted`` without anchors).
     """
     settings: dict[str, Any] = {
-        "verify": {"ocsp_fetch": False, "remote_manifest_fetch": False, "verify_trust": True,
-                   "verify_timestamp_trust": True},
+        "verify": {
+            "ocsp_fetch": False,
+            "remote_manifest_fetch": False,
+            "verify_trust": True,
+            "verify_timestamp_trust": True,
+        },
         "cawg_trust": {"verify_trust_list": False},
     }
     if claim_anchors_pem:
@@ -150,15 +169,20 @@ def classify_history(manifests: dict[str, Any], active_label: str, claims: list[
     * none: the manifest makes no statement about the source.
     """
     lineage = {claim_label for claim_label in _walk(manifests, active_label, parents_only=True)}
-    generated = any(c["label"] in lineage and (c["code"] == "trainedAlgorithmicMedia" or c["code"] is None)
-                    for c in claims)
+    generated = any(
+        c["label"] in lineage and (c["code"] == "trainedAlgorithmicMedia" or c["code"] is None) for c in claims
+    )
     capture, edits = None, []
     for label in lineage:
         for action in _actions(manifests[label]):
             code = source_type_code(str(action.get("digitalSourceType") or ""))
             if action.get("action") == "c2pa.created" and code in CAPTURE_SOURCE_TYPES and capture is None:
-                capture = {"source_type": code, "software_agent": _agent_name(action.get("softwareAgent")),
-                           "claim_generator": _claim_generator(manifests[label]), "when": action.get("when")}
+                capture = {
+                    "source_type": code,
+                    "software_agent": _agent_name(action.get("softwareAgent")),
+                    "claim_generator": _claim_generator(manifests[label]),
+                    "when": action.get("when"),
+                }
             elif action.get("action") in EDIT_ACTIONS:
                 edits.append(str(action.get("action")))
     if generated:
@@ -203,15 +227,17 @@ def _ai_claims(manifests: dict[str, Any], active_label: str) -> list[dict[str, A
             reason = _ai_reason(action, manifest)
             if reason:
                 code = source_type_code(str(action.get("digitalSourceType") or ""))
-                claims.append({
-                    "label": label,
-                    "code": code if code in AI_SOURCE_TYPES else None,
-                    "manifest": relation,
-                    "claim_generator": _claim_generator(manifest),
-                    "action": action.get("action"),
-                    "software_agent": _agent_name(action.get("softwareAgent")),
-                    "reason": reason,
-                })
+                claims.append(
+                    {
+                        "label": label,
+                        "code": code if code in AI_SOURCE_TYPES else None,
+                        "manifest": relation,
+                        "claim_generator": _claim_generator(manifest),
+                        "action": action.get("action"),
+                        "software_agent": _agent_name(action.get("softwareAgent")),
+                        "reason": reason,
+                    }
+                )
         for ingredient in manifest.get("ingredients") or []:
             if isinstance(ingredient, dict) and ingredient.get("active_manifest"):
                 relation_name = f"ingredient ({ingredient.get('relationship', 'unknown')}) manifest"

@@ -23,21 +23,67 @@ MAX_VALUE_BYTES = 1 << 20  # one tag value larger than this is reported, not rea
 
 # TIFF field types: (struct code, byte size). ASCII becomes str; BYTE, SBYTE and UNDEFINED stay bytes.
 ASCII, BYTES = "ascii", "bytes"
-TYPES = {1: (BYTES, 1), 2: (ASCII, 1), 3: ("H", 2), 4: ("I", 4), 5: ("II", 8), 6: (BYTES, 1), 7: (BYTES, 1),
-         8: ("h", 2), 9: ("i", 4), 10: ("ii", 8), 11: ("f", 4), 12: ("d", 8), 13: ("I", 4)}
+TYPES = {
+    1: (BYTES, 1),
+    2: (ASCII, 1),
+    3: ("H", 2),
+    4: ("I", 4),
+    5: ("II", 8),
+    6: (BYTES, 1),
+    7: (BYTES, 1),
+    8: ("h", 2),
+    9: ("i", 4),
+    10: ("ii", 8),
+    11: ("f", 4),
+    12: ("d", 8),
+    13: ("I", 4),
+}
 
 # The tags this module reads, by IFD. Everything else is counted but not kept.
 TAGS = {
-    "IFD0": {0x010E: "ImageDescription", 0x010F: "Make", 0x0110: "Model", 0x0112: "Orientation",
-             0x0131: "Software", 0x0132: "DateTime", 0x013B: "Artist", 0x013C: "HostComputer",
-             0x000B: "ProcessingSoftware", 0x8298: "Copyright", 0x02BC: "XMLPacket",
-             0x927C: "MakerNote", 0x9286: "UserComment", 0x8769: "ExifIFD", 0x8825: "GPSIFD"},
-    "Exif": {0x829A: "ExposureTime", 0x829D: "FNumber", 0x8827: "ISOSpeedRatings", 0x8822: "ExposureProgram",
-             0x9003: "DateTimeOriginal", 0x9004: "DateTimeDigitized", 0x9209: "Flash", 0x920A: "FocalLength",
-             0x9207: "MeteringMode", 0xA403: "WhiteBalance", 0x927C: "MakerNote", 0x9286: "UserComment",
-             0xA433: "LensMake", 0xA434: "LensModel", 0xA431: "BodySerialNumber", 0x9010: "OffsetTime"},
-    "GPS": {0x0001: "GPSLatitudeRef", 0x0002: "GPSLatitude", 0x0003: "GPSLongitudeRef",
-            0x0004: "GPSLongitude", 0x0006: "GPSAltitude", 0x001D: "GPSDateStamp"},
+    "IFD0": {
+        0x010E: "ImageDescription",
+        0x010F: "Make",
+        0x0110: "Model",
+        0x0112: "Orientation",
+        0x0131: "Software",
+        0x0132: "DateTime",
+        0x013B: "Artist",
+        0x013C: "HostComputer",
+        0x000B: "ProcessingSoftware",
+        0x8298: "Copyright",
+        0x02BC: "XMLPacket",
+        0x927C: "MakerNote",
+        0x9286: "UserComment",
+        0x8769: "ExifIFD",
+        0x8825: "GPSIFD",
+    },
+    "Exif": {
+        0x829A: "ExposureTime",
+        0x829D: "FNumber",
+        0x8827: "ISOSpeedRatings",
+        0x8822: "ExposureProgram",
+        0x9003: "DateTimeOriginal",
+        0x9004: "DateTimeDigitized",
+        0x9209: "Flash",
+        0x920A: "FocalLength",
+        0x9207: "MeteringMode",
+        0xA403: "WhiteBalance",
+        0x927C: "MakerNote",
+        0x9286: "UserComment",
+        0xA433: "LensMake",
+        0xA434: "LensModel",
+        0xA431: "BodySerialNumber",
+        0x9010: "OffsetTime",
+    },
+    "GPS": {
+        0x0001: "GPSLatitudeRef",
+        0x0002: "GPSLatitude",
+        0x0003: "GPSLongitudeRef",
+        0x0004: "GPSLongitude",
+        0x0006: "GPSAltitude",
+        0x001D: "GPSDateStamp",
+    },
     "IFD1": {0x0201: "ThumbnailOffset", 0x0202: "ThumbnailLength"},
 }
 
@@ -157,13 +203,19 @@ def _decode_value(raw: bytes, order: str, code: str, n: int) -> Any:
     return values[0] if n == 1 else values
 
 
-
 # ---- what the fields say ------------------------------------------------------------------------------
 EXPOSURE_FIELDS = ("ExposureTime", "FNumber", "ISOSpeedRatings", "FocalLength")
 CAPTURE_FIELDS = ("Flash", "MeteringMode", "ExposureProgram", "WhiteBalance")
 # Weights of exif_score; they sum to 1. Make/model and exposure are what a camera always writes.
-WEIGHTS = {"make_model": 0.30, "exposure": 0.30, "capture_date": 0.15, "maker_note": 0.10,
-           "capture_settings": 0.05, "thumbnail": 0.05, "lens": 0.05}
+WEIGHTS = {
+    "make_model": 0.30,
+    "exposure": 0.30,
+    "capture_date": 0.15,
+    "maker_note": 0.10,
+    "capture_settings": 0.05,
+    "thumbnail": 0.05,
+    "lens": 0.05,
+}
 EARLIEST_CAPTURE = dt.datetime(1990, 1, 1)  # before consumer digital cameras wrote EXIF
 
 
@@ -226,8 +278,11 @@ def _date_check(exif: ExifData, now: dt.datetime) -> dict[str, Any]:
     parsed = {name: parse_exif_datetime(value) for name, value in raw.items()}
     latest = now + dt.timedelta(days=2)
     problems = [f"{name} {raw[name]!r} is not a valid date" for name in raw if raw[name] and not parsed[name]]
-    problems += [f"{name} {value:%Y-%m-%d} is outside {EARLIEST_CAPTURE:%Y}..today"
-                 for name, value in parsed.items() if value and not EARLIEST_CAPTURE <= value <= latest]
+    problems += [
+        f"{name} {value:%Y-%m-%d} is outside {EARLIEST_CAPTURE:%Y}..today"
+        for name, value in parsed.items()
+        if value and not EARLIEST_CAPTURE <= value <= latest
+    ]
     original, digitized, modified = parsed["DateTimeOriginal"], parsed["DateTimeDigitized"], parsed["DateTime"]
     day = dt.timedelta(days=1)
     # Editors move DateTime forward; scanners digitize later than the original. The reverse is odd.

@@ -45,8 +45,10 @@ PROMPT_CHARS = 2000  # prompts are cut to this length in the report
 #   when it is one of IPTC_SOURCE_CODES, so free text never passes for a declaration.
 # IPTC-IIM has no Digital Source Type dataset (the property is IPTC Extension, XMP only; ExifTool's IIM
 # application record, lib/Image/ExifTool/IPTC.pm, has no such tag), so there is no IIM spelling to read.
-IPTC_SOURCE_TYPES = ("http://cv.iptc.org/newscodes/digitalsourcetype/",
-                     "https://cv.iptc.org/newscodes/digitalsourcetype/")
+IPTC_SOURCE_TYPES = (
+    "http://cv.iptc.org/newscodes/digitalsourcetype/",
+    "https://cv.iptc.org/newscodes/digitalsourcetype/",
+)
 IPTC_SOURCE_QCODE = "digsrctype:"
 # IPTC digital source types that declare generative AI. "algorithmicMedia" (made by a non-learned
 # algorithm, e.g. fractals) is recorded but is not an AI claim.
@@ -55,9 +57,24 @@ ALGORITHMIC_SOURCE_TYPES = AI_SOURCE_TYPES | {"algorithmicMedia"}
 # The IPTC Digital Source Type vocabulary (cv.iptc.org/newscodes/digitalsourcetype, release 2024-10-23): its 20
 # concepts, the retired minorHumanEdits, softwareImage and digitalArt included ("acceptable in legacy content").
 IPTC_SOURCE_CODES = ALGORITHMIC_SOURCE_TYPES | {
-    "digitalCapture", "computationalCapture", "negativeFilm", "positiveFilm", "print", "humanEdits",
-    "compositeCapture", "algorithmicallyEnhanced", "digitalCreation", "dataDrivenMedia", "screenCapture",
-    "virtualRecording", "composite", "compositeSynthetic", "minorHumanEdits", "softwareImage", "digitalArt"}
+    "digitalCapture",
+    "computationalCapture",
+    "negativeFilm",
+    "positiveFilm",
+    "print",
+    "humanEdits",
+    "compositeCapture",
+    "algorithmicallyEnhanced",
+    "digitalCreation",
+    "dataDrivenMedia",
+    "screenCapture",
+    "virtualRecording",
+    "composite",
+    "compositeSynthetic",
+    "minorHumanEdits",
+    "softwareImage",
+    "digitalArt",
+}
 
 # IPTC Credit Line values that declare generative AI, with what they declare. Read in XMP photoshop:Credit and
 # in IPTC-IIM 2:110 Credit, case-insensitively, as a phrase inside the credit.
@@ -150,8 +167,13 @@ class XmpInfo:
     errors: list[str] = field(default_factory=list)
 
 
-XMP_PROPERTIES = {"DigitalSourceType": "digital_source_types", "CreatorTool": "creator_tools",
-                  "Credit": "credits", "softwareAgent": "history_agents", "DigImageGUID": "dig_image_guids"}
+XMP_PROPERTIES = {
+    "DigitalSourceType": "digital_source_types",
+    "CreatorTool": "creator_tools",
+    "Credit": "credits",
+    "softwareAgent": "history_agents",
+    "DigImageGUID": "dig_image_guids",
+}
 RDF_RESOURCE = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}resource"
 
 
@@ -204,8 +226,11 @@ def _xmp_by_pattern(packet: bytes, info: XmpInfo) -> None:
     for name in XMP_PROPERTIES:
         # Attribute form  ns:Name="value"  or element form  <ns:Name>value</ns:Name>. The pattern starts
         # with a literal and bounds the value, so it stays linear on hostile input.
-        for match in re.finditer(rf":{name}\s*(?:=\s*[\"']([^\"'<>]{{0,300}})[\"']|>([^<>]{{0,300}})<|"
-                                 rf"\s+rdf:resource\s*=\s*[\"']([^\"'<>]{{0,300}})[\"'])", text):
+        for match in re.finditer(
+            rf":{name}\s*(?:=\s*[\"']([^\"'<>]{{0,300}})[\"']|>([^<>]{{0,300}})<|"
+            rf"\s+rdf:resource\s*=\s*[\"']([^\"'<>]{{0,300}})[\"'])",
+            text,
+        ):
             _xmp_property(name, (match.group(1) or match.group(2) or match.group(3) or "").strip(), info)
 
 
@@ -273,8 +298,9 @@ def find_generator_metadata(meta: ContainerMetadata, exif: ExifData | None) -> l
     findings: list[GeneratorFinding] = []
     text, where = meta.text, meta.text_where
     if "parameters" in text:
-        finding = parse_parameters(text["parameters"], f"{where['parameters']} parameters",
-                                   fooocus_scheme=text.get("fooocus_scheme"))
+        finding = parse_parameters(
+            text["parameters"], f"{where['parameters']} parameters", fooocus_scheme=text.get("fooocus_scheme")
+        )
         if finding:
             findings.append(finding)
     if "comment" in text:  # JPEG COM: some front-ends write AUTOMATIC1111 parameters there
@@ -334,13 +360,22 @@ def parse_a1111(text: str, where: str) -> GeneratorFinding | None:
         prompt, negative = "", head[len("Negative prompt:") :]
     version = settings.get("Version", "")
     tool = "Fooocus" if "fooocus" in version.lower() else "AUTOMATIC1111"
-    extra = {k: settings[k] for k in ("Size", "Model hash", "Version", "Schedule type", "Denoising strength")
-             if k in settings}
+    extra = {
+        k: settings[k]
+        for k in ("Size", "Model hash", "Version", "Schedule type", "Denoising strength")
+        if k in settings
+    }
     return GeneratorFinding(
-        tool=tool, where=where, model=settings.get("Model"), seed=_int(settings.get("Seed")),
+        tool=tool,
+        where=where,
+        model=settings.get("Model"),
+        seed=_int(settings.get("Seed")),
         steps=_int(settings.get("Steps")),
-        sampler=settings.get("Sampler"), cfg=_float(settings.get("CFG scale")),
-        prompt=_cut(prompt.strip()), negative_prompt=_cut(negative.strip()), extra=extra,
+        sampler=settings.get("Sampler"),
+        cfg=_float(settings.get("CFG scale")),
+        prompt=_cut(prompt.strip()),
+        negative_prompt=_cut(negative.strip()),
+        extra=extra,
     )
 
 
@@ -370,20 +405,35 @@ def _a1111_settings(line: str) -> dict[str, str]:
 
 def _fooocus(data: dict, where: str) -> GeneratorFinding:
     return GeneratorFinding(
-        tool="Fooocus", where=where, model=_str(data.get("base_model")), seed=_int(data.get("seed")),
-        steps=_int(data.get("steps")), sampler=_str(data.get("sampler")), cfg=_float(data.get("guidance_scale")),
-        prompt=_cut(_str(data.get("prompt"))), negative_prompt=_cut(_str(data.get("negative_prompt"))),
-        extra={k: data[k] for k in ("version", "performance", "resolution", "scheduler", "refiner_model")
-               if isinstance(data.get(k), (str, int, float))},
+        tool="Fooocus",
+        where=where,
+        model=_str(data.get("base_model")),
+        seed=_int(data.get("seed")),
+        steps=_int(data.get("steps")),
+        sampler=_str(data.get("sampler")),
+        cfg=_float(data.get("guidance_scale")),
+        prompt=_cut(_str(data.get("prompt"))),
+        negative_prompt=_cut(_str(data.get("negative_prompt"))),
+        extra={
+            k: data[k]
+            for k in ("version", "performance", "resolution", "scheduler", "refiner_model")
+            if isinstance(data.get(k), (str, int, float))
+        },
     )
 
 
 def _swarmui(data: dict, where: str) -> GeneratorFinding:
     params = data.get("sui_image_params") if isinstance(data.get("sui_image_params"), dict) else {}
     return GeneratorFinding(
-        tool="SwarmUI", where=where, model=_str(params.get("model")), seed=_int(params.get("seed")),
-        steps=_int(params.get("steps")), sampler=_str(params.get("sampler")), cfg=_float(params.get("cfgscale")),
-        prompt=_cut(_str(params.get("prompt"))), negative_prompt=_cut(_str(params.get("negativeprompt"))),
+        tool="SwarmUI",
+        where=where,
+        model=_str(params.get("model")),
+        seed=_int(params.get("seed")),
+        steps=_int(params.get("steps")),
+        sampler=_str(params.get("sampler")),
+        cfg=_float(params.get("cfgscale")),
+        prompt=_cut(_str(params.get("prompt"))),
+        negative_prompt=_cut(_str(params.get("negativeprompt"))),
     )
 
 
@@ -399,8 +449,11 @@ def parse_comfyui(prompt_json: str | None, workflow_json: str | None, where: str
         workflow = load_json(workflow_json) if workflow_json else None
         if isinstance(workflow, dict) and isinstance(workflow.get("nodes"), list):
             # Only the UI graph is readable: the tool is certain, the parameters are not resolved.
-            return GeneratorFinding(tool="ComfyUI", where=f"{where} workflow",
-                                    extra={"nodes": len(workflow["nodes"]), "note": "prompt graph unreadable"})
+            return GeneratorFinding(
+                tool="ComfyUI",
+                where=f"{where} workflow",
+                extra={"nodes": len(workflow["nodes"]), "note": "prompt graph unreadable"},
+            )
         if '"class_type"' in (prompt_json or "") or '"last_node_id"' in (workflow_json or ""):
             # A ComfyUI graph too large (cut at the text limit) or broken to parse: the tool is still certain.
             return GeneratorFinding(tool="ComfyUI", where=where, extra={"note": "graph JSON unreadable or truncated"})
@@ -414,13 +467,27 @@ def parse_comfyui(prompt_json: str | None, workflow_json: str | None, where: str
             if isinstance(value, str) and COMFY_FILE.search(value) and value not in model_files:
                 if name in COMFY_MODEL_INPUTS or name.endswith("_name"):
                     model_files.append(value)
-    main_models = [node["inputs"][k] for node in nodes.values() for k in COMFY_MODEL_INPUTS
-                   if isinstance(node["inputs"].get(k), str)]
-    sampler = next((node for node in nodes.values() if "Sampler" in str(node.get("class_type", ""))
-                    and any(k in node["inputs"] for k in ("seed", "noise_seed", "steps", "noise", "sigmas"))), None)
-    finding = GeneratorFinding(tool="ComfyUI", where=f"{where} prompt",
-                               model=main_models[0] if main_models else (model_files[0] if model_files else None),
-                               extra={"model_files": model_files[:10], "nodes": len(nodes)})
+    main_models = [
+        node["inputs"][k]
+        for node in nodes.values()
+        for k in COMFY_MODEL_INPUTS
+        if isinstance(node["inputs"].get(k), str)
+    ]
+    sampler = next(
+        (
+            node
+            for node in nodes.values()
+            if "Sampler" in str(node.get("class_type", ""))
+            and any(k in node["inputs"] for k in ("seed", "noise_seed", "steps", "noise", "sigmas"))
+        ),
+        None,
+    )
+    finding = GeneratorFinding(
+        tool="ComfyUI",
+        where=f"{where} prompt",
+        model=main_models[0] if main_models else (model_files[0] if model_files else None),
+        extra={"model_files": model_files[:10], "nodes": len(nodes)},
+    )
     if sampler is not None:
         finding.seed = _int(_comfy_value(nodes, sampler, ("seed", "noise_seed"), via=("noise",)))
         finding.steps = _int(_comfy_value(nodes, sampler, ("steps",), via=("sigmas",)))
@@ -492,9 +559,16 @@ def parse_invokeai(key: str, text: str, where: str) -> GeneratorFinding | None:
         prompt, flags = match.groups()
         tokens = flags.split()
         values = {DREAM_FLAGS[t]: tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t in DREAM_FLAGS}
-        return GeneratorFinding(tool="InvokeAI", where=where, model=values.get("model"), seed=_int(values.get("seed")),
-                                steps=_int(values.get("steps")), sampler=values.get("sampler"),
-                                cfg=_float(values.get("cfg")), prompt=_cut(prompt))
+        return GeneratorFinding(
+            tool="InvokeAI",
+            where=where,
+            model=values.get("model"),
+            seed=_int(values.get("seed")),
+            steps=_int(values.get("steps")),
+            sampler=values.get("sampler"),
+            cfg=_float(values.get("cfg")),
+            prompt=_cut(prompt),
+        )
     data = load_json(text)
     if not isinstance(data, dict):
         return None
@@ -504,16 +578,28 @@ def parse_invokeai(key: str, text: str, where: str) -> GeneratorFinding | None:
         if isinstance(prompt, list):
             prompt = " ".join(str(p.get("prompt", "")) for p in prompt if isinstance(p, dict))
         return GeneratorFinding(
-            tool="InvokeAI", where=where, model=_str(data.get("model_weights")), seed=_int(image.get("seed")),
-            steps=_int(image.get("steps")), sampler=_str(image.get("sampler")), cfg=_float(image.get("cfg_scale")),
-            prompt=_cut(_str(prompt)), extra={"app_version": _str(data.get("app_version"))},
+            tool="InvokeAI",
+            where=where,
+            model=_str(data.get("model_weights")),
+            seed=_int(image.get("seed")),
+            steps=_int(image.get("steps")),
+            sampler=_str(image.get("sampler")),
+            cfg=_float(image.get("cfg_scale")),
+            prompt=_cut(_str(prompt)),
+            extra={"app_version": _str(data.get("app_version"))},
         )
     model = data.get("model")
     model_name = model.get("model_name") or model.get("name") if isinstance(model, dict) else model
     return GeneratorFinding(
-        tool="InvokeAI", where=where, model=_str(model_name), seed=_int(data.get("seed")),
-        steps=_int(data.get("steps")), sampler=_str(data.get("scheduler")), cfg=_float(data.get("cfg_scale")),
-        prompt=_cut(_str(data.get("positive_prompt"))), negative_prompt=_cut(_str(data.get("negative_prompt"))),
+        tool="InvokeAI",
+        where=where,
+        model=_str(model_name),
+        seed=_int(data.get("seed")),
+        steps=_int(data.get("steps")),
+        sampler=_str(data.get("scheduler")),
+        cfg=_float(data.get("cfg_scale")),
+        prompt=_cut(_str(data.get("positive_prompt"))),
+        negative_prompt=_cut(_str(data.get("negative_prompt"))),
         extra={"generation_mode": _str(data.get("generation_mode"))},
     )
 
@@ -523,9 +609,14 @@ def parse_novelai(text: dict[str, str], where: str) -> GeneratorFinding:
     comment = load_json(text.get("Comment", "")) if text.get("Comment", "").strip().startswith("{") else None
     comment = comment if isinstance(comment, dict) else {}
     return GeneratorFinding(
-        tool="NovelAI", where=f"{where} Software/Source/Comment", model=_str(text.get("Source")),
-        seed=_int(comment.get("seed")), steps=_int(comment.get("steps")), sampler=_str(comment.get("sampler")),
-        cfg=_float(comment.get("scale")), prompt=_cut(_str(comment.get("prompt")) or text.get("Description")),
+        tool="NovelAI",
+        where=f"{where} Software/Source/Comment",
+        model=_str(text.get("Source")),
+        seed=_int(comment.get("seed")),
+        steps=_int(comment.get("steps")),
+        sampler=_str(comment.get("sampler")),
+        cfg=_float(comment.get("scale")),
+        prompt=_cut(_str(comment.get("prompt")) or text.get("Description")),
         negative_prompt=_cut(_str(comment.get("uc"))),
     )
 
@@ -540,21 +631,33 @@ def parse_midjourney(description: str | None, where: str = "Description") -> Gen
     if not match:
         return None
     version = re.search(r"--(?:v|version|niji)\s+([\w.]+)", description)
-    return GeneratorFinding(tool="Midjourney", where=where, prompt=_cut(description[: match.start()].strip()),
-                            model=f"Midjourney v{version.group(1)}" if version else None,
-                            extra={"job_id": match.group(1)})
+    return GeneratorFinding(
+        tool="Midjourney",
+        where=where,
+        prompt=_cut(description[: match.start()].strip()),
+        model=f"Midjourney v{version.group(1)}" if version else None,
+        extra={"job_id": match.group(1)},
+    )
 
 
 def parse_exif_generators(exif: ExifData) -> list[GeneratorFinding]:
     """Generator traces in EXIF: DALL-E 2 tags, and A1111-style parameters in UserComment (JPEG/WebP)."""
     findings = []
     maker_note, comment = exif.get("MakerNote"), decode_user_comment(exif.get("UserComment"))
-    note_text = maker_note if isinstance(maker_note, str) else (
-        maker_note[:200].decode("latin-1") if isinstance(maker_note, bytes) else "")
+    note_text = (
+        maker_note
+        if isinstance(maker_note, str)
+        else (maker_note[:200].decode("latin-1") if isinstance(maker_note, bytes) else "")
+    )
     if note_text.startswith("OpenAI--ImageGeneration--") or (comment and "Made with OpenAI Labs" in comment):
         generation = note_text.split("--")[-1] if note_text.startswith("OpenAI--") else None
-        findings.append(GeneratorFinding(tool="OpenAI DALL-E 2", where="EXIF MakerNote/UserComment",
-                                         extra={"generation_id": generation, "user_comment": comment}))
+        findings.append(
+            GeneratorFinding(
+                tool="OpenAI DALL-E 2",
+                where="EXIF MakerNote/UserComment",
+                extra={"generation_id": generation, "user_comment": comment},
+            )
+        )
     elif comment and "Steps:" in comment:
         finding = parse_a1111(comment, "EXIF UserComment")
         if finding:
@@ -563,8 +666,12 @@ def parse_exif_generators(exif: ExifData) -> list[GeneratorFinding]:
 
 
 # ---- stealth pnginfo ------------------------------------------------------------------------------------
-STEALTH_SIGNATURES = {"stealth_pnginfo": ("alpha", False), "stealth_pngcomp": ("alpha", True),
-                      "stealth_rgbinfo": ("rgb", False), "stealth_rgbcomp": ("rgb", True)}
+STEALTH_SIGNATURES = {
+    "stealth_pnginfo": ("alpha", False),
+    "stealth_pngcomp": ("alpha", True),
+    "stealth_rgbinfo": ("rgb", False),
+    "stealth_rgbcomp": ("rgb", True),
+}
 STEALTH_MAX_BITS = 8 * TEXT_LIMIT
 
 

@@ -62,15 +62,21 @@ def load_trust(official: bool, extra_claim: str | list[str] | None, trust_dir: P
     claim_pem = "".join(_read_pem(p) for p in claim + _paths(extra_claim))
     tsa_pem = _read_pem(trust_dir / TSA_LIST) if official else ""
     digest = hashlib.sha256(f"{claim_pem}\0{tsa_pem}".encode()).hexdigest()[:16]
-    return TrustAnchors(claim_pem, tsa_pem, claim_pem.count(PEM_BEGIN), tsa_pem.count(PEM_BEGIN),
-                        digest if claim_pem or tsa_pem else "none")
+    return TrustAnchors(
+        claim_pem,
+        tsa_pem,
+        claim_pem.count(PEM_BEGIN),
+        tsa_pem.count(PEM_BEGIN),
+        digest if claim_pem or tsa_pem else "none",
+    )
 
 
 # ---- imgverify trust update ------------------------------------------------------------------------------
 def update(argv: list[str] | None = None) -> int:
     """Download both lists from the C2PA conformance repository into ``--dir`` (default: the shipped folder)."""
-    parser = argparse.ArgumentParser(prog="imgverify trust update",
-                                     description="Refresh the C2PA trust lists from their public source.")
+    parser = argparse.ArgumentParser(
+        prog="imgverify trust update", description="Refresh the C2PA trust lists from their public source."
+    )
     parser.add_argument("--dir", type=Path, default=TRUST_DIR, help="where the PEM files live")
     parser.add_argument("--source", default=SOURCE_URL, help="base URL of the trust-list folder")
     parser.add_argument("--timeout", type=float, default=30.0)

@@ -48,8 +48,9 @@ def _bytes_bits(message: bytes) -> tuple[int, ...]:
 SDXL_MESSAGE = 0b101100111110110010010000011110111011000110011110
 KNOWN_WATERMARKS = (
     KnownWatermark("StableDiffusionV1", "Stable Diffusion 1.x", _bytes_bits(b"StableDiffusionV1")),
-    KnownWatermark("StableDiffusionV1-Inpainting", "Stable Diffusion 1.x inpainting",
-                   _bytes_bits(b"StableDiffusionV1-Inpainting")),
+    KnownWatermark(
+        "StableDiffusionV1-Inpainting", "Stable Diffusion 1.x inpainting", _bytes_bits(b"StableDiffusionV1-Inpainting")
+    ),
     KnownWatermark("SDV2", "Stable Diffusion 2.x", _bytes_bits(b"SDV2")),
     KnownWatermark("SDXL 48-bit", "Stable Diffusion XL", tuple(int(b) for b in bin(SDXL_MESSAGE)[2:])),
 )
@@ -107,8 +108,14 @@ def check_watermarks(rgb: np.ndarray, max_pixels: int) -> dict:
             matches.setdefault(mark.name, {})[order] = round(fraction, 4)
             if best is None or fraction > best[0]:
                 best = (fraction, mark.name, order)
-    report: dict = {"checked": True, "rows_used": rows, "pixels_used": rows * width, "matches": matches,
-                    "threshold": MATCH_FRACTION, "detected": None}
+    report: dict = {
+        "checked": True,
+        "rows_used": rows,
+        "pixels_used": rows * width,
+        "matches": matches,
+        "threshold": MATCH_FRACTION,
+        "detected": None,
+    }
     if best is not None and best[0] >= MATCH_FRACTION:
         mark = next(m for m in KNOWN_WATERMARKS if m.name == best[1])
         report.update(detected=mark.name, generator=mark.generator, channel_order=best[2], match=best[0])

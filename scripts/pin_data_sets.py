@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.data_sources import PIN_COLUMNS, REGISTRY_DIR
+from training.data_sources import PIN_COLUMNS, REGISTRY_DIR  # noqa: E402 (after the sys.path line above)
 
 # (set) -> row -> owner/repo@commit:path; the commits are the ones each MANIFEST.md names.
 Source = Callable[[dict[str, str]], str]
@@ -66,7 +66,8 @@ PLAIN: dict[str, dict[str, str]] = {
         "clip-cues/antonyms.csv": "marco-willi/clip-cues@ad9eea9a0f287ab8869e7f16aeef4a6878d1059d:"
         "data/vocabularies/antonyms.csv",
         **{
-            f"clip-cues/checkpoints/{kind}_{data}.ckpt": "marco-willi/clip-cues@ad9eea9a0f287ab8869e7f16aeef4a6878d1059d:"
+            f"clip-cues/checkpoints/{kind}_{data}.ckpt": "marco-willi/clip-cues@"
+            "ad9eea9a0f287ab8869e7f16aeef4a6878d1059d:"
             f"data/checkpoints/{kind}_{data}.ckpt"
             for kind in ("linear_probe", "clip_orthogonal", "cm_antonyms")
             for data in ("cnnspot", "synthbuster", "synthclic", "combined")

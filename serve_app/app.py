@@ -17,7 +17,6 @@ detector receives that reference. Each detector call has its own timeout; one th
 listed in ``missing`` and the fusion model takes its missing-feature path.
 """
 
-
 import asyncio
 import base64
 import binascii
@@ -38,12 +37,12 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
 import models
+from deployments.config import AppArgs
 from deployments.detector import LATENCY_BUCKETS_MS, DetectorDeployment
 from models.fusion import DetectorOutcome, json_safe
 from models.image_input import DecodedImage, ImageInputError
 from serve_app.admission import Overloaded
 from serve_app.auth import GateMiddleware, install_gate
-from deployments.config import AppArgs
 from serve_app.fast_json import FastJSONResponse as JSONResponse  # orjson: the same JSON, rendered sooner
 from serve_app.responses import ERROR_RESPONSES, BatchAnswer, ServiceVerdict, current_request_id
 from serve_app.url_input import fetch_url
@@ -130,9 +129,7 @@ class FusionIngress:
             description="Detector calls by outcome: ok, failed, timeout, skipped.",
             tag_keys=("detector", "status"),
         )
-        self.verdicts = Counter(
-            "imgverify_verdicts_total", description="Verdicts by label.", tag_keys=("label",)
-        )
+        self.verdicts = Counter("imgverify_verdicts_total", description="Verdicts by label.", tag_keys=("label",))
 
     # ---- endpoints ----------------------------------------------------------------------------------
     @api.post("/v1/detect", summary="Score one image", response_model=ServiceVerdict, responses=ERROR_RESPONSES)
@@ -155,7 +152,9 @@ class FusionIngress:
         form = await self._form(request, max_files=self.args.input.max_batch_files)
         uploads = [v for k, v in form.multi_items() if k == "files" and hasattr(v, "read")]
         if not uploads:
-            raise RequestError("missing_files", f"multipart field 'files' not found; got fields {sorted(form.keys())}", 422)
+            raise RequestError(
+                "missing_files", f"multipart field 'files' not found; got fields {sorted(form.keys())}", 422
+            )
 
         async def one(upload) -> dict[str, Any]:
             try:
@@ -228,7 +227,10 @@ class FusionIngress:
         self.verdicts.inc(tags={"label": body["label"]})
         log.info(
             "verdict %s fusion_prob=%s missing=%s total_ms=%.1f",
-            body["label"], body["fusion_prob"], body["missing"], body["timings"]["total_ms"],
+            body["label"],
+            body["fusion_prob"],
+            body["missing"],
+            body["timings"]["total_ms"],
         )
         return body
 

@@ -204,7 +204,7 @@ def route_path(scope: dict) -> str:
     """The path below the application's route prefix (Serve sets ``root_path`` to it)."""
     path, root = scope.get("path", ""), scope.get("root_path", "")
     if root and (path == root or path.startswith(root + "/")):
-        path = path[len(root):] or "/"
+        path = path[len(root) :] or "/"
     return path
 
 

@@ -31,8 +31,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import models
-from deployments.data import output_schema
 from deployments.config import Profile, load_profile
+from deployments.data import output_schema
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.local.yaml"

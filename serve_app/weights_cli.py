@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.weights import WeightSource, WeightsUnavailable, cache_dir, fetch_weights, file_sha256
 from deployments.config import Profile, load_profile
+from models.weights import WeightSource, WeightsUnavailable, cache_dir, fetch_weights, file_sha256
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,11 @@ def shared_data() -> Path:
     missing = [name for name in data_sources.SETS if root is None or not (root / name).is_dir()]
     if missing:
         where = root or ", ".join(map(str, data_sources.search_roots()))
-        data_missing(f"these tests read files across all image sets; {where} lacks {', '.join(missing)}: "
-                     f"run `{data_sources.fetch_command()}` (and copy the unfetchable ones) "
-                     f"or set ${data_sources.DATA_ENV}")
+        data_missing(
+            f"these tests read files across all image sets; {where} lacks {', '.join(missing)}: "
+            f"run `{data_sources.fetch_command()}` (and copy the unfetchable ones) "
+            f"or set ${data_sources.DATA_ENV}"
+        )
     return root
 
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from conftest import image_bytes
+from deployments.config import AccessArgs, AppArgs
 from models.image_input import InputLimits
 from serve_app import auth
 from serve_app.admission import (
@@ -27,7 +28,6 @@ from serve_app.admission import (
 )
 from serve_app.auth import Gate, KeyRing, Unauthorized, needs_key, route_path
 from serve_app.cli import post_politely, retry_after_s
-from deployments.config import AccessArgs, AppArgs
 
 KEY = "s3cret-key-one"
 OTHER = "s3cret-key-two"
@@ -228,11 +228,22 @@ def test_keys_are_compared_with_compare_digest_against_every_key(monkeypatch):
 
 
 def test_which_paths_need_a_key():
-    for method, path in [("GET", "/healthz"), ("GET", "/"), ("GET", "/static/app.js"), ("GET", "/v1/config"),
-                         ("GET", "/docs"), ("GET", "/openapi.json")]:
+    for method, path in [
+        ("GET", "/healthz"),
+        ("GET", "/"),
+        ("GET", "/static/app.js"),
+        ("GET", "/v1/config"),
+        ("GET", "/docs"),
+        ("GET", "/openapi.json"),
+    ]:
         assert not needs_key(method, path), path
-    for method, path in [("POST", "/v1/detect"), ("POST", "/v1/detect/batch"), ("GET", "/v1/detectors"),
-                         ("POST", "/v1/config"), ("GET", "/v1/anything")]:
+    for method, path in [
+        ("POST", "/v1/detect"),
+        ("POST", "/v1/detect/batch"),
+        ("GET", "/v1/detectors"),
+        ("POST", "/v1/config"),
+        ("GET", "/v1/anything"),
+    ]:
         assert needs_key(method, path), path
     assert route_path({"path": "/faulty/v1/detect", "root_path": "/faulty"}) == "/v1/detect"
     assert route_path({"path": "/v1/detect", "root_path": "/faulty"}) == "/v1/detect"

@@ -15,12 +15,12 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, image_bytes
 
+from conftest import REPO, image_bytes
+from deployments.config import load_profile
 from deployments.data import verdict_column
 from models.verdict import VerdictBody
 from serve_app.batch import actors_per_detector, list_inputs, run_batch
-from deployments.config import load_profile
 from serve_app.responses import ServiceVerdict
 
 DEBUG_CONFIG = {
@@ -70,7 +70,9 @@ def test_every_file_gets_exactly_one_row_errors_included(ray_session, bucket, tm
     out = tmp_path / "out"
     summary = run_batch(str(bucket), str(out), debug_config(tmp_path), rows_per_file=4, progress=False)
     rows = {Path(r["path"]).name: r for r in read_rows(out)}
-    assert sorted(rows) == sorted(["camera.jpg", "generated.png", "random.webp", "corrupt.jpg", "notes.txt", "empty.jpg"])
+    assert sorted(rows) == sorted(
+        ["camera.jpg", "generated.png", "random.webp", "corrupt.jpg", "notes.txt", "empty.jpg"]
+    )
     assert (summary.scored, summary.failed, summary.skipped) == (3, 3, 0)
     assert rows["notes.txt"]["error"].startswith("not_an_image")
     assert rows["empty.jpg"]["error"].startswith("empty_input")
@@ -95,12 +97,27 @@ def test_a_run_killed_midway_resumes_with_every_file_exactly_once(ray_session, d
         shutil.copy(path, bucket / path.name)
     out = tmp_path / "out"
     env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "serve_app.cli", "batch", str(bucket), "--out", str(out),
-               "--config", str(debug_config(tmp_path)), "--rows-per-file", "1", "--files-per-block", "2",
-               "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "serve_app.cli",
+        "batch",
+        str(bucket),
+        "--out",
+        str(out),
+        "--config",
+        str(debug_config(tmp_path)),
+        "--rows-per-file",
+        "1",
+        "--files-per-block",
+        "2",
+        "--no-progress",
+    ]
     log = tmp_path / "job.log"
     with open(log, "wb") as sink:
-        job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
+        job = subprocess.Popen(
+            command, cwd=REPO, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.time() + 300
         while len(list(out.glob("part-*.parquet"))) < 2:

@@ -35,8 +35,15 @@ from models.weights import WeightsUnavailable
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_IMAGE = FIXTURES / "clip_b16_real_0010.jpg"
 REFERENCE = FIXTURES / "clip_b16_real_0010.json"
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 1, "intermediate_size": 128,
-        "patch_size": 16, "image_size": 32, "projection_dim": 16}  # 64-wide heads, as CLIP's
+TINY = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 1,
+    "intermediate_size": 128,
+    "patch_size": 16,
+    "image_size": 32,
+    "projection_dim": 16,
+}  # 64-wide heads, as CLIP's
 NO_PUBLISHED = {"published_head": None}
 
 
@@ -81,12 +88,19 @@ def tiny_onnx(tmp_path_factory) -> dict[str, Path]:
 
     folder = tmp_path_factory.mktemp("clip_onnx")
     fp32, int8 = folder / "clip.onnx", folder / "clip.int8.onnx"
-    torch.onnx.export(_towers(), (torch.randn(1, 3, 32, 32),), str(fp32), dynamo=False, opset_version=14,
-                      input_names=["pixel_values"], output_names=["image_embeds", "last_hidden_state"],
-                      dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"},
-                                    "last_hidden_state": {0: "batch"}})
-    quantize_dynamic(str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul"])
+    torch.onnx.export(
+        _towers(),
+        (torch.randn(1, 3, 32, 32),),
+        str(fp32),
+        dynamo=False,
+        opset_version=14,
+        input_names=["pixel_values"],
+        output_names=["image_embeds", "last_hidden_state"],
+        dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}, "last_hidden_state": {0: "batch"}},
+    )
+    quantize_dynamic(
+        str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
+    )
     return {"fp32": fp32, "int8": int8}
 
 
@@ -243,8 +257,9 @@ def test_nothing_to_give_is_refused(tiny_clip):
     with pytest.raises(ValueError, match="nothing to give"):
         create_detector("clip_b16", {"backbone": tiny_clip, **NO_PUBLISHED})
     with pytest.raises(ValueError, match="pin an ONNX file"):
-        create_detector("clip_b16", {"backbone": tiny_clip, "backbone_sha256": "0" * 64, "return_embedding": True,
-                                     **NO_PUBLISHED})
+        create_detector(
+            "clip_b16", {"backbone": tiny_clip, "backbone_sha256": "0" * 64, "return_embedding": True, **NO_PUBLISHED}
+        )
 
 
 # ---- heads -----------------------------------------------------------------------------------------------------
@@ -253,8 +268,15 @@ def test_published_head_is_sigmoid_of_the_normalised_embedding(tiny_clip, embedd
     weights, bias = rng.normal(size=16) * 3, 0.25
     path = tmp_path / "clip_head.json"
     path.write_text(json.dumps({"weights": weights.tolist(), "bias": bias, "embed_dim": 16}))
-    detector = create_detector("clip_b16", {"backbone": tiny_clip, "published_head": str(path),
-                                            "published_head_sha256": None, "published_head_archive_sha256": None})
+    detector = create_detector(
+        "clip_b16",
+        {
+            "backbone": tiny_clip,
+            "published_head": str(path),
+            "published_head_sha256": None,
+            "published_head_archive_sha256": None,
+        },
+    )
     results = detector.predict(images)
     embeddings = _embeddings(embedder.predict(images))
     expected = 1 / (1 + np.exp(-(embeddings @ weights + bias)))
@@ -264,8 +286,15 @@ def test_published_head_is_sigmoid_of_the_normalised_embedding(tiny_clip, embedd
 
     path.write_text(json.dumps({"weights": weights[:8].tolist(), "bias": bias}))
     with pytest.raises(ValueError, match=r"shape \(8,\) \(configured backbone gives 16-d image_embeds\)"):
-        create_detector("clip_b16", {"backbone": tiny_clip, "published_head": str(path),
-                                     "published_head_sha256": None, "published_head_archive_sha256": None})
+        create_detector(
+            "clip_b16",
+            {
+                "backbone": tiny_clip,
+                "published_head": str(path),
+                "published_head_sha256": None,
+                "published_head_archive_sha256": None,
+            },
+        )
 
 
 @pytest.mark.parametrize("model,calibration", [("logreg", "sigmoid"), ("linear_svm", "isotonic")])
@@ -311,7 +340,9 @@ def test_detector_with_a_trained_head(tiny_clip, embedder, images, kind, tmp_pat
     assert "head=sha256:" in detector.version
 
 
-def test_head_features_from_cached_embeddings_equal_the_detectors_own(tiny_clip, embedder, images, tmp_path, no_network):
+def test_head_features_from_cached_embeddings_equal_the_detectors_own(
+    tiny_clip, embedder, images, tmp_path, no_network
+):
     """train clip-head caches the new head's features from the embeddings it computed: same numbers as running
     the detector, under the version the fusion's feature extraction looks up."""
     import pyarrow as pa
@@ -327,11 +358,23 @@ def test_head_features_from_cached_embeddings_equal_the_detectors_own(tiny_clip,
     path = head.save(tmp_path / "head.npz")
     config = tmp_path / "serve.yaml"
     detector_settings = {"backbone": tiny_clip, "head": "elsewhere.npz", **NO_PUBLISHED}
-    config.write_text(yaml.safe_dump({"applications": [{
-        "name": "x", "import_path": "serve_app.app:build_app", "args": {"detectors": [{"name": "clip_b16"}]},
-        "deployments": [{"name": "clip_b16", "user_config": {"detector": detector_settings}}]}]}))
-    table = pa.table({"key": [f"k{i}" for i in range(len(images))],
-                      "outcome.clip_b16": [o.to_json() for o in embedded]})
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "applications": [
+                    {
+                        "name": "x",
+                        "import_path": "serve_app.app:build_app",
+                        "args": {"detectors": [{"name": "clip_b16"}]},
+                        "deployments": [{"name": "clip_b16", "user_config": {"detector": detector_settings}}],
+                    }
+                ]
+            }
+        )
+    )
+    table = pa.table(
+        {"key": [f"k{i}" for i in range(len(images))], "outcome.clip_b16": [o.to_json() for o in embedded]}
+    )
     assert cache_head_features(table, config, path, tmp_path / "cache") == len(images)
 
     detector = create_detector("clip_b16", {**detector_settings, "head": str(path)})
@@ -345,8 +388,9 @@ def test_head_features_from_cached_embeddings_equal_the_detectors_own(tiny_clip,
 
 def test_detector_refuses_a_head_for_another_embedding(tiny_clip, tiny_onnx, tmp_path, no_network):
     y = separable(n=20)[1]
-    onnx_id = create_detector("clip_b16", {"backbone": str(tiny_onnx["int8"]), "return_embedding": True,
-                                           **NO_PUBLISHED}).backbone_id
+    onnx_id = create_detector(
+        "clip_b16", {"backbone": str(tiny_onnx["int8"]), "return_embedding": True, **NO_PUBLISHED}
+    ).backbone_id
     cases = [
         ({"backbone_id": HF_ID}, 16, f"backbone '{HF_ID}' (configured: '{tiny_clip}')"),
         ({"backbone_id": onnx_id}, 16, f"backbone '{onnx_id}' (configured: '{tiny_clip}')"),
@@ -366,7 +410,10 @@ def test_weight_sources(tiny_clip):
     assert sources[1].sha256 and sources[1].archive_sha256
     offline = ClipB16Detector.weight_sources({**OFFLINE_CONFIG, "head": "/models/h.npz", "head_sha256": "ab"})
     assert [(s.location, bool(s.sha256), bool(s.archive_sha256)) for s in offline] == [
-        (ONNX_LOCATION, True, True), ("/models/h.npz", True, False), (PUBLISHED_HEAD_LOCATION, True, True)]
+        (ONNX_LOCATION, True, True),
+        ("/models/h.npz", True, False),
+        (PUBLISHED_HEAD_LOCATION, True, True),
+    ]
     assert ClipB16Detector.weight_sources({"backbone": tiny_clip, **NO_PUBLISHED}) == []
 
 
@@ -375,8 +422,10 @@ def _real_detector(runtime: str) -> ClipB16Detector:
     try:
         return create_detector("clip_b16", {**OFFLINE_CONFIG, "runtime": runtime, "return_embedding": True})
     except WeightsUnavailable as err:
-        pytest.skip(f"real clip_b16 weights not cached ({err}); run "
-                    "`imgverify weights fetch --config serve_config.local.yaml` first")
+        pytest.skip(
+            f"real clip_b16 weights not cached ({err}); run "
+            "`imgverify weights fetch --config serve_config.local.yaml` first"
+        )
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
@@ -400,9 +449,15 @@ def write_reference(path: Path = REFERENCE) -> None:
     import transformers
 
     image = decode_image(REAL_IMAGE.read_bytes())
-    reference: dict = {"image": REAL_IMAGE.name, "onnx_sha256": OFFLINE_CONFIG["backbone_sha256"],
-                       "made_with": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-                                     "transformers": transformers.__version__}}
+    reference: dict = {
+        "image": REAL_IMAGE.name,
+        "onnx_sha256": OFFLINE_CONFIG["backbone_sha256"],
+        "made_with": {
+            "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
     for runtime in ("onnxruntime", "torch"):
         detector = create_detector("clip_b16", {**OFFLINE_CONFIG, "runtime": runtime, "return_embedding": True})
         embeds, _ = detector._embed(detector.preprocess(image))

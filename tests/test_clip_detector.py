@@ -66,8 +66,12 @@ def tiny_hf_clip(tmp_path_factory) -> dict[int, str]:
         folder = tmp_path_factory.mktemp(f"hf_clip_{hidden}")
         torch.manual_seed(0)
         config = CLIPVisionConfig(
-            hidden_size=hidden, num_hidden_layers=1, intermediate_size=64, num_attention_heads=4,
-            image_size=336, patch_size=28,
+            hidden_size=hidden,
+            num_hidden_layers=1,
+            intermediate_size=64,
+            num_attention_heads=4,
+            image_size=336,
+            patch_size=28,
         )
         CLIPVisionModel(config).save_pretrained(folder)
         CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(folder)
@@ -137,7 +141,7 @@ def test_prompt_probability_matches_an_independent_computation(tiny_open_clip, p
         text = model.encode_text(tokenizer(DEFAULT_REAL_PROMPTS + DEFAULT_AI_PROMPTS))
         text = text / text.norm(dim=-1, keepdim=True)
         real = text[: len(DEFAULT_REAL_PROMPTS)].mean(0)
-        ai = text[len(DEFAULT_REAL_PROMPTS):].mean(0)
+        ai = text[len(DEFAULT_REAL_PROMPTS) :].mean(0)
         classes = torch.stack([real / real.norm(), ai / ai.norm()])
         pixels = torch.stack([preprocess(image.to_pil()) for image in images])
         image = model.encode_image(pixels)
@@ -217,9 +221,7 @@ def test_ufd_head_is_refused_on_a_backbone_of_another_size(tiny_open_clip, heads
 def test_head_checksum_and_missing_head_are_refused(tiny_open_clip, heads_root, no_network):
     tiny = tiny_open_clip["imgverify-test-tiny-768"]
     with pytest.raises(WeightsUnavailable, match="does not match sha256"):
-        create_detector(
-            "clip_probe_ufd", {**tiny, "head_weights": str(heads_root / UFD_HEAD), "head_sha256": "0" * 64}
-        )
+        create_detector("clip_probe_ufd", {**tiny, "head_weights": str(heads_root / UFD_HEAD), "head_sha256": "0" * 64})
     with pytest.raises(ValueError, match="needs `head_weights`"):
         create_detector("clip_probe_ufd", {**tiny, "head_weights": None})
     with pytest.raises(ValueError, match="unknown config keys"):

@@ -9,11 +9,20 @@ from ray.serve.schema import ServeDeploySchema
 
 import models
 from conftest import REPO
-from serve_app.app import build_app
 from deployments.config import AppArgs, DetectorUserConfig, load_profile
+from serve_app.app import build_app
 
-SEED_DETECTORS = {"provenance", "forensics", "ghostnet", "clip_h14", "clip_bigg", "dino", "fatformer", "mantranet",
-                  "clip_b16"}
+SEED_DETECTORS = {
+    "provenance",
+    "forensics",
+    "ghostnet",
+    "clip_h14",
+    "clip_bigg",
+    "dino",
+    "fatformer",
+    "mantranet",
+    "clip_b16",
+}
 
 
 @pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.local.yaml"])

@@ -124,7 +124,8 @@ def _ray_serve_sources() -> str:
 
 
 def _ray_serve_defines(base: str) -> bool:
-    """Ray Serve defines metric ``base``, literally or as an f-string such as ``f"serve_num_{protocol_name}_requests"``."""
+    """Ray Serve defines metric ``base``, literally or as an f-string such as
+    ``f"serve_num_{protocol_name}_requests"``."""
     source = _ray_serve_sources()
     if f'"{base}"' in source:
         return True

@@ -29,12 +29,18 @@ def tiny_dino(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("dinov2_tiny")
     torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                          patch_size=14, image_size=56)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14, image_size=56
+    )
     Dinov2Model(config).save_pretrained(folder)
     # facebook/dinov2-base's preprocessor_config.json, scaled down (published: 256 / 224).
-    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}, resample=3,
-                      image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD).save_pretrained(folder)
+    BitImageProcessor(
+        size={"shortest_edge": 64},
+        crop_size={"height": 56, "width": 56},
+        resample=3,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    ).save_pretrained(folder)
     return str(folder)
 
 
@@ -137,7 +143,8 @@ def test_head_reproduces_scikit_learn_and_survives_a_round_trip(tmp_path):
     assert head.coef_.shape == (3, 32) and head.n_features_in_ == 32
 
     reference = CalibratedClassifierCV(
-        LinearSVC(C=0.5, max_iter=10000, random_state=0), method="sigmoid",
+        LinearSVC(C=0.5, max_iter=10000, random_state=0),
+        method="sigmoid",
         cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=0),
     ).fit(X, y)
     probs = head.predict_proba(X_test)

@@ -144,7 +144,8 @@ def test_cuda_matches_cpu():
     gpu = create_detector("effnet_artifact", {**TINY, "fp16": False}, device="cuda")
     image = noise_image(256, 192, 7)
     assert gpu.predict([image])[0].details["mean_logit"] == pytest.approx(
-        cpu.predict([image])[0].details["mean_logit"], abs=1e-3)
+        cpu.predict([image])[0].details["mean_logit"], abs=1e-3
+    )
 
 
 # ---- weights ---------------------------------------------------------------------------------------------------
@@ -230,8 +231,10 @@ def test_key_mapping_fills_timm_exactly():
     mapped = imagenet_to_timm({k: torch.zeros(1) for k in keys}, keep_classifier=True)
     reference = set(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
     assert set(mapped) == reference
-    assert set(imagenet_to_timm({k: torch.zeros(1) for k in keys})) == reference - {"classifier.weight",
-                                                                                     "classifier.bias"}
+    assert set(imagenet_to_timm({k: torch.zeros(1) for k in keys})) == reference - {
+        "classifier.weight",
+        "classifier.bias",
+    }
 
 
 def test_real_imagenet_checkpoint_when_cached(data_set, no_network):

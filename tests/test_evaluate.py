@@ -231,7 +231,9 @@ def test_report_numbers_match_an_independent_recomputation(report):
     assert (overall["n"], overall["n_no_prob"], overall["n_hard_evidence"]) == (N_READABLE, 1, 1)
     right = sum(r["verdict"] == ("AI" if r["label"] == "ai" else "NON-AI") for r in clean)
     assert overall["verdict_accuracy"] == pytest.approx(right / N_READABLE)
-    assert overall["uncertain_rate"] == pytest.approx(sum(THRESHOLD - BAND <= q < THRESHOLD + BAND for q in p) / N_READABLE)
+    assert overall["uncertain_rate"] == pytest.approx(
+        sum(THRESHOLD - BAND <= q < THRESHOLD + BAND for q in p) / N_READABLE
+    )
 
     # single-feature AUC of a real_high feature: the negated raw value, recomputed
     noise = [(r["label"] == "ai", r["noise_log_variance"]) for r in clean if r["noise_log_variance"] is not None]

@@ -11,25 +11,33 @@ import numpy as np
 import pytest
 
 import models
+from conftest import LOCAL_CONFIG
+from deployments.config import load_profile
 from models.fusion import DetectorOutcome, SchemaMismatch, load_fusion, resolve_fusion_path
 from models.image_input import decode_image
-from deployments.config import load_profile
 from training.augment import GENERATOR_SIZE_LIST, crop_resize_to
 from training.dataset import DATASET_LIMITS
 
-from conftest import LOCAL_CONFIG
-
 # Facts any real photo can have after an upload; none may be read by the fusion model.
 CONTAINER_FACTS = (
-    "geometry_generator_size", "geometry_pow2_alignment", "has_exif", "exif_score", "jpeg_quality",
-    "compression_level", "jpeg_table_nonstandard", "jpeg_chroma_subsampling", "jpeg_double_compression",
-    "c2pa_present", "c2pa_valid",
+    "geometry_generator_size",
+    "geometry_pow2_alignment",
+    "has_exif",
+    "exif_score",
+    "jpeg_quality",
+    "compression_level",
+    "jpeg_table_nonstandard",
+    "jpeg_chroma_subsampling",
+    "jpeg_double_compression",
+    "c2pa_present",
+    "c2pa_valid",
 )
 
 
 # Every real photo of the test split of `imgverify dataset build` over the shared data (never trained or tuned on).
 HELD_OUT_PHOTOS = [
-    line for line in (Path(__file__).parent / "held_out_real_photos.txt").read_text().splitlines()
+    line
+    for line in (Path(__file__).parent / "held_out_real_photos.txt").read_text().splitlines()
     if line and not line.startswith("#")
 ]
 
@@ -85,8 +93,15 @@ def test_container_facts_cannot_move_the_verdict(local_verdict, local_detectors,
     image = decode_image(make_image("JPEG", size=(640, 480), quality=92, seed=3))
     outcomes = _outcomes(local_detectors, image)
     before = local_verdict.decide(outcomes)
-    ai_looking = {"geometry_generator_size": 1.0, "geometry_pow2_alignment": 7.0, "has_exif": 0.0, "exif_score": 0.0,
-                  "jpeg_quality": 75.0, "compression_level": 0.3, "jpeg_table_nonstandard": 0.0}
+    ai_looking = {
+        "geometry_generator_size": 1.0,
+        "geometry_pow2_alignment": 7.0,
+        "has_exif": 0.0,
+        "exif_score": 0.0,
+        "jpeg_quality": 75.0,
+        "compression_level": 0.3,
+        "jpeg_table_nonstandard": 0.0,
+    }
     for outcome in outcomes:
         if outcome.result is not None:
             outcome.result.features.update({k: v for k, v in ai_looking.items() if k in outcome.result.features})

@@ -25,8 +25,15 @@ from models.image_input import decode_image
 
 JPEG_ONLY = {"jpeg_quality", "jpeg_table_nonstandard", "jpeg_chroma_subsampling", "jpeg_double_compression"}
 PIXEL_FEATURES = {
-    "image_entropy", "ela_mean", "ela_std", "ela_high_fraction", "noise_log_variance", "noise_log_kurtosis",
-    "spectrum_hf_slope", "spectrum_upsampling_peak", "jpeg_double_compression",
+    "image_entropy",
+    "ela_mean",
+    "ela_std",
+    "ela_high_fraction",
+    "noise_log_variance",
+    "noise_log_kurtosis",
+    "spectrum_hf_slope",
+    "spectrum_upsampling_peak",
+    "jpeg_double_compression",
 }
 
 

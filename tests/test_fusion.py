@@ -40,7 +40,12 @@ def test_decide_lists_missing_detectors_and_invents_nothing():
     assert body["missing"] == ["debug_sleep", "debug_fail"]
     assert body["fusion_prob"] == pytest.approx(0.8) and body["label"] == "AI" and body["decided_by"] == "fusion"
     assert "debug_sleep_prob" not in body and "debug_fail_prob" not in body
-    assert body["detectors"]["debug_sleep"] == {"status": "timeout", "latency_ms": 500.0, "version": None, "error": "no answer within 0.5 s"}
+    assert body["detectors"]["debug_sleep"] == {
+        "status": "timeout",
+        "latency_ms": 500.0,
+        "version": None,
+        "error": "no answer within 0.5 s",
+    }
     assert any("debug_sleep not used (timeout" in r for r in body["reasoning"])
 
 
@@ -64,7 +69,10 @@ def test_a_configured_threshold_of_zero_is_the_one_used_and_shown():
 
 def test_hard_evidence_decides_unless_switched_off():
     hard = DetectorOutcome.from_result(
-        "debug_mean", DetectorResult(features={"debug_prob": 0.1}, hard_evidence=["valid C2PA claim: trainedAlgorithmicMedia"]), "v", 1.0
+        "debug_mean",
+        DetectorResult(features={"debug_prob": 0.1}, hard_evidence=["valid C2PA claim: trainedAlgorithmicMedia"]),
+        "v",
+        1.0,
     )
     body = RULE.decide([hard])
     assert (body["label"], body["decided_by"], body["uncertain"]) == ("AI", "hard_evidence", False)
@@ -79,7 +87,9 @@ def test_no_usable_feature_means_no_verdict():
 
 
 def test_outcome_json_round_trip():
-    original = DetectorOutcome.from_result("debug_mean", DetectorResult(features={"debug_prob": 0.25}, details={"a": [1]}, evidence=["e"]), "v1", 2.5)
+    original = DetectorOutcome.from_result(
+        "debug_mean", DetectorResult(features={"debug_prob": 0.25}, details={"a": [1]}, evidence=["e"]), "v1", 2.5
+    )
     assert DetectorOutcome.from_json(original.to_json()) == original
 
 
@@ -101,7 +111,9 @@ def test_calibration_recovers_a_known_distortion(method):
     calibration = fit_calibration(s[:20_000], y[:20_000], method)
     calibrated = apply_calibration(calibration, s[20_000:])
     assert np.abs(calibrated - truth[20_000:]).mean() < 0.02
-    assert expected_calibration_error(y[20_000:], calibrated) < 0.02 < expected_calibration_error(y[20_000:], s[20_000:])
+    assert (
+        expected_calibration_error(y[20_000:], calibrated) < 0.02 < expected_calibration_error(y[20_000:], s[20_000:])
+    )
     if method == "platt":
         assert calibration["a"] == pytest.approx(2.0, abs=0.1) and calibration["b"] == pytest.approx(-1.0, abs=0.1)
 
@@ -135,7 +147,10 @@ def test_train_fusion_writes_a_calibrated_artifact_that_loads_and_handles_missin
     out = tmp_path / f"fusion_{kind}.json"
     artifact = train_fusion(synthetic_features(), ["forensics"], out, kind=kind, dropout=0.3, confidence=0.9)
     saved = json.loads(out.read_text())
-    assert saved["version"].startswith(f"fusion-{kind}-") and saved["features"] == ["image_entropy", "noise_log_variance"]
+    assert saved["version"].startswith(f"fusion-{kind}-") and saved["features"] == [
+        "image_entropy",
+        "noise_log_variance",
+    ]
     fusion_inputs = {name for name, spec in models.feature_schema(["forensics"]).items() if spec.fusion_input}
     assert set(saved["dropped_constant_features"]) == fusion_inputs - set(saved["features"])
     assert saved["training"]["data_sha256"] and saved["calibration"]["method"] == "platt"

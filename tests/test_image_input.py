@@ -150,4 +150,9 @@ def test_images_travel_between_stages_as_columns_unchanged():
     assert missing is None
     assert np.array_equal(back.rgb, image.rgb) and back.data == image.data and back.notes == image.notes
     assert (back.format, back.source_mode, back.sha256, back.n_frames, back.orientation) == (
-        image.format, image.source_mode, image.sha256, image.n_frames, image.orientation)
+        image.format,
+        image.source_mode,
+        image.sha256,
+        image.n_frames,
+        image.orientation,
+    )

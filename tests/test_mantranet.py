@@ -155,14 +155,21 @@ def _reference_heatmap(state: dict[str, torch.Tensor], rgb: np.ndarray) -> np.nd
     Independent of models/mantranet.py's modules: numpy symmetric padding at every layer, 2-D average
     pooling, one standardisation, the ConvLSTM loop with Keras hard-sigmoid gates in i, f, c, o order.
     """
+
     def sym(t: torch.Tensor, pad: int) -> torch.Tensor:
         return torch.from_numpy(np.pad(t.numpy(), ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="symmetric"))
 
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].double() / 255.0 * 2 - 1
     w = {key: value.double() for key, value in state.items()}
     x = sym(x, 2)
-    h = torch.cat([F.conv2d(x, w["IMTFE.init_conv.weight"]), F.conv2d(x, w["IMTFE.SRMConv2D.weight"]),
-                   F.conv2d(x, w["IMTFE.BayarConv2D.weight"])], 1).relu()
+    h = torch.cat(
+        [
+            F.conv2d(x, w["IMTFE.init_conv.weight"]),
+            F.conv2d(x, w["IMTFE.SRMConv2D.weight"]),
+            F.conv2d(x, w["IMTFE.BayarConv2D.weight"]),
+        ],
+        1,
+    ).relu()
     convs = sorted({int(k.split(".")[2]) for k in w if k.startswith("IMTFE.middle_and_last_block.")})
     for i, index in enumerate(convs):
         prefix = f"IMTFE.middle_and_last_block.{index}."
@@ -178,8 +185,12 @@ def _reference_heatmap(state: dict[str, torch.Tensor], rgb: np.ndarray) -> np.nd
     hid = torch.zeros(1, hidden_dim, *a.shape[2:], dtype=torch.float64)
     cell = torch.zeros_like(hid)
     for step in steps:
-        gates = F.conv2d(torch.cat([step, hid], 1), w["AnomalyDetector.conv_lstm.cell_list.0.conv.weight"],
-                         w["AnomalyDetector.conv_lstm.cell_list.0.conv.bias"], padding=3)
+        gates = F.conv2d(
+            torch.cat([step, hid], 1),
+            w["AnomalyDetector.conv_lstm.cell_list.0.conv.weight"],
+            w["AnomalyDetector.conv_lstm.cell_list.0.conv.bias"],
+            padding=3,
+        )
         i, f, c, o = torch.split(gates, hidden_dim, dim=1)
         gate = lambda t: (0.2 * t + 0.5).clamp(0, 1)  # noqa: E731
         cell = gate(f) * cell + gate(i) * torch.tanh(c)

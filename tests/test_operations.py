@@ -183,8 +183,12 @@ def test_redeploy_under_load_fails_no_request(guarded, ray_session):
                     response = http.post("/v1/detect", files={"file": ("x.png", image_bytes(size=(32, 32), seed=n))})
                     body = response.json()
                     ok = response.status_code == 200 and body["missing"] == []
-                    results.append((response.status_code if ok else f"{response.status_code} {body}",
-                                    body.get("detectors", {}).get("debug_mean", {}).get("version")))
+                    results.append(
+                        (
+                            response.status_code if ok else f"{response.status_code} {body}",
+                            body.get("detectors", {}).get("debug_mean", {}).get("version"),
+                        )
+                    )
                 except Exception as err:  # noqa: BLE001 - a connection error is a failed request
                     results.append((f"{type(err).__name__}: {err}", None))
 

@@ -92,8 +92,9 @@ def test_c2pa_ai_claims_are_found_with_their_generators(fixtures, detector, no_n
         assert "signingCredential.untrusted" in c2pa["signer_issues"]
         assert len(result.hard_evidence) == 1 and "C2PA" in result.hard_evidence[0]
     firefly = provenance(results["ocsp.jpg"])["c2pa"]["ai_claims"]
-    assert {"digitalSourceType trainedAlgorithmicMedia", "digitalSourceType compositeWithTrainedAlgorithmicMedia"} \
-        <= {claim["reason"] for claim in firefly}
+    assert {"digitalSourceType trainedAlgorithmicMedia", "digitalSourceType compositeWithTrainedAlgorithmicMedia"} <= {
+        claim["reason"] for claim in firefly
+    }
     dalle = provenance(results["DALL-E_cloud_surfing_puppy.webp"])["c2pa"]
     assert dalle["ai_claims"][0]["manifest"] == "ingredient (parentOf) manifest"
     assert dalle["signer"] == "Truepic Lens CLI in ChatGPT"
@@ -123,8 +124,13 @@ def test_c2pa_camera_captures_are_not_flagged(data_set, detector, no_network):
             assert details["c2pa"]["integrity_failures"] == ["assertion.dataHash.mismatch"]
 
 
-@pytest.mark.parametrize("name, failure", [("ocsp.jpg", "assertion.dataHash.mismatch"),
-                                           ("bing_creator_cloud_surfing_puppy.jpg", "assertion.boxesHash.mismatch")])
+@pytest.mark.parametrize(
+    "name, failure",
+    [
+        ("ocsp.jpg", "assertion.dataHash.mismatch"),
+        ("bing_creator_cloud_surfing_puppy.jpg", "assertion.boxesHash.mismatch"),
+    ],
+)
 def test_tampered_c2pa_file_keeps_the_claim_but_not_as_hard_evidence(fixtures, detector, name, failure):
     data = bytearray((fixtures / "c2pa" / "ai" / name).read_bytes())
     data[top_level_segment(data, 0xDB) + 6] ^= 0x01  # one quantisation value: decodes, hash no longer matches
@@ -148,9 +154,17 @@ def test_c2pa_trust_anchor_config_is_read_and_versioned(fixtures, tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imgverify test root")])
     now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     pem = tmp_path / "anchors.pem"
     pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     anchored = create_detector("provenance", {"c2pa_trust_anchors": str(pem)})
@@ -167,33 +181,87 @@ def test_c2pa_trust_anchor_config_is_read_and_versioned(fixtures, tmp_path):
 
 # ---- generator metadata ----------------------------------------------------------------------------------
 GENERATOR_FILES = {
-    "AUTOMATIC1111__automatic1111_cropped.jpg": dict(tool="AUTOMATIC1111", where="EXIF UserComment",
-        model="realistic_realisticVisionV20_v20", seed=235284042, steps=15, sampler="UniPC", cfg=5.0,
-        prompt="photo of a duck", negative_prompt="monochrome"),
-    "AUTOMATIC1111__automatic1111_cropped.png": dict(tool="AUTOMATIC1111", where="PNG tEXt parameters",
-        model="realistic_realisticVisionV20_v20", seed=235284042, steps=15, sampler="UniPC", cfg=5.0,
-        prompt="photo of a duck"),
-    "AUTOMATIC1111__automatic1111_stealth.png": dict(tool="AUTOMATIC1111",
-        where="stealth pnginfo, alpha LSB (stealth_pngcomp)", model="realisticVisionV51_v51VAE", seed=2015833630,
-        steps=20, sampler="Euler", cfg=7.0),
-    "ComfyUI__img2img_cropped.png": dict(tool="ComfyUI", model="v1-5-pruned-emaonly.ckpt", seed=280823642470253,
-        steps=20, cfg=8.0, sampler="sample_dpmpp_2m",
-        prompt="photograph of victorian woman with wings, sky clouds, meadow grass"),
-    "ComfyUI__night_evening_day_morning_cropped.png": dict(tool="ComfyUI", seed=335608130539327, steps=13,
-        cfg=8.5, sampler="dpmpp_sde"),
+    "AUTOMATIC1111__automatic1111_cropped.jpg": dict(
+        tool="AUTOMATIC1111",
+        where="EXIF UserComment",
+        model="realistic_realisticVisionV20_v20",
+        seed=235284042,
+        steps=15,
+        sampler="UniPC",
+        cfg=5.0,
+        prompt="photo of a duck",
+        negative_prompt="monochrome",
+    ),
+    "AUTOMATIC1111__automatic1111_cropped.png": dict(
+        tool="AUTOMATIC1111",
+        where="PNG tEXt parameters",
+        model="realistic_realisticVisionV20_v20",
+        seed=235284042,
+        steps=15,
+        sampler="UniPC",
+        cfg=5.0,
+        prompt="photo of a duck",
+    ),
+    "AUTOMATIC1111__automatic1111_stealth.png": dict(
+        tool="AUTOMATIC1111",
+        where="stealth pnginfo, alpha LSB (stealth_pngcomp)",
+        model="realisticVisionV51_v51VAE",
+        seed=2015833630,
+        steps=20,
+        sampler="Euler",
+        cfg=7.0,
+    ),
+    "ComfyUI__img2img_cropped.png": dict(
+        tool="ComfyUI",
+        model="v1-5-pruned-emaonly.ckpt",
+        seed=280823642470253,
+        steps=20,
+        cfg=8.0,
+        sampler="sample_dpmpp_2m",
+        prompt="photograph of victorian woman with wings, sky clouds, meadow grass",
+    ),
+    "ComfyUI__night_evening_day_morning_cropped.png": dict(
+        tool="ComfyUI", seed=335608130539327, steps=13, cfg=8.5, sampler="dpmpp_sde"
+    ),
     "ComfyUI__noisy_latents_3_subjects_cropped.png": dict(tool="ComfyUI", model="Anything-V3.0.ckpt"),
-    "ComfyUI__unclip_2pass_cropped.png": dict(tool="ComfyUI", seed=1106257833005336, steps=26,
-        sampler="uni_pc_bh2"),
-    "Fooocus__fooocus1_cropped.png": dict(tool="Fooocus", model="juggernautXL_v8Rundiffusion",
-        seed=6952411511246973023, steps=30, sampler="dpmpp_2m_sde_gpu", cfg=4.0, prompt="a smiling goldfish"),
-    "InvokeAI__invokeai_dream1.png": dict(tool="InvokeAI", where="PNG tEXt Dream", seed=2980747362, steps=50,
-        sampler="k_lms", cfg=5.0),
-    "InvokeAI__invokeai_imeta1.png": dict(tool="InvokeAI", where="PNG tEXt invokeai_metadata", model="juggernautXL",
-        seed=3293022630, steps=35, sampler="euler", cfg=8.0),
-    "InvokeAI__invokeai_sdmeta1.png": dict(tool="InvokeAI", where="PNG tEXt sd-metadata",
-        model="deliberateForInvoke_v08", seed=2980747362, steps=50, sampler="k_lms"),
-    "NovelAI__novelai1_cropped.png": dict(tool="NovelAI", model="Stable Diffusion 1D44365E", seed=2253955223,
-        steps=50, sampler="k_euler_ancestral", cfg=10.0),
+    "ComfyUI__unclip_2pass_cropped.png": dict(tool="ComfyUI", seed=1106257833005336, steps=26, sampler="uni_pc_bh2"),
+    "Fooocus__fooocus1_cropped.png": dict(
+        tool="Fooocus",
+        model="juggernautXL_v8Rundiffusion",
+        seed=6952411511246973023,
+        steps=30,
+        sampler="dpmpp_2m_sde_gpu",
+        cfg=4.0,
+        prompt="a smiling goldfish",
+    ),
+    "InvokeAI__invokeai_dream1.png": dict(
+        tool="InvokeAI", where="PNG tEXt Dream", seed=2980747362, steps=50, sampler="k_lms", cfg=5.0
+    ),
+    "InvokeAI__invokeai_imeta1.png": dict(
+        tool="InvokeAI",
+        where="PNG tEXt invokeai_metadata",
+        model="juggernautXL",
+        seed=3293022630,
+        steps=35,
+        sampler="euler",
+        cfg=8.0,
+    ),
+    "InvokeAI__invokeai_sdmeta1.png": dict(
+        tool="InvokeAI",
+        where="PNG tEXt sd-metadata",
+        model="deliberateForInvoke_v08",
+        seed=2980747362,
+        steps=50,
+        sampler="k_lms",
+    ),
+    "NovelAI__novelai1_cropped.png": dict(
+        tool="NovelAI",
+        model="Stable Diffusion 1D44365E",
+        seed=2253955223,
+        steps=50,
+        sampler="k_euler_ancestral",
+        cfg=10.0,
+    ),
 }
 
 
@@ -241,16 +309,25 @@ def test_comfyui_found_on_all_modern_generators_and_no_sd_watermark(data_set, de
         # Their MANIFEST: ComfyUI adds no invisible watermark. Nothing may be decoded by chance.
         assert result.features["watermark_detected"] == 0.0
     flux = provenance(results[[p.name for p in paths].index("flux__flux_dev_example.png")])["generator_metadata"][0]
-    assert (flux["model"], flux["seed"], flux["steps"], flux["sampler"]) == ("flux1-dev.safetensors", 219670278747233,
-                                                                            20, "euler")
+    assert (flux["model"], flux["seed"], flux["steps"], flux["sampler"]) == (
+        "flux1-dev.safetensors",
+        219670278747233,
+        20,
+        "euler",
+    )
 
 
 def test_stealth_pnginfo_rgb_variant(detector):
     """The RGB flavour of stealth pnginfo (3 bits per pixel, column-major), written here as the extension does."""
     text = "a red fox\nSteps: 12, Sampler: DPM++ 2M, CFG scale: 6, Seed: 42, Model: testmodel"
     payload = np.unpackbits(np.frombuffer(text.encode(), np.uint8))
-    bits = np.concatenate([np.unpackbits(np.frombuffer(b"stealth_rgbinfo", np.uint8)),
-                           np.unpackbits(np.frombuffer(struct.pack(">I", payload.size), np.uint8)), payload])
+    bits = np.concatenate(
+        [
+            np.unpackbits(np.frombuffer(b"stealth_rgbinfo", np.uint8)),
+            np.unpackbits(np.frombuffer(struct.pack(">I", payload.size), np.uint8)),
+            payload,
+        ]
+    )
     rgb = np.random.default_rng(3).integers(0, 256, (64, 48, 3), dtype=np.uint8)
     column_major = rgb.transpose(1, 0, 2).reshape(-1).copy()
     column_major[: bits.size] = (column_major[: bits.size] & 0xFE) | bits
@@ -260,7 +337,11 @@ def test_stealth_pnginfo_rgb_variant(detector):
     result = detector.predict([decode_image(buffer.getvalue())])[0]
     (finding,) = provenance(result)["generator_metadata"]
     assert (finding["where"], finding["seed"], finding["steps"], finding["model"]) == (
-        "stealth pnginfo, rgb LSB (stealth_rgbinfo)", 42, 12, "testmodel")
+        "stealth pnginfo, rgb LSB (stealth_rgbinfo)",
+        42,
+        12,
+        "testmodel",
+    )
     assert result.features["metadata_ai_claim"] == 1.0
 
 
@@ -274,22 +355,36 @@ def test_midjourney_google_utf16_and_jpeg_comment_markers(detector):
     irb = b"8BIM" + struct.pack(">HHI", 0x0404, 0, len(iim)) + iim + b"\x00" * (len(iim) % 2)
     google = insert_jpeg_segment(plain_jpeg(), 0xED, b"Photoshop 3.0\x00" + irb)
     comment = "a cat\nSteps: 9, Sampler: Euler, CFG scale: 3, Seed: 7, Model: tiny".encode("utf-16-le")
-    tiff = (b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x9286, 7, 8 + len(comment), 26)
-            + b"\x00\x00\x00\x00" + b"UNICODE\x00" + comment)
+    tiff = (
+        b"II*\x00"
+        + struct.pack("<IH", 8, 1)
+        + struct.pack("<HHII", 0x9286, 7, 8 + len(comment), 26)
+        + b"\x00\x00\x00\x00"
+        + b"UNICODE\x00"
+        + comment
+    )
     utf16le = insert_jpeg_segment(plain_jpeg(1), 0xE1, b"Exif\x00\x00" + tiff)
     a1111_text = b"a dog\nSteps: 30, Sampler: Euler a, CFG scale: 7, Seed: 99"
     jpeg_comment = insert_jpeg_segment(plain_jpeg(2), 0xFE, a1111_text)
     results = detector.predict([decode_image(d) for d in (midjourney, google, utf16le, jpeg_comment)])
     (finding,) = provenance(results[0])["generator_metadata"]
     assert (finding["tool"], finding["model"], finding["prompt"], finding["extra"]["job_id"]) == (
-        "Midjourney", "Midjourney v6", "example --ar 2:1 --stylize 80 --v 6", "a7421d2f-b262-44f9-977c-ac23e9c7d3e3")
+        "Midjourney",
+        "Midjourney v6",
+        "example --ar 2:1 --stylize 80 --v 6",
+        "a7421d2f-b262-44f9-977c-ac23e9c7d3e3",
+    )
     assert provenance(results[1])["xmp"]["credits"] == ["Made with Google AI"]
     assert provenance(results[1])["generator"] == "Google generative AI"
     (finding,) = provenance(results[2])["generator_metadata"]
     assert (finding["tool"], finding["seed"], finding["steps"], finding["model"]) == ("AUTOMATIC1111", 7, 9, "tiny")
     (finding,) = provenance(results[3])["generator_metadata"]
     assert (finding["where"], finding["seed"], finding["sampler"], finding["prompt"]) == (
-        "JPEG COM", 99, "Euler a", "a dog")
+        "JPEG COM",
+        99,
+        "Euler a",
+        "a dog",
+    )
     assert [r.features["metadata_ai_claim"] for r in results] == [1.0, 1.0, 1.0, 1.0]
     assert all(len(r.hard_evidence) == 1 for r in results)
 
@@ -297,7 +392,8 @@ def test_midjourney_google_utf16_and_jpeg_comment_markers(detector):
 # ---- real photos: no claims, broken EXIF reported ---------------------------------------------------------
 def test_camera_and_exif_samples_have_no_ai_claim_and_broken_exif_is_reported(data_set, detector):
     paths = sorted((data_set("camera-models") / "real").iterdir()) + sorted(
-        p for p in (data_set("exif-samples") / "real").rglob("*.*"))
+        p for p in (data_set("exif-samples") / "real").rglob("*.*")
+    )
     assert len(paths) == 162
     results = predict_paths(detector, paths)  # one batch
     for path, result in zip(paths, results):
@@ -316,7 +412,8 @@ def test_camera_and_exif_samples_have_no_ai_claim_and_broken_exif_is_reported(da
     assert "thumbnail" in provenance(named["Sony_DCR-PC110.jpg"])["exif"]["problems"][0]
     assert any("EXIF is malformed" in s for s in named["Sony_DCR-PC110.jpg"].evidence)
     assert provenance(named["Nikon_E885.jpg"])["exif"]["dates"]["problems"][0] == (
-        "DateTimeOriginal '0000:00:00 00:00:00' is not a valid date")
+        "DateTimeOriginal '0000:00:00 00:00:00' is not a valid date"
+    )
     assert provenance(named["DSCN0010.jpg"])["exif"]["gps"] == {"present": True, "position": "valid"}
     assert provenance(named["FLIR_Vue_Pro_640.jpg"])["exif"]["gps"] == {"present": True, "position": "zero"}
     assert provenance(named["Nikon_D5000.jpg"])["exif"]["gps"] == {"present": True, "position": "valid"}  # 0/0 s
@@ -344,9 +441,16 @@ def _png(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("mark, order", [(KNOWN_WATERMARKS[0], "BGR"), (KNOWN_WATERMARKS[2], "BGR"),
-                                         (KNOWN_WATERMARKS[3], "BGR"), (KNOWN_WATERMARKS[3], "RGB")],
-                         ids=["sd1", "sd2", "sdxl-generative-models", "sdxl-diffusers"])
+@pytest.mark.parametrize(
+    "mark, order",
+    [
+        (KNOWN_WATERMARKS[0], "BGR"),
+        (KNOWN_WATERMARKS[2], "BGR"),
+        (KNOWN_WATERMARKS[3], "BGR"),
+        (KNOWN_WATERMARKS[3], "RGB"),
+    ],
+    ids=["sd1", "sd2", "sdxl-generative-models", "sdxl-diffusers"],
+)
 def test_watermark_round_trip(fixtures, detector, mark, order):
     from imwatermark import WatermarkEncoder
 
@@ -354,13 +458,19 @@ def test_watermark_round_trip(fixtures, detector, mark, order):
     encoder = WatermarkEncoder()
     encoder.set_watermark("bits", list(mark.bits))
     # The reference scripts hand BGR to the encoder; diffusers' SDXL pipeline hands RGB unchanged.
-    marked = encoder.encode(crop[:, :, ::-1].copy(), "dwtDct")[:, :, ::-1] if order == "BGR" \
+    marked = (
+        encoder.encode(crop[:, :, ::-1].copy(), "dwtDct")[:, :, ::-1]
+        if order == "BGR"
         else encoder.encode(crop.copy(), "dwtDct")
+    )
     result, clean = detector.predict([decode_image(_png(np.ascontiguousarray(marked))), decode_image(_png(crop))])
     watermark = provenance(result)["watermark"]
     assert result.features["watermark_detected"] == 1.0
     assert (watermark["detected"], watermark["generator"], watermark["channel_order"]) == (
-        mark.name, mark.generator, order)
+        mark.name,
+        mark.generator,
+        order,
+    )
     assert watermark["match"] >= 0.95
     assert any(mark.generator in sentence for sentence in result.hard_evidence)
     assert clean.features["watermark_detected"] == 0.0
@@ -388,18 +498,23 @@ def test_watermark_not_checked_on_small_images(detector):
 def test_malformed_exif_is_reported_not_raised(detector):
     # IFD0 with 3 entries: Make points past the end, Model has an unknown type, then an IFD1 offset that
     # loops back to IFD0; plus an Exif IFD pointer outside the block.
-    entries = [struct.pack("<HHII", 0x010F, 2, 400, 5000), struct.pack("<HHII", 0x0110, 99, 4, 0),
-               struct.pack("<HHII", 0x8769, 4, 1, 9999)]
+    entries = [
+        struct.pack("<HHII", 0x010F, 2, 400, 5000),
+        struct.pack("<HHII", 0x0110, 99, 4, 0),
+        struct.pack("<HHII", 0x8769, 4, 1, 9999),
+    ]
     tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 3) + b"".join(entries) + struct.pack("<I", 8)
     broken = insert_jpeg_segment(plain_jpeg(), 0xE1, b"Exif\x00\x00" + tiff)
     garbage = insert_jpeg_segment(plain_jpeg(1), 0xE1, b"Exif\x00\x00" + b"\x00garbage not tiff")
     short = insert_jpeg_segment(plain_jpeg(2), 0xE1, b"Exif\x00\x00" + b"MM\x00*\x00\x00\x00\x08\xff\xff")
     results = detector.predict([decode_image(broken), decode_image(garbage), decode_image(short)])
     problems = provenance(results[0])["exif"]["problems"]
-    assert problems == ["IFD0 tag Make points past the end of the EXIF block",
-                        "IFD0 tag 0x0110 has unknown type 99",
-                        "Exif offset 9999 is outside the 50-byte EXIF block",
-                        "IFD1 at offset 8 was already read (IFD loop)"]
+    assert problems == [
+        "IFD0 tag Make points past the end of the EXIF block",
+        "IFD0 tag 0x0110 has unknown type 99",
+        "Exif offset 9999 is outside the 50-byte EXIF block",
+        "IFD1 at offset 8 was already read (IFD loop)",
+    ]
     assert provenance(results[1])["exif"]["problems"] == ["not a TIFF header: b'\\x00gar'"]
     assert provenance(results[2])["exif"]["problems"] == ["IFD0 claims 65535 entries"]
     for result in results:
@@ -410,16 +525,21 @@ def test_malformed_exif_is_reported_not_raised(detector):
         assert result.hard_evidence == []
 
 
-XMP_AI = ("<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'>"
-          "<rdf:Description xmlns:Iptc4xmpExt='http://iptc.org/std/Iptc4xmpExt/2008-02-29/' "
-          "xmlns:xmp='http://ns.adobe.com/xap/1.0/' xmp:CreatorTool='Adobe Firefly'>"
-          "<Iptc4xmpExt:DigitalSourceType>http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
-          "</Iptc4xmpExt:DigitalSourceType></rdf:Description></rdf:RDF></x:xmpmeta>")
-BILLION_LAUGHS = ("<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'trainedAlgorithmicMedia'>"
-                  + "".join(f"<!ENTITY {c} '&{p};&{p};&{p};&{p};&{p};&{p};&{p};&{p};&{p};&{p};'>"
-                            for p, c in zip("abcdefgh", "bcdefghi"))
-                  + "]><x:xmpmeta xmlns:x='adobe:ns:meta/'><Iptc4xmpExt:DigitalSourceType>&i;"
-                  "</Iptc4xmpExt:DigitalSourceType></x:xmpmeta>")
+XMP_AI = (
+    "<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'>"
+    "<rdf:Description xmlns:Iptc4xmpExt='http://iptc.org/std/Iptc4xmpExt/2008-02-29/' "
+    "xmlns:xmp='http://ns.adobe.com/xap/1.0/' xmp:CreatorTool='Adobe Firefly'>"
+    "<Iptc4xmpExt:DigitalSourceType>http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+    "</Iptc4xmpExt:DigitalSourceType></rdf:Description></rdf:RDF></x:xmpmeta>"
+)
+BILLION_LAUGHS = (
+    "<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'trainedAlgorithmicMedia'>"
+    + "".join(
+        f"<!ENTITY {c} '&{p};&{p};&{p};&{p};&{p};&{p};&{p};&{p};&{p};&{p};'>" for p, c in zip("abcdefgh", "bcdefghi")
+    )
+    + "]><x:xmpmeta xmlns:x='adobe:ns:meta/'><Iptc4xmpExt:DigitalSourceType>&i;"
+    "</Iptc4xmpExt:DigitalSourceType></x:xmpmeta>"
+)
 
 
 def test_xmp_declarations_and_xmp_that_is_not_xml(detector):
@@ -450,10 +570,15 @@ def test_huge_binary_png_text_chunk_is_bounded(detector):
     Image.fromarray(np.full((300, 300, 3), 128, np.uint8)).save(base, "PNG")
     # A parameters text built to make a naive "Key: value" regex go quadratic, and XMP built the same way.
     hostile = png_chunk(b"tEXt", b"parameters\x00x\nSteps: " + b"a" * 200_000)
-    hostile_xmp = png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00<x:xmpmeta "
-                            + b"x:DigitalSourceType='" * 9000)
-    result, slow_text = detector.predict([decode_image(insert_png_chunk(base.getvalue(), chunk)),
-                                          decode_image(insert_png_chunk(base.getvalue(), hostile + hostile_xmp))])
+    hostile_xmp = png_chunk(
+        b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00<x:xmpmeta " + b"x:DigitalSourceType='" * 9000
+    )
+    result, slow_text = detector.predict(
+        [
+            decode_image(insert_png_chunk(base.getvalue(), chunk)),
+            decode_image(insert_png_chunk(base.getvalue(), hostile + hostile_xmp)),
+        ]
+    )
     assert slow_text.features["metadata_ai_claim"] == 0.0
     assert "not well-formed XML" in provenance(slow_text)["errors"][0]
     details = provenance(result)
@@ -485,10 +610,12 @@ def test_truncated_chunks_and_segments_are_errors_not_crashes():
 
 # ---- batching -------------------------------------------------------------------------------------------
 def test_batch_predict_equals_single_predict(fixtures, data_set, detector):
-    paths = [fixtures / "c2pa" / "ai" / "ocsp.jpg",
-             fixtures / "generator-metadata" / "ai" / "NovelAI__novelai1_cropped.png",
-             data_set("camera-models") / "real" / "Sony_DCR-PC110.jpg",
-             data_set("early-generators-ai") / "ai" / "dal2" / "dal2__time-travelers-99427836__dal2-3.jpg"]
+    paths = [
+        fixtures / "c2pa" / "ai" / "ocsp.jpg",
+        fixtures / "generator-metadata" / "ai" / "NovelAI__novelai1_cropped.png",
+        data_set("camera-models") / "real" / "Sony_DCR-PC110.jpg",
+        data_set("early-generators-ai") / "ai" / "dal2" / "dal2__time-travelers-99427836__dal2-3.jpg",
+    ]
     images = [decode_image(p.read_bytes()) for p in paths]
     batch = detector.predict(images)
     for image, together in zip(images, batch):
@@ -496,4 +623,5 @@ def test_batch_predict_equals_single_predict(fixtures, data_set, detector):
         assert together.features == alone.features
         assert together.hard_evidence == alone.hard_evidence and together.evidence == alone.evidence
         assert json.dumps(together.details, sort_keys=True, allow_nan=False) == json.dumps(
-            alone.details, sort_keys=True)
+            alone.details, sort_keys=True
+        )

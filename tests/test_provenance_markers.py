@@ -33,8 +33,10 @@ def detector():
 
 # ---- carriers ------------------------------------------------------------------------------------------------
 def xmp_packet(body: str = "", attributes: str = "") -> bytes:
-    return ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-            f'<rdf:Description rdf:about="" {attributes}>{body}</rdf:Description></rdf:RDF></x:xmpmeta>').encode()
+    return (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description rdf:about="" {attributes}>{body}</rdf:Description></rdf:RDF></x:xmpmeta>'
+    ).encode()
 
 
 def pixels(seed: int) -> Image.Image:
@@ -97,13 +99,13 @@ def spelled(spelling: str, code: str) -> bytes:
     if spelling == "iri_element":  # the concept IRI, element form (cv.iptc.org concept ID)
         return xmp_packet(f"<Iptc4xmpExt:DigitalSourceType>{IRI}{code}</Iptc4xmpExt:DigitalSourceType>", IPTC_NS)
     if spelling == "https_iri_attribute":  # https, attribute form (IPTC's ExifTool guide; real Midjourney PNG)
-        return xmp_packet("", f'{IPTC_NS} Iptc4xmpExt:DigitalSourceType="https://cv.iptc.org/newscodes/'
-                              f'digitalsourcetype/{code}"')
+        return xmp_packet(
+            "", f'{IPTC_NS} Iptc4xmpExt:DigitalSourceType="https://cv.iptc.org/newscodes/digitalsourcetype/{code}"'
+        )
     if spelling == "rdf_resource":  # a URI value in RDF/XML's resource form (W3C RDF 1.1 XML Syntax 2.4)
         return xmp_packet(f'<Iptc4xmpExt:DigitalSourceType rdf:resource="{IRI}{code}"/>', IPTC_NS)
     if spelling == "qcode":  # the vocabulary's "Concept ID (QCode)", scheme alias digsrctype
-        return xmp_packet(f"<Iptc4xmpExt:DigitalSourceType>digsrctype:{code}</Iptc4xmpExt:DigitalSourceType>",
-                          IPTC_NS)
+        return xmp_packet(f"<Iptc4xmpExt:DigitalSourceType>digsrctype:{code}</Iptc4xmpExt:DigitalSourceType>", IPTC_NS)
     if spelling == "bare_code":  # what ExifTool writes for -XMP-iptcExt:DigitalSourceType=<code>
         return xmp_packet(f"<Iptc4xmpExt:DigitalSourceType>{code}</Iptc4xmpExt:DigitalSourceType>", IPTC_NS)
     raise ValueError(spelling)
@@ -114,8 +116,9 @@ SPELLINGS = ["iri_element", "https_iri_attribute", "rdf_resource", "qcode", "bar
 
 @pytest.mark.parametrize("carrier", ["jpeg", "png", "webp"])
 @pytest.mark.parametrize("spelling", SPELLINGS)
-@pytest.mark.parametrize("code, kind", [("trainedAlgorithmicMedia", "generated"),
-                                        ("compositeWithTrainedAlgorithmicMedia", "ai_edited")])
+@pytest.mark.parametrize(
+    "code, kind", [("trainedAlgorithmicMedia", "generated"), ("compositeWithTrainedAlgorithmicMedia", "ai_edited")]
+)
 def test_ai_source_type_in_every_spelling_and_carrier_is_hard_evidence(detector, carrier, spelling, code, kind):
     result = run(detector, carry(carrier, spelled(spelling, code)))
     details = result.details["provenance"]
@@ -123,7 +126,11 @@ def test_ai_source_type_in_every_spelling_and_carrier_is_hard_evidence(detector,
     assert details["errors"] == []
     assert result.features["metadata_ai_claim"] == 1.0
     assert len(result.hard_evidence) == 1 and code in result.hard_evidence[0]
-    assert (result.provenance["kind"], result.provenance["source"], result.provenance["trusted"]) == (kind, "xmp", False)
+    assert (result.provenance["kind"], result.provenance["source"], result.provenance["trusted"]) == (
+        kind,
+        "xmp",
+        False,
+    )
     if kind == "ai_edited":
         assert "edited with generative AI" in result.hard_evidence[0]
 
@@ -135,11 +142,15 @@ def test_unsigned_capture_declaration_never_decides_non_ai(detector, spelling):
     assert result.hard_evidence_real == [] and result.hard_evidence == []
     assert result.features["metadata_ai_claim"] == 0.0
     assert (result.provenance["kind"], result.provenance["source"], result.provenance["trusted"]) == (
-        "captured", "xmp", False)
+        "captured",
+        "xmp",
+        False,
+    )
 
 
-@pytest.mark.parametrize("code", ["humanEdits", "compositeCapture", "screenCapture", "digitalArt", "softwareImage",
-                                  "minorHumanEdits"])
+@pytest.mark.parametrize(
+    "code", ["humanEdits", "compositeCapture", "screenCapture", "digitalArt", "softwareImage", "minorHumanEdits"]
+)
 def test_non_ai_source_types_are_reported_without_a_claim(detector, code):
     """The rest of the vocabulary, retired codes included ("acceptable in legacy content", cv.iptc.org)."""
     result = run(detector, carry("png", spelled("qcode", code)))
@@ -149,10 +160,18 @@ def test_non_ai_source_types_are_reported_without_a_claim(detector, code):
     assert any(code in sentence and "no generative AI claimed" in sentence for sentence in result.evidence)
 
 
-@pytest.mark.parametrize("value", [
-    "trainedAlgorithmicMediaX", "TrainedAlgorithmicMedia", "AI generated", "digsrctype:aiGenerated",
-    "http://example.org/digitalsourcetype/trainedAlgorithmicMedia", "http://cv.iptc.org/newscodes/digitalsourcetype/ai",
-    "urn:trainedAlgorithmicMedia"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "trainedAlgorithmicMediaX",
+        "TrainedAlgorithmicMedia",
+        "AI generated",
+        "digsrctype:aiGenerated",
+        "http://example.org/digitalsourcetype/trainedAlgorithmicMedia",
+        "http://cv.iptc.org/newscodes/digitalsourcetype/ai",
+        "urn:trainedAlgorithmicMedia",
+    ],
+)
 def test_values_outside_the_vocabulary_are_no_declaration(detector, value):
     assert source_type_code(value) is None
     packet = xmp_packet(f"<Iptc4xmpExt:DigitalSourceType>{value}</Iptc4xmpExt:DigitalSourceType>", IPTC_NS)
@@ -178,22 +197,29 @@ def test_iim_has_no_digital_source_type_dataset(detector):
 
 
 # ---- vendors ----------------------------------------------------------------------------------------------------
-# Midjourney: the metadata of a real Midjourney PNG (downloaded 2024-06-20) as recorded in picteus/picteus @ 07b2a53b,
-# extensions/instances/midjourney/src/main.test.ts; its reader (src/instructions.ts) takes DigImageGUID and DigitalSourceType
-# as iptcExt: attributes of rdf:Description in the XML:com.adobe.xmp chunk.
+# Midjourney: the metadata of a real Midjourney PNG (downloaded 2024-06-20) as recorded in picteus/picteus
+# @ 07b2a53b, extensions/instances/midjourney/src/main.test.ts; its reader (src/instructions.ts) takes DigImageGUID
+# and DigitalSourceType as iptcExt: attributes of rdf:Description in the XML:com.adobe.xmp chunk.
 MJ_JOB = "d95be554-d446-4c51-ad75-e00d9f9bbb35"
-MJ_DESCRIPTION = ("https://s.mj.run/jhiJzyVBla8 Editorial fashion, photo by Tim Walker, Biomechatronic Chanel girl "
-                  "model within shimmering platinum fluid in code, made of fusion of antimatter, binary code, "
-                  "transistor, microphone, hard drive, static, fiber optics, in designer fashion style --chaos 16 "
-                  f"--ar 4:5 --sref 4169606994 --personalize yfbxsj7 Job ID: {MJ_JOB}")
-MJ_XMP = xmp_packet("", 'xmlns:iptcExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
-                        f'iptcExt:DigImageGUID="{MJ_JOB}" iptcExt:DigitalSourceType='
-                        '"https://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"')
+MJ_DESCRIPTION = (
+    "https://s.mj.run/jhiJzyVBla8 Editorial fashion, photo by Tim Walker, Biomechatronic Chanel girl "
+    "model within shimmering platinum fluid in code, made of fusion of antimatter, binary code, "
+    "transistor, microphone, hard drive, static, fiber optics, in designer fashion style --chaos 16 "
+    f"--ar 4:5 --sref 4169606994 --personalize yfbxsj7 Job ID: {MJ_JOB}"
+)
+MJ_XMP = xmp_packet(
+    "",
+    'xmlns:iptcExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
+    f'iptcExt:DigImageGUID="{MJ_JOB}" iptcExt:DigitalSourceType='
+    '"https://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"',
+)
 
 
 def midjourney_png(with_description: bool = True, xmp: bytes = MJ_XMP) -> bytes:
-    chunks = [png_chunk(b"tEXt", b"Creation Time\x00Thu, 20 Jun 2024 22:50:03 GMT"),
-              png_chunk(b"tEXt", b"Author\x00Grand Daron")]
+    chunks = [
+        png_chunk(b"tEXt", b"Creation Time\x00Thu, 20 Jun 2024 22:50:03 GMT"),
+        png_chunk(b"tEXt", b"Author\x00Grand Daron"),
+    ]
     if with_description:
         chunks.append(png_chunk(b"tEXt", b"Description\x00" + MJ_DESCRIPTION.encode()))
     return png(chunks + [itxt_xmp(xmp)])
@@ -203,15 +229,21 @@ def test_midjourney_png_in_its_real_form(detector):
     result = run(detector, midjourney_png())
     details = result.details["provenance"]
     (finding,) = details["generator_metadata"]
-    assert (finding["tool"], finding["where"], finding["extra"]["job_id"]) == ("Midjourney", "PNG tEXt Description",
-                                                                               MJ_JOB)
+    assert (finding["tool"], finding["where"], finding["extra"]["job_id"]) == (
+        "Midjourney",
+        "PNG tEXt Description",
+        MJ_JOB,
+    )
     assert finding["extra"]["xmp_dig_image_guid"] == "matches the Job ID"
     assert finding["prompt"].startswith("https://s.mj.run/jhiJzyVBla8 Editorial fashion")
     assert details["xmp"]["source_type_codes"] == ["trainedAlgorithmicMedia"]
     assert details["xmp"]["dig_image_guids"] == [MJ_JOB]
     assert len(result.hard_evidence) == 2  # the Midjourney description and the IPTC declaration
     assert (result.provenance["kind"], result.provenance["source"], result.provenance["generator"]) == (
-        "generated", "png_text", "Midjourney")
+        "generated",
+        "png_text",
+        "Midjourney",
+    )
     # The picteus reader also splits a "<job>_<index>" GUID; another job's GUID is no match.
     indexed = run(detector, midjourney_png(xmp=MJ_XMP.replace(MJ_JOB.encode() + b'"', MJ_JOB.encode() + b'_2"')))
     assert indexed.details["provenance"]["generator_metadata"][0]["extra"]["xmp_dig_image_guid"] == "matches the Job ID"
@@ -229,19 +261,25 @@ def test_meta_ai_images_carry_the_iptc_declaration(detector):
     marker (no CreatorTool or credit of its own), so the file says AI-generated without naming Meta."""
     result = run(detector, carry("jpeg", spelled("iri_element", "trainedAlgorithmicMedia")))
     assert (result.provenance["kind"], result.provenance["source"], result.provenance["generator"]) == (
-        "generated", "xmp", None)
+        "generated",
+        "xmp",
+        None,
+    )
 
 
-@pytest.mark.parametrize("credit, carrier, kind, generator, source", [
-    # Google Photos edits (Magic Editor / Magic Eraser): "Credit: Edited with Google AI" (blog.google, Oct 2024).
-    ("Edited with Google AI", "iim", "ai_edited", "Google Photos (Magic Editor / Magic Eraser)", "iptc"),
-    ("Edited with Google AI", "xmp", "ai_edited", "Google Photos (Magic Editor / Magic Eraser)", "xmp"),
-    # Apple Photos Clean Up (iOS 18.1): "Apple Photos Clean Up" in the photo's Credit field.
-    ("Apple Photos Clean Up", "xmp", "ai_edited", "Apple Photos Clean Up", "xmp"),
-    ("Apple Photos Clean Up", "iim", "ai_edited", "Apple Photos Clean Up", "iptc"),
-    # Google generative AI (the marker this detector read before).
-    ("Made with Google AI", "iim", "generated", "Google generative AI", "iptc"),
-])
+@pytest.mark.parametrize(
+    "credit, carrier, kind, generator, source",
+    [
+        # Google Photos edits (Magic Editor / Magic Eraser): "Credit: Edited with Google AI" (blog.google, Oct 2024).
+        ("Edited with Google AI", "iim", "ai_edited", "Google Photos (Magic Editor / Magic Eraser)", "iptc"),
+        ("Edited with Google AI", "xmp", "ai_edited", "Google Photos (Magic Editor / Magic Eraser)", "xmp"),
+        # Apple Photos Clean Up (iOS 18.1): "Apple Photos Clean Up" in the photo's Credit field.
+        ("Apple Photos Clean Up", "xmp", "ai_edited", "Apple Photos Clean Up", "xmp"),
+        ("Apple Photos Clean Up", "iim", "ai_edited", "Apple Photos Clean Up", "iptc"),
+        # Google generative AI (the marker this detector read before).
+        ("Made with Google AI", "iim", "generated", "Google generative AI", "iptc"),
+    ],
+)
 def test_ai_credits(detector, credit, carrier, kind, generator, source):
     if carrier == "iim":
         data = iim_credit_jpeg(credit)
@@ -252,13 +290,17 @@ def test_ai_credits(detector, credit, carrier, kind, generator, source):
     assert len(result.hard_evidence) == 1 and credit in result.hard_evidence[0]
     assert result.features["metadata_ai_claim"] == 1.0
     assert (result.provenance["kind"], result.provenance["generator"], result.provenance["source"]) == (
-        kind, generator, source)
+        kind,
+        generator,
+        source,
+    )
     if kind == "ai_edited":
         assert "edited with AI" in result.hard_evidence[0]
 
 
-@pytest.mark.parametrize("credit", ["Google", "Apple", "Photo: Pixel 9 / Google Photos", "Clean Up crew",
-                                    "Made with Google Pixel"])
+@pytest.mark.parametrize(
+    "credit", ["Google", "Apple", "Photo: Pixel 9 / Google Photos", "Clean Up crew", "Made with Google Pixel"]
+)
 def test_ordinary_credits_claim_nothing(detector, credit):
     result = run(detector, iim_credit_jpeg(credit))
     assert result.hard_evidence == [] and result.features["metadata_ai_claim"] == 0.0
@@ -268,8 +310,11 @@ def test_ordinary_credits_claim_nothing(detector, credit):
 def test_google_photos_edit_with_both_markers_and_a_capture_claim(detector):
     """Google Photos writes the credit and Digital Source Type together; an unsigned digitalCapture in another packet
     is outweighed by the AI claim and named as a conflict, never a NON-AI decision."""
-    edit = xmp_packet(f"<photoshop:Credit>Edited with Google AI</photoshop:Credit><Iptc4xmpExt:DigitalSourceType>{IRI}"
-                      "compositeWithTrainedAlgorithmicMedia</Iptc4xmpExt:DigitalSourceType>", f"{PS_NS} {IPTC_NS}")
+    edit = xmp_packet(
+        f"<photoshop:Credit>Edited with Google AI</photoshop:Credit><Iptc4xmpExt:DigitalSourceType>{IRI}"
+        "compositeWithTrainedAlgorithmicMedia</Iptc4xmpExt:DigitalSourceType>",
+        f"{PS_NS} {IPTC_NS}",
+    )
     capture = spelled("iri_element", "digitalCapture")
     data = png([itxt_xmp(capture), itxt_xmp(edit)])
     assert len(read_container(data, "PNG").xmp) == 2
@@ -280,16 +325,20 @@ def test_google_photos_edit_with_both_markers_and_a_capture_claim(detector):
 
 
 # ---- software names: what real files carry ----------------------------------------------------------------------
-@pytest.mark.parametrize("value, where, level", [
-    # Seen in real files: the C2PA softwareAgent of c2pa/ai/ocsp.jpg (Adobe Firefly) and of
-    # c2pa/ai/bing_creator_cloud_surfing_puppy.jpg (Image Creator from Designer); NovelAI's PNG Software chunk.
-    ("Adobe Firefly", "creator_tool", 1.0),
-    ("Image Creator from Designer", "creator_tool", 1.0),
-    ("NovelAI", "exif_software", 1.0),
-    # Photoshop names itself the same with or without generative fill (a real CreatorTool from the exif-samples set):
-    # only C2PA's compositeWithTrainedAlgorithmicMedia action or an XMP Digital Source Type says a fill was generative.
-    ("Adobe Photoshop CS6 (Macintosh)", "creator_tool", 0.5),
-])
+@pytest.mark.parametrize(
+    "value, where, level",
+    [
+        # Seen in real files: the C2PA softwareAgent of c2pa/ai/ocsp.jpg (Adobe Firefly) and of
+        # c2pa/ai/bing_creator_cloud_surfing_puppy.jpg (Image Creator from Designer); NovelAI's PNG Software chunk.
+        ("Adobe Firefly", "creator_tool", 1.0),
+        ("Image Creator from Designer", "creator_tool", 1.0),
+        ("NovelAI", "exif_software", 1.0),
+        # Photoshop names itself the same with or without generative fill (a real CreatorTool from the exif-samples
+        # set): only C2PA's compositeWithTrainedAlgorithmicMedia action or an XMP Digital Source Type says a fill
+        # was generative.
+        ("Adobe Photoshop CS6 (Macintosh)", "creator_tool", 0.5),
+    ],
+)
 def test_software_names(detector, value, where, level):
     if where == "creator_tool":
         data = jpeg(xmp_packet("", f'{XMP_NS} xmp:CreatorTool="{value}"'))
@@ -307,15 +356,24 @@ def test_software_names(detector, value, where, level):
 
 
 # ---- real files: no new claim on any real photo -------------------------------------------------------------------
-REAL_FOLDERS = ["camera-models/real", "exif-samples/real", "imagenet-real/real", "modern-web-samples/camera-phones/real",
-                "c2pa/real"]
+REAL_FOLDERS = [
+    "camera-models/real",
+    "exif-samples/real",
+    "imagenet-real/real",
+    "modern-web-samples/camera-phones/real",
+    "c2pa/real",
+]
 
 
 def test_real_photos_with_xmp_or_iptc_stay_unclaimed(shared_data, detector):
     """Every real photo in the shared data that carries XMP or IPTC (Photoshop, Lightroom, Bridge, Fireworks, ARKive
     credits and creator tools) makes no AI claim and no unsigned capture decision."""
-    paths = [path for folder in REAL_FOLDERS for path in sorted((shared_data / folder).rglob("*"))
-             if path.is_file() and path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")]
+    paths = [
+        path
+        for folder in REAL_FOLDERS
+        for path in sorted((shared_data / folder).rglob("*"))
+        if path.is_file() and path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
+    ]
     carrying = []
     for path in paths:
         data = path.read_bytes()

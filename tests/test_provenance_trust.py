@@ -19,11 +19,11 @@ from PIL import Image
 
 from models.base import DetectorResult
 from models.fusion import DetectorOutcome, RuleFusion
-from models.verdict import Verdict
 from models.image_input import decode_image
 from models.provenance_aigc import TC260_NS
 from models.provenance_trust import CLAIM_LIST, TRUST_DIR, TSA_LIST, load_trust, update
 from models.registry import create_detector, feature_schema
+from models.verdict import Verdict
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 HUNYUAN = "modern-web-samples/hunyuan-image-3/ai/image2.png"
@@ -41,31 +41,55 @@ def pki(tmp_path_factory):
     now = dt.datetime.now(dt.timezone.utc)
 
     def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Camera Co"),
-                          x509.NameAttribute(NameOID.COUNTRY_NAME, "US")])
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Camera Co"),
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            ]
+        )
 
     def usage(sign: bool) -> x509.KeyUsage:
-        return x509.KeyUsage(digital_signature=sign, content_commitment=False, key_encipherment=False,
-                             data_encipherment=False, key_agreement=False, key_cert_sign=not sign,
-                             crl_sign=not sign, encipher_only=False, decipher_only=False)
+        return x509.KeyUsage(
+            digital_signature=sign,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=not sign,
+            crl_sign=not sign,
+            encipher_only=False,
+            decipher_only=False,
+        )
 
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("Test Root CA")).issuer_name(name("Test Root CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(usage(False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    leaf = (x509.CertificateBuilder().subject_name(name("Test Camera Signer")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(usage(True), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("Test Root CA"))
+        .issuer_name(name("Test Root CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage(False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(name("Test Camera Signer"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(usage(True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
     folder = tmp_path_factory.mktemp("pki")
     (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
@@ -87,18 +111,24 @@ def sign(pki: dict, data: bytes, actions: list[dict], fmt: str = "image/jpeg") -
     """``data`` with a C2PA manifest holding ``actions``, signed by the test leaf."""
     import c2pa
 
-    manifest = {"claim_generator_info": [{"name": "TestCam", "version": "1.0"}],
-                "assertions": [{"label": "c2pa.actions.v2", "data": {"actions": actions}}]}
-    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(alg=b"es256", sign_cert=pki["chain"], private_key=pki["key"],
-                                                       ta_url=None))
+    manifest = {
+        "claim_generator_info": [{"name": "TestCam", "version": "1.0"}],
+        "assertions": [{"label": "c2pa.actions.v2", "data": {"actions": actions}}],
+    }
+    signer = c2pa.Signer.from_info(
+        c2pa.C2paSignerInfo(alg=b"es256", sign_cert=pki["chain"], private_key=pki["key"], ta_url=None)
+    )
     out = io.BytesIO()
     with c2pa.Builder(manifest) as builder:
         builder.sign(signer, fmt, io.BytesIO(data), out)
     return out.getvalue()
 
 
-CAPTURE = {"action": "c2pa.created", "digitalSourceType": IPTC + "digitalCapture",
-           "softwareAgent": {"name": "TestCam firmware 1.0"}}
+CAPTURE = {
+    "action": "c2pa.created",
+    "digitalSourceType": IPTC + "digitalCapture",
+    "softwareAgent": {"name": "TestCam firmware 1.0"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +184,14 @@ def test_shared_c2pa_files_with_the_official_lists(shared_data, default_detector
         body = verdict(result)
         c2pa = result.details["provenance"]["c2pa"]
         assert c2pa["trusted"] is False and result.features["c2pa_trusted"] == 0.0, name
-        assert body["provenance"] == {"kind": kind, "trusted": False, "signer": signer, "source": "c2pa",
-                                      "generator": body["provenance"]["generator"], "conflicts": []}, name
+        assert body["provenance"] == {
+            "kind": kind,
+            "trusted": False,
+            "signer": signer,
+            "source": "c2pa",
+            "generator": body["provenance"]["generator"],
+            "conflicts": [],
+        }, name
         assert result.hard_evidence_real == [] and body["decided_by"] != "provenance", name
         if label:
             assert (body["label"], body["decided_by"]) == ("AI", "hard_evidence"), name
@@ -176,9 +212,15 @@ def test_self_signed_capture_is_not_trusted_and_does_not_decide(capture_jpeg, de
     assert any("anyone can sign" in sentence for sentence in result.evidence)
     body = verdict(result)
     assert body["decided_by"] not in ("provenance", "hard_evidence")
-    assert body["provenance"] == {"kind": "captured", "trusted": False, "signer": "Test Camera Co",
-                                  "generator": None, "source": "c2pa", "conflicts": [],
-                                  "device": "TestCam firmware 1.0"}
+    assert body["provenance"] == {
+        "kind": "captured",
+        "trusted": False,
+        "signer": "Test Camera Co",
+        "generator": None,
+        "source": "c2pa",
+        "conflicts": [],
+        "device": "TestCam firmware 1.0",
+    }
 
 
 def test_capture_signed_by_a_configured_anchor_decides_non_ai(capture_jpeg, trusting_detector, no_network):
@@ -190,7 +232,8 @@ def test_capture_signed_by_a_configured_anchor_decides_non_ai(capture_jpeg, trus
     assert body["reasoning"][0] == (
         "Provenance: C2PA Content Credentials signed by trusted signer Test Camera Co (Test Camera Signer) declare a "
         "camera capture (digitalCapture) by TestCam firmware 1.0; signature and content hash verified, no AI action "
-        "or ingredient in its history")
+        "or ingredient in its history"
+    )
     assert body["provenance"]["kind"] == "captured" and body["provenance"]["trusted"] is True
     # The policy switch governs both directions.
     assert verdict(result, hard_evidence=False)["decided_by"] == "none"  # no pixel detector here
@@ -236,19 +279,37 @@ def test_trusted_capture_then_plain_edit_is_edited_and_still_non_ai(pki, trustin
 
 # ---- generated vs AI-edited -------------------------------------------------------------------------------
 def test_trusted_generated_manifest_decides_ai_with_trusted_true(pki, trusting_detector):
-    data = sign(pki, jpeg(3), [{"action": "c2pa.created", "digitalSourceType": IPTC + "trainedAlgorithmicMedia",
-                                "softwareAgent": {"name": "TestDiffusion 2"}}])
+    data = sign(
+        pki,
+        jpeg(3),
+        [
+            {
+                "action": "c2pa.created",
+                "digitalSourceType": IPTC + "trainedAlgorithmicMedia",
+                "softwareAgent": {"name": "TestDiffusion 2"},
+            }
+        ],
+    )
     result = run(trusting_detector, data)
     body = verdict(result)
     assert (body["label"], body["decided_by"]) == ("AI", "hard_evidence")
-    assert body["provenance"] == {"kind": "generated", "trusted": True, "signer": "Test Camera Co",
-                                  "generator": "TestDiffusion 2", "source": "c2pa", "conflicts": []}
+    assert body["provenance"] == {
+        "kind": "generated",
+        "trusted": True,
+        "signer": "Test Camera Co",
+        "generator": "TestDiffusion 2",
+        "source": "c2pa",
+        "conflicts": [],
+    }
     assert "trusted signer Test Camera Co" in body["reasoning"][0]
 
 
 def test_capture_with_generative_fill_is_ai_edited(pki, trusting_detector):
-    fill = {"action": "c2pa.edited", "digitalSourceType": IPTC + "compositeWithTrainedAlgorithmicMedia",
-            "softwareAgent": {"name": "Adobe Firefly"}}
+    fill = {
+        "action": "c2pa.edited",
+        "digitalSourceType": IPTC + "compositeWithTrainedAlgorithmicMedia",
+        "softwareAgent": {"name": "Adobe Firefly"},
+    }
     result = run(trusting_detector, sign(pki, jpeg(4), [CAPTURE, fill]))
     body = verdict(result)
     assert body["label"] == "AI" and body["provenance"]["kind"] == "ai_edited"
@@ -258,12 +319,16 @@ def test_capture_with_generative_fill_is_ai_edited(pki, trusting_detector):
 
 # ---- conflicts --------------------------------------------------------------------------------------------
 def xmp_packet(body: str, ns: str = "") -> bytes:
-    return (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-            f'<rdf:Description rdf:about="" {ns}>{body}</rdf:Description></rdf:RDF></x:xmpmeta>').encode()
+    return (
+        f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description rdf:about="" {ns}>{body}</rdf:Description></rdf:RDF></x:xmpmeta>'
+    ).encode()
 
 
-AI_XMP = xmp_packet(f"<Iptc4xmpExt:DigitalSourceType>{IPTC}trainedAlgorithmicMedia</Iptc4xmpExt:DigitalSourceType>",
-                    'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"')
+AI_XMP = xmp_packet(
+    f"<Iptc4xmpExt:DigitalSourceType>{IPTC}trainedAlgorithmicMedia</Iptc4xmpExt:DigitalSourceType>",
+    'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"',
+)
 
 
 def test_trusted_capture_outweighs_unsigned_xmp_ai_claim(pki, trusting_detector, default_detector):
@@ -273,7 +338,9 @@ def test_trusted_capture_outweighs_unsigned_xmp_ai_claim(pki, trusting_detector,
     assert (body["label"], body["decided_by"]) == ("NON-AI", "provenance")
     assert body["provenance"]["kind"] == "captured" and len(body["provenance"]["conflicts"]) == 1
     assert "trusted C2PA capture manifest says camera capture" in body["provenance"]["conflicts"][0]
-    assert any(s.startswith("Conflict: XMP declares digital source type trainedAlgorithmicMedia") for s in result.evidence)
+    assert any(
+        s.startswith("Conflict: XMP declares digital source type trainedAlgorithmicMedia") for s in result.evidence
+    )
     # Without the anchor the capture is only claimed: the AI declaration decides, and the conflict is named.
     untrusted = run(default_detector, data)
     body = verdict(untrusted)
@@ -284,8 +351,17 @@ def test_trusted_capture_outweighs_unsigned_xmp_ai_claim(pki, trusting_detector,
 
 # ---- China's implicit AIGC label (GB 45438-2025) ----------------------------------------------------------
 def aigc_json(label: str = "1", producer: str = "001191110108MA01KP2T5U00000") -> str:
-    return json.dumps({"Label": label, "ContentProducer": producer, "ProduceID": "abc123", "ReservedCode1": "",
-                       "ContentPropagator": "001191440300708461136T1WFUO", "PropagateID": "p-9", "ReservedCode2": ""})
+    return json.dumps(
+        {
+            "Label": label,
+            "ContentProducer": producer,
+            "ProduceID": "abc123",
+            "ReservedCode1": "",
+            "ContentPropagator": "001191440300708461136T1WFUO",
+            "PropagateID": "p-9",
+            "ReservedCode2": "",
+        }
+    )
 
 
 def aigc_xmp(label: str, attribute: bool = False, prefix: str = "TC260") -> bytes:
@@ -310,7 +386,8 @@ def chunk(kind: bytes, body: bytes) -> bytes:
 def webp_with_xmp(xmp: bytes) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(8).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
-        buffer, "WEBP", xmp=xmp)
+        buffer, "WEBP", xmp=xmp
+    )
     return buffer.getvalue()
 
 
@@ -318,8 +395,9 @@ def itxt_xmp(xmp: bytes) -> bytes:
     return chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp)
 
 
-@pytest.mark.parametrize("carrier", ["jpeg_xmp_element", "png_itxt_xmp_attribute", "webp_xmp", "png_text",
-                                     "exif_user_comment"])
+@pytest.mark.parametrize(
+    "carrier", ["jpeg_xmp_element", "png_itxt_xmp_attribute", "webp_xmp", "png_text", "exif_user_comment"]
+)
 def test_aigc_label_1_in_every_carrier_decides_ai(carrier, default_detector):
     if carrier == "jpeg_xmp_element":
         data, source = jpeg(9, xmp=aigc_xmp("1")), "xmp"
@@ -341,8 +419,14 @@ def test_aigc_label_1_in_every_carrier_decides_ai(carrier, default_detector):
     assert "propagated by '001191440300708461136T1WFUO'" in result.hard_evidence[0]
     body = verdict(result)
     assert (body["label"], body["decided_by"]) == ("AI", "hard_evidence")
-    assert body["provenance"] == {"kind": "generated", "trusted": False, "signer": None,
-                                  "generator": "001191110108MA01KP2T5U00000", "source": source, "conflicts": []}
+    assert body["provenance"] == {
+        "kind": "generated",
+        "trusted": False,
+        "signer": None,
+        "generator": "001191110108MA01KP2T5U00000",
+        "source": source,
+        "conflicts": [],
+    }
     label = result.details["provenance"]["aigc"][0]
     assert (label["label"], label["produce_id"], label["propagate_id"]) == ("1", "abc123", "p-9")
 
@@ -359,7 +443,8 @@ def test_hunyuan_png_carries_a_label_1_aigc_chunk(shared_data, default_detector)
     result = run(default_detector, (shared_data / HUNYUAN).read_bytes())
     label = result.details["provenance"]["aigc"]
     assert [(x["where"], x["label"], x["producer"]) for x in label] == [
-        ("PNG tEXt AIGC", "1", "00119144030071526726XG1ZX0G")]
+        ("PNG tEXt AIGC", "1", "00119144030071526726XG1ZX0G")
+    ]
     assert verdict(result)["provenance"]["source"] == "png_text"
 
 

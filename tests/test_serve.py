@@ -48,8 +48,16 @@ def test_camera_photo_gets_a_full_explained_verdict(client, fixtures):
     assert all(d["status"] == "ok" and d["version"] and d["latency_ms"] > 0 for d in body["detectors"].values())
     assert body["missing"] == []
     # Features of every detector at top level, with their declared names.
-    for feature in ("exif_score", "has_exif", "c2pa_present", "image_entropy", "compression_level", "ghostnet_score",
-                    "clip_b16_prob", "clip_b16_pub_prob"):
+    for feature in (
+        "exif_score",
+        "has_exif",
+        "c2pa_present",
+        "image_entropy",
+        "compression_level",
+        "ghostnet_score",
+        "clip_b16_prob",
+        "clip_b16_pub_prob",
+    ):
         assert isinstance(body[feature], float), feature
     assert body["has_exif"] == 1.0 and body["c2pa_present"] == 0.0
     assert 0.0 <= body["fusion_prob"] <= 1.0
@@ -66,8 +74,14 @@ def test_c2pa_ai_claim_decides_the_verdict(client, fixtures):
     assert body["label"] == "AI" and body["decided_by"] == "hard_evidence" and body["uncertain"] is False
     assert body["c2pa_ai_claim"] == 1.0
     assert any("C2PA" in reason or "c2pa" in reason for reason in body["reasoning"])
-    assert body["provenance"] == {"kind": "generated", "trusted": False, "signer": "OpenAI", "generator": "DALL·E",
-                                  "source": "c2pa", "conflicts": []}
+    assert body["provenance"] == {
+        "kind": "generated",
+        "trusted": False,
+        "signer": "OpenAI",
+        "generator": "DALL·E",
+        "source": "c2pa",
+        "conflicts": [],
+    }
 
 
 def test_the_three_ways_to_send_an_image_agree(client, data_set):
@@ -80,7 +94,9 @@ def test_the_three_ways_to_send_an_image_agree(client, data_set):
 
 
 def test_artifacts_are_base64_pngs_of_the_image_size(client, fixtures):
-    body = post_file(client, (fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes(), artifacts="true").json()
+    body = post_file(
+        client, (fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes(), artifacts="true"
+    ).json()
     assert body["artifacts"], "expected at least one heatmap"
     for artifact in body["artifacts"].values():
         for key in ("heatmap_png_base64", "overlay_png_base64"):
@@ -93,17 +109,35 @@ BAD_INPUTS = {
     "empty body": (dict(content=b"", headers={"content-type": "image/jpeg"}), 400, "empty_input"),
     "not an image": (dict(files={"file": ("x.jpg", b"hello, world" * 10)}), 415, "not_an_image"),
     "truncated jpeg": (
-        dict(files={"file": ("t.jpg", image_bytes("JPEG", size=(256, 256), quality=95)[:9000])}), 400, "truncated_image"
+        dict(files={"file": ("t.jpg", image_bytes("JPEG", size=(256, 256), quality=95)[:9000])}),
+        400,
+        "truncated_image",
     ),
-    "over the byte limit": (dict(content=b"\0" * (33 * 1024 * 1024), headers={"content-type": "image/png"}), 413, "too_large"),
-    "over the pixel limit": (dict(files={"file": ("bomb.png", encode(Image.new("L", (8000, 8000)), "PNG"))}), 413, "too_many_pixels"),
-    "unsupported format": (dict(files={"file": ("x.ico", encode(Image.new("RGB", (16, 16)), "ICO"))}), 415, "unsupported_format"),
+    "over the byte limit": (
+        dict(content=b"\0" * (33 * 1024 * 1024), headers={"content-type": "image/png"}),
+        413,
+        "too_large",
+    ),
+    "over the pixel limit": (
+        dict(files={"file": ("bomb.png", encode(Image.new("L", (8000, 8000)), "PNG"))}),
+        413,
+        "too_many_pixels",
+    ),
+    "unsupported format": (
+        dict(files={"file": ("x.ico", encode(Image.new("RGB", (16, 16)), "ICO"))}),
+        415,
+        "unsupported_format",
+    ),
     "wrong multipart field": (dict(files={"image": ("x.png", image_bytes())}), 422, "missing_file"),
     "invalid base64": (dict(json={"image_b64": "not base64 !!"}), 400, "invalid_base64"),
     "invalid json": (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "invalid_json"),
     "json without an image": (dict(json={"picture": "x"}), 422, "missing_image"),
     "url while disabled": (dict(json={"url": "https://example.com/a.jpg"}), 403, "url_input_disabled"),
-    "unsupported content type": (dict(content=b"x", headers={"content-type": "text/plain"}), 415, "unsupported_content_type"),
+    "unsupported content type": (
+        dict(content=b"x", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_content_type",
+    ),
 }
 
 
@@ -171,11 +205,27 @@ def test_openapi_documents_the_verdict_and_the_error_shapes(client):
     responses = spec["paths"]["/v1/detect"]["post"]["responses"]
 
     def schema(response: dict) -> dict:
-        return spec["components"]["schemas"][response["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+        return spec["components"]["schemas"][
+            response["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        ]
 
     verdict = schema(responses["200"])
-    assert {"fusion_prob", "label", "threshold", "uncertain", "decided_by", "reasoning", "provenance", "detectors",
-            "missing", "details", "fusion_model", "request_id", "image", "timings"} <= set(verdict["properties"])
+    assert {
+        "fusion_prob",
+        "label",
+        "threshold",
+        "uncertain",
+        "decided_by",
+        "reasoning",
+        "provenance",
+        "detectors",
+        "missing",
+        "details",
+        "fusion_model",
+        "request_id",
+        "image",
+        "timings",
+    } <= set(verdict["properties"])
     assert set(schema(responses["413"])["properties"]) == {"error", "detail", "request_id"}
     assert "results" in schema(spec["paths"]["/v1/detect/batch"]["post"]["responses"]["200"])["properties"]
 
@@ -184,7 +234,10 @@ def test_openapi_documents_the_verdict_and_the_error_shapes(client):
 def test_a_failing_and_a_slow_detector_are_missing_while_the_rest_answer(client):
     body = post_file(client, image_bytes("PNG", size=(32, 32)), path="/faulty/v1/detect").json()
     assert body["detectors"]["debug_mean"]["status"] == "ok"
-    assert body["detectors"]["debug_fail"]["status"] == "failed" and "always fails" in body["detectors"]["debug_fail"]["error"]
+    assert (
+        body["detectors"]["debug_fail"]["status"] == "failed"
+        and "always fails" in body["detectors"]["debug_fail"]["error"]
+    )
     assert body["detectors"]["debug_sleep"]["status"] == "timeout"
     assert sorted(body["missing"]) == ["debug_fail", "debug_sleep"]
     # The rule fusion averages the probabilities that exist: debug_prob alone, nothing invented.
@@ -213,7 +266,9 @@ def test_reconfigure_swaps_detector_settings_without_a_restart(client, serve_app
             deployment["user_config"] = {"max_batch_size": 4, "detector": {"busy_ms": 1.0}}
     deploy_apps(changed)
     deadline = time.time() + 120  # the controller applies a new user_config asynchronously
-    while (after := client.get("/faulty/v1/detectors").json()["detectors"]["debug_mean"])["version"] == before["version"]:
+    while (after := client.get("/faulty/v1/detectors").json()["detectors"]["debug_mean"])["version"] == before[
+        "version"
+    ]:
         assert time.time() < deadline, "reconfigure never took effect"
         time.sleep(0.5)
     assert before["version"] == "debug_mean-1 busy_ms=0.0" and after["version"] == "debug_mean-1 busy_ms=1.0"

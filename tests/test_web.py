@@ -288,8 +288,8 @@ def test_batch_of_three_with_a_corrupt_file(tab, client, serve_url, fixtures):
     page.wait_for_selector("#batch:not([hidden])")
     # Wait for each row to hold a verdict or an error. (Functions, not expressions: the page's CSP forbids eval.)
     page.wait_for_function(
-        "() => [...document.querySelectorAll('#batch-body tr')].filter(r => r.querySelector('td.label').textContent !== "
-        "'checking ...').length === 3"
+        "() => [...document.querySelectorAll('#batch-body tr')]"
+        ".filter(r => r.querySelector('td.label').textContent !== 'checking ...').length === 3"
     )
 
     rows = page.locator("#batch-body tr")

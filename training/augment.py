@@ -9,8 +9,8 @@ bytes, which go through the service's own ``decode_image`` like any upload.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter

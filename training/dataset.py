@@ -93,8 +93,10 @@ def _scan_labels_csv(folder: Path) -> list[Item]:
             label = row["label"].strip().lower()
             if label not in LABELS:
                 raise ValueError(f"{folder / 'labels.csv'}: label {row['label']!r} is not one of {LABELS}")
-            generator = "camera" if label == "real" else next(
-                (row[c].strip() for c in GENERATOR_COLUMNS if row.get(c, "").strip()), "unknown"
+            generator = (
+                "camera"
+                if label == "real"
+                else next((row[c].strip() for c in GENERATOR_COLUMNS if row.get(c, "").strip()), "unknown")
             )
             items.append(Item(str(folder / row["file"]), label, folder.name, generator, row.get("layout", "")))
     return items
@@ -301,7 +303,8 @@ def main_build(argv: list[str] | None = None) -> int:
     table = build_manifest(args.roots, seed=args.seed)
     write_manifest(table, args.out)
     counts = {s: table.filter(pa.compute.equal(table["split"], s)).num_rows for s in SPLITS}
-    print(f"{table.num_rows} items -> {args.out} (splits {counts}; unreadable {sum(bool(e) for e in table['error'].to_pylist())})")
+    unreadable = sum(bool(e) for e in table["error"].to_pylist())
+    print(f"{table.num_rows} items -> {args.out} (splits {counts}; unreadable {unreadable})")
     return 0
 
 

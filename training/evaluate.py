@@ -33,13 +33,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from deployments.config import Profile, load_profile
 from deployments.data import outcome_column
 from models.base import FeatureSpec
 from models.fusion import FusionModel, SchemaMismatch, TrainedFusion, json_safe, resolve_fusion_path
+from models.registry import feature_owner
 from models.verdict import Verdict
 from models.weights import file_sha256
-from models.registry import feature_owner
-from deployments.config import Profile, load_profile
 from training.augment import ROBUSTNESS
 from training.dataset import check_two_classes, load_manifest
 from training.features import DEFAULT_CACHE, DEFAULT_CONFIG, extract_features, feature_rows, outcomes_of

@@ -29,10 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import models
+from deployments.config import Profile, load_profile
 from deployments.data import cache_path, load_outcome_cache, outcome_column
 from models.fusion import DetectorOutcome
 from models.image_input import ImageInputError, decode_image, images_to_columns
-from deployments.config import Profile, load_profile
 from training.augment import FUSION_PROCESSING, ROBUSTNESS
 from training.dataset import DATASET_LIMITS, item_bytes, load_manifest
 
@@ -107,7 +107,10 @@ def extract_features(
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
     items = [
-        {**{c: row.get(c) or "" for c in ("key", "filepath", "label", "split", "source", "generator", "crop")}, "variant": v}
+        {
+            **{c: row.get(c) or "" for c in ("key", "filepath", "label", "split", "source", "generator", "crop")},
+            "variant": v,
+        }
         for row in manifest.to_pylist()
         for v in variants
     ]
@@ -182,7 +185,9 @@ def update_cache(table: pa.Table, detectors: list[str], cache_dir: Path) -> None
                 folder = cache_path(cache_dir, name, version)
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "VERSION").write_text(version)
-                part = folder / f"part-{time.strftime('%Y%m%d-%H%M%S')}-{len(list(folder.glob('*.parquet'))):05d}.parquet"
+                part = (
+                    folder / f"part-{time.strftime('%Y%m%d-%H%M%S')}-{len(list(folder.glob('*.parquet'))):05d}.parquet"
+                )
                 pq.write_table(pa.table({"key": list(new), "outcome": list(new.values())}), part)
 
 

@@ -33,7 +33,9 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     return float(error)
 
 
-def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float, target_fpr: float = 0.05) -> dict[str, float | int | None]:
+def binary_metrics(
+    y: np.ndarray, p: np.ndarray, threshold: float, target_fpr: float = 0.05
+) -> dict[str, float | int | None]:
     """AUC, AP, accuracy on real and on AI separately, TPR at ``target_fpr``, ECE, Brier. Metrics that
     need both classes are None when a class is absent (never a made-up 0.5)."""
     y, p = np.asarray(y, dtype=np.int64), np.asarray(p, dtype=np.float64)

@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from deployments.config import AppArgs, DetectorArgs, DetectorProfile, Profile, load_profile
 from models.clip_b16 import EmbeddingHead
 from models.fusion import DetectorOutcome
-from deployments.config import AppArgs, DetectorArgs, DetectorProfile, Profile, load_profile
 from training.dataset import check_two_classes, load_manifest
 from training.features import DEFAULT_CACHE, DEFAULT_CONFIG, extract_features, outcome_column, update_cache
 from training.train_fusion import training_data_hash
@@ -43,8 +43,13 @@ DETAIL_OF_KIND = {"image_embeds": "embedding", "cls": "cls"}  # where the detect
 def embedding_profile(config: Path) -> Profile:
     """A one-detector profile: ``clip_b16`` as the Serve config has it, returning embeddings instead of heads."""
     detector = load_profile(config).detectors.get("clip_b16") or DetectorProfile(name="clip_b16")
-    settings = {**detector.user_config.detector, "return_embedding": True, "head": None, "head_sha256": None,
-                "published_head": None}
+    settings = {
+        **detector.user_config.detector,
+        "return_embedding": True,
+        "head": None,
+        "head_sha256": None,
+        "published_head": None,
+    }
     user_config = detector.user_config.model_copy(update={"detector": settings})
     return Profile(
         args=AppArgs(detectors=[DetectorArgs(name="clip_b16")]),
@@ -81,8 +86,16 @@ def fit_candidates(
             for C in Cs:
                 head = EmbeddingHead(model=linear, C=C, backbone_id=backbone_id, embedding_kind=kind)
                 head.fit(X_train, y_train, X_val=X_val, y_val=y_val)
-                candidates.append({"kind": kind, "model": linear, "C": C, "head": head, "n_train": len(y_train),
-                                   "val_auc": auc(y_val, head.predict_proba(X_val)[:, 1])})
+                candidates.append(
+                    {
+                        "kind": kind,
+                        "model": linear,
+                        "C": C,
+                        "head": head,
+                        "n_train": len(y_train),
+                        "val_auc": auc(y_val, head.predict_proba(X_val)[:, 1]),
+                    }
+                )
     return candidates
 
 
@@ -143,8 +156,12 @@ def cache_head_features(table: pa.Table, config: Path, head: Path, cache_dir: Pa
     Returns the number of rows cached."""
     import models
 
-    settings = {**load_profile(config).detectors["clip_b16"].user_config.detector,
-                "head": str(head), "head_sha256": None, "return_embedding": False}
+    settings = {
+        **load_profile(config).detectors["clip_b16"].user_config.detector,
+        "head": str(head),
+        "head_sha256": None,
+        "return_embedding": False,
+    }
     detector = models.create_detector("clip_b16", settings)
     keys, embedded = [], []
     for key, text in zip(table.column("key").to_pylist(), table.column(outcome_column("clip_b16")).to_pylist()):
@@ -160,8 +177,9 @@ def cache_head_features(table: pa.Table, config: Path, head: Path, cache_dir: Pa
         DetectorOutcome.from_result("clip_b16", detector.postprocess(output, False), detector.version, o.latency_ms)
         for output, o in zip(detector.apply_heads(embeds, cls), embedded)
     ]
-    update_cache(pa.table({"key": keys, outcome_column("clip_b16"): [o.to_json() for o in outcomes]}),
-                 ["clip_b16"], cache_dir)
+    update_cache(
+        pa.table({"key": keys, outcome_column("clip_b16"): [o.to_json() for o in outcomes]}), ["clip_b16"], cache_dir
+    )
     return len(outcomes)
 
 
@@ -181,13 +199,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=2, help="re-encoded copies per item, besides the stored file")
     parser.add_argument("--kinds", nargs="+", default=["image_embeds", "cls"], choices=list(DETAIL_OF_KIND))
     parser.add_argument("--models", nargs="+", default=["logreg", "linear_svm"], choices=["logreg", "linear_svm"])
-    parser.add_argument("--C", nargs="+", type=float, default=[0.001, 0.002, 0.005, 0.02],
-                        help="regularisation values to try (smaller = stronger)")
+    parser.add_argument(
+        "--C",
+        nargs="+",
+        type=float,
+        default=[0.001, 0.002, 0.005, 0.02],
+        help="regularisation values to try (smaller = stronger)",
+    )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args(argv)
     command = "imgverify train clip-head " + " ".join(sys.argv[3:] if argv is None else argv)
-    report = train_clip_head(args.manifest, args.out, args.config, args.copies, tuple(args.kinds),
-                             tuple(args.models), tuple(args.C), args.cache, command)
+    report = train_clip_head(
+        args.manifest,
+        args.out,
+        args.config,
+        args.copies,
+        tuple(args.kinds),
+        tuple(args.models),
+        tuple(args.C),
+        args.cache,
+        command,
+    )
     print(json.dumps({k: v for k, v in report.items() if k != "candidates"}, indent=1))
     for candidate in report["candidates"]:
         print(candidate)

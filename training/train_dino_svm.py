@@ -66,8 +66,9 @@ def train_dino_svm(
     if len(set(y_train)) < 2:
         raise ValueError("after dropping images that failed, the train split has a single class")
 
-    head = DinoSvmHead(C=C, cv=cv, random_state=seed, backbone_id=detector.config["model_id"],
-                       pooling=detector.config["pooling"]).fit(X_train, y_train)
+    head = DinoSvmHead(
+        C=C, cv=cv, random_state=seed, backbone_id=detector.config["model_id"], pooling=detector.config["pooling"]
+    ).fit(X_train, y_train)
     report: dict[str, Any] = {
         "manifest": str(manifest),
         "detector_version": detector.version,
@@ -96,7 +97,7 @@ def embed_rows(
     failed: list[dict[str, str]] = []
     for start in range(0, len(rows), batch_size):
         batch, batch_rows = [], []
-        for row in rows[start:start + batch_size]:
+        for row in rows[start : start + batch_size]:
             try:
                 image = decode_image(item_bytes(row["filepath"], row.get("crop") or ""), DATASET_LIMITS)
                 if augment is not None:
@@ -143,14 +144,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--C", type=float, default=1.0, help="SVM regularisation (larger = less)")
     parser.add_argument("--cv", type=int, default=5, help="calibration folds")
-    parser.add_argument("--no-reencode", dest="reencode", action="store_false",
-                        help="embed the files as they are (not recommended: see the module docstring)")
+    parser.add_argument(
+        "--no-reencode",
+        dest="reencode",
+        action="store_false",
+        help="embed the files as they are (not recommended: see the module docstring)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     report = train_dino_svm(
-        args.manifest, args.out, {"model_id": args.model_id, "pooling": args.pooling},
-        device=args.device, batch_size=args.batch_size, C=args.C, cv=args.cv, reencode=args.reencode, seed=args.seed,
+        args.manifest,
+        args.out,
+        {"model_id": args.model_id, "pooling": args.pooling},
+        device=args.device,
+        batch_size=args.batch_size,
+        C=args.C,
+        cv=args.cv,
+        reencode=args.reencode,
+        seed=args.seed,
     )
     print(json.dumps(report, indent=2))
     return 0

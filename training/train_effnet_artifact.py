@@ -94,8 +94,9 @@ def subset(items: list[Item], limit: int | None, seed: int) -> list[Item]:
     return sorted(chosen, key=lambda item: item.key)
 
 
-def reencode(image: DecodedImage, patch: int, source_cap: int, native: bool,
-             rng: np.random.Generator) -> DecodedImage | None:
+def reencode(
+    image: DecodedImage, patch: int, source_cap: int, native: bool, rng: np.random.Generator
+) -> DecodedImage | None:
     """The shared training processing of one image (both classes alike), decoded again like any upload.
 
     ``native``: crop only, no resize, so the generator's pixel grid survives; else resized as ``reencode_ranges``
@@ -136,8 +137,9 @@ class PatchPool:
     sources: list[str]
 
 
-def build_patch_pool(items: list[Item], patch: int, rounds: int, per_image: int, source_cap: int, seed: int,
-                     workers: int) -> PatchPool:
+def build_patch_pool(
+    items: list[Item], patch: int, rounds: int, per_image: int, source_cap: int, seed: int, workers: int
+) -> PatchPool:
     jobs = [(item, index, patch, rounds, per_image, source_cap, seed) for index, item in enumerate(items)]
     if workers > 1:
         import multiprocessing
@@ -161,16 +163,16 @@ class TiledImage:
     boxes: list
 
 
-def tiled_images(items: list[Item], patch: int, max_patches: int, source_cap: int, seed: int,
-                 processed: bool) -> tuple[list[TiledImage], int]:
+def tiled_images(
+    items: list[Item], patch: int, max_patches: int, source_cap: int, seed: int, processed: bool
+) -> tuple[list[TiledImage], int]:
     """Each item tiled like the detector's ``preprocess``; with ``processed``, after one seeded training
     processing (alternating native / resized like the pool). Also the count left out (smaller than a patch)."""
     tiled, left_out = [], 0
     for index, item in enumerate(items):
         image = load_item(item)
         if processed:
-            image = reencode(image, patch, source_cap, index % 2 == 0,
-                             np.random.default_rng([seed, 1_000_000 + index]))
+            image = reencode(image, patch, source_cap, index % 2 == 0, np.random.default_rng([seed, 1_000_000 + index]))
         if image is None or min(image.width, image.height) < patch:
             left_out += 1
             continue
@@ -179,12 +181,20 @@ def tiled_images(items: list[Item], patch: int, max_patches: int, source_cap: in
     return tiled, left_out
 
 
-def prepared_data(args: argparse.Namespace, train: list[Item],
-                  val: list[Item]) -> tuple[PatchPool, list[TiledImage], int]:
+def prepared_data(
+    args: argparse.Namespace, train: list[Item], val: list[Item]
+) -> tuple[PatchPool, list[TiledImage], int]:
     """The training pool and the processed validation tiles; with ``--pool-cache DIR`` kept in (and read back from)
     an .npz named by the settings and items, so runs that differ only in the model reuse the same patches."""
-    settings = [args.patch, args.max_patches, args.rounds, args.patches_per_image, args.source_cap, args.seed,
-                items_hash(train + val)]
+    settings = [
+        args.patch,
+        args.max_patches,
+        args.rounds,
+        args.patches_per_image,
+        args.source_cap,
+        args.seed,
+        items_hash(train + val),
+    ]
     name = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
     cache = args.pool_cache / f"effnet_pool_{name}.npz" if args.pool_cache else None
     by_key = {item.key: item for item in val}
@@ -197,16 +207,23 @@ def prepared_data(args: argparse.Namespace, train: list[Item],
             for key, a, b in zip(data["val_keys"], bounds[:-1], bounds[1:])
         ]
         return pool, val_tiled, int(data["val_left_out"])
-    pool = build_patch_pool(train, args.patch, args.rounds, args.patches_per_image, args.source_cap, args.seed,
-                            args.threads)
+    pool = build_patch_pool(
+        train, args.patch, args.rounds, args.patches_per_image, args.source_cap, args.seed, args.threads
+    )
     val_tiled, val_left_out = tiled_images(val, args.patch, args.max_patches, args.source_cap, args.seed, True)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, patches=pool.patches, labels=pool.labels, sources=np.asarray(pool.sources),
-                 val_keys=np.asarray([t.item.key for t in val_tiled]),
-                 val_counts=np.asarray([len(t.boxes) for t in val_tiled]),
-                 val_patches=np.concatenate([t.patches for t in val_tiled]),
-                 val_boxes=np.asarray([box for t in val_tiled for box in t.boxes]), val_left_out=val_left_out)
+        np.savez(
+            cache,
+            patches=pool.patches,
+            labels=pool.labels,
+            sources=np.asarray(pool.sources),
+            val_keys=np.asarray([t.item.key for t in val_tiled]),
+            val_counts=np.asarray([len(t.boxes) for t in val_tiled]),
+            val_patches=np.concatenate([t.patches for t in val_tiled]),
+            val_boxes=np.asarray([box for t in val_tiled for box in t.boxes]),
+            val_left_out=val_left_out,
+        )
     return pool, val_tiled, val_left_out
 
 
@@ -232,14 +249,17 @@ def summary_auc(labels: np.ndarray, scores: np.ndarray, sources: list[str]) -> d
     sources_arr = np.asarray(sources)
     mm = sources_arr == MODERN_MATCHED
     overall, matched = auc(labels, scores), auc(labels[mm], scores[mm])
-    return {"all": None if overall is None else round(overall, 4),
-            MODERN_MATCHED: None if matched is None else round(matched, 4)}
+    return {
+        "all": None if overall is None else round(overall, 4),
+        MODERN_MATCHED: None if matched is None else round(matched, 4),
+    }
 
 
 # ---- main -----------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.train_effnet_artifact",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train_effnet_artifact", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     parser.add_argument("--out", type=Path, default=PACKAGED_WEIGHTS, help="weights .safetensors; card beside it")
     parser.add_argument("--fetch-imagenet", action="store_true", help="fetch + verify the ImageNet checkpoint, exit")
@@ -288,8 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     val = [i for i in items if i.split == "val"]
     for name, split in (("train", train), ("val", val)):
         check_two_classes(pa.table({"label": ["ai" if i.label else "real" for i in split]}), f"{name} split")
-    log(started, f"manifest {args.manifest}: {table.num_rows} rows; train {len(train)} of {len(train_all)} usable, "
-                 f"val {len(val)}; test split not read")
+    log(
+        started,
+        f"manifest {args.manifest}: {table.num_rows} rows; train {len(train)} of {len(train_all)} usable, "
+        f"val {len(val)}; test split not read",
+    )
 
     # 2. patch pool and validation tiles (the input transform runs in the model, so one pool serves every input)
     pool, val_tiled, val_left_out = prepared_data(args, train, val)
@@ -298,19 +321,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     val_labels = np.asarray([t.item.label for t in val_tiled])
     val_sources = [t.item.source for t in val_tiled]
-    log(started, f"pool: {len(pool.labels)} train patches ({int(pool.labels.sum())} ai); {len(val_tiled)} val images "
-                 f"({val_left_out} left out after processing)")
+    log(
+        started,
+        f"pool: {len(pool.labels)} train patches ({int(pool.labels.sum())} ai); {len(val_tiled)} val images "
+        f"({val_left_out} left out after processing)",
+    )
 
     # 3. training
     model = build_model(args.input, seed=args.seed)
-    imagenet_path = load_imagenet_backbone(model, IMAGENET_SOURCE.location, IMAGENET_SOURCE.sha256,
-                                           IMAGENET_SOURCE.archive_sha256)
+    imagenet_path = load_imagenet_backbone(
+        model, IMAGENET_SOURCE.location, IMAGENET_SOURCE.sha256, IMAGENET_SOURCE.archive_sha256
+    )
     model = model.to(memory_format=torch.channels_last)
     head = list(model.backbone.get_classifier().parameters())
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]
-    optimiser = torch.optim.AdamW([{"params": body, "lr": args.lr * args.backbone_lr_factor},
-                                   {"params": head, "lr": args.lr}], weight_decay=args.weight_decay)
+    optimiser = torch.optim.AdamW(
+        [{"params": body, "lr": args.lr * args.backbone_lr_factor}, {"params": head, "lr": args.lr}],
+        weight_decay=args.weight_decay,
+    )
     base_lrs = [group["lr"] for group in optimiser.param_groups]
     steps_per_epoch = math.ceil(len(pool.labels) / args.batch_size)
     planned = steps_per_epoch * args.epochs
@@ -339,29 +368,42 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.where(flips[1, :, None, None, None], x.flip(2), x)
             y = torch.from_numpy(pool.labels[index])
             weight = torch.where(y > 0.5, weight_ai, weight_real)
-            loss = F.binary_cross_entropy_with_logits(model(x.contiguous(memory_format=torch.channels_last)), y,
-                                                      weight=weight)
+            loss = F.binary_cross_entropy_with_logits(
+                model(x.contiguous(memory_format=torch.channels_last)), y, weight=weight
+            )
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             losses.append(loss.item())
             step += 1
             if step % 10 == 0:
-                log(started, f"epoch {epoch} step {step}/{planned}: loss(last 10) {np.mean(losses[-10:]):.4f} "
-                             f"progress {progress:.2f} load {os.getloadavg()[0]:.1f}")
+                log(
+                    started,
+                    f"epoch {epoch} step {step}/{planned}: loss(last 10) {np.mean(losses[-10:]):.4f} "
+                    f"progress {progress:.2f} load {os.getloadavg()[0]:.1f}",
+                )
         if not losses:
             break
         val_mean = image_logits(model, val_tiled)
         val_auc = auc(val_labels, val_mean)
-        history.append({"epoch": epoch, "steps": step, "complete": not out_of_time,
-                        "train_loss": round(float(np.mean(losses)), 4),
-                        "last_batches_loss": round(float(np.mean(losses[-10:])), 4),
-                        "val_auc_reencoded": summary_auc(val_labels, val_mean, val_sources),
-                        "elapsed_s": round(time.perf_counter() - train_started, 1)})
+        history.append(
+            {
+                "epoch": epoch,
+                "steps": step,
+                "complete": not out_of_time,
+                "train_loss": round(float(np.mean(losses)), 4),
+                "last_batches_loss": round(float(np.mean(losses[-10:])), 4),
+                "val_auc_reencoded": summary_auc(val_labels, val_mean, val_sources),
+                "elapsed_s": round(time.perf_counter() - train_started, 1),
+            }
+        )
         log(started, f"epoch {epoch}: {history[-1]}")
         if best is None or val_auc > best["val_auc"]:
-            best = {"epoch": epoch, "val_auc": val_auc,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            best = {
+                "epoch": epoch,
+                "val_auc": val_auc,
+                "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            }
         if out_of_time:
             log(started, "time limit reached")
             break
@@ -379,8 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     # 5. validation through the detector, loading the written file
     from models.registry import create_detector
 
-    detector = create_detector("effnet_artifact", {"weights": str(args.out), "input": args.input,
-                                                   "patch": args.patch, "max_patches": args.max_patches})
+    detector = create_detector(
+        "effnet_artifact",
+        {"weights": str(args.out), "input": args.input, "patch": args.patch, "max_patches": args.max_patches},
+    )
     fp16_diff = float(np.abs(image_logits(detector.model, val_tiled) - val_mean).max())
     detector.model = detector.model.to(memory_format=torch.channels_last)
     metrics = {"reencoded": per_source(val_labels, np.asarray([detector.score(v) for v in val_mean]), val_sources)}
@@ -388,8 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     as_is_prob = np.asarray([detector.score(v) for v in image_logits(detector.model, as_is)])
     metrics["as_is"] = per_source(np.asarray([t.item.label for t in as_is]), as_is_prob, [t.item.source for t in as_is])
     for condition, m in metrics.items():
-        log(started, f"val {condition}: all AUC {m['all']['auc']}, {MODERN_MATCHED} AUC "
-                     f"{m.get(MODERN_MATCHED, {}).get('auc')}")
+        log(
+            started,
+            f"val {condition}: all AUC {m['all']['auc']}, {MODERN_MATCHED} AUC {m.get(MODERN_MATCHED, {}).get('auc')}",
+        )
 
     def counts(split: list[Item]) -> dict:
         out: dict = {}
@@ -400,53 +446,88 @@ def main(argv: list[str] | None = None) -> int:
     card = {
         "name": "effnet_artifact",
         "detector": "effnet_artifact (models/effnet_artifact.py), feature effnet_artifact_prob",
-        "weights": {"file": args.out.name, "sha256": file_sha256(args.out), "bytes": args.out.stat().st_size,
-                    "dtype": "float16 weights; float32 BatchNorm statistics and calibration",
-                    "fp16_max_abs_val_logit_change": round(fp16_diff, 5)},
+        "weights": {
+            "file": args.out.name,
+            "sha256": file_sha256(args.out),
+            "bytes": args.out.stat().st_size,
+            "dtype": "float16 weights; float32 BatchNorm statistics and calibration",
+            "fp16_max_abs_val_logit_change": round(fp16_diff, 5),
+        },
         "architecture": {
-            "variant": VARIANT, "input": args.input, "patch": args.patch, "max_patches": args.max_patches,
+            "variant": VARIANT,
+            "input": args.input,
+            "patch": args.patch,
+            "max_patches": args.max_patches,
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "tiling": "models.ghostnet.tile_grid, offsets rounded down to even; native resolution, never resized; "
-                      "images with a side < patch are skipped",
+            "images with a side < patch are skipped",
             "aggregate": "mean of patch logits, then Platt calibration",
-            "initialised_from": {"location": IMAGENET_SOURCE.location, "sha256": IMAGENET_SOURCE.sha256,
-                                 "wheel_sha256": IMAGENET_SOURCE.archive_sha256, "license": "Apache-2.0",
-                                 "path_at_training": str(imagenet_path)},
+            "initialised_from": {
+                "location": IMAGENET_SOURCE.location,
+                "sha256": IMAGENET_SOURCE.sha256,
+                "wheel_sha256": IMAGENET_SOURCE.archive_sha256,
+                "license": "Apache-2.0",
+                "path_at_training": str(imagenet_path),
+            },
         },
-        "calibration": {**calibration, "method": "Platt (logistic on the image-level mean logit), class-balanced",
-                        "fitted_on": "validation split, each image processed once like training (seeded)"},
+        "calibration": {
+            **calibration,
+            "method": "Platt (logistic on the image-level mean logit), class-balanced",
+            "fitted_on": "validation split, each image processed once like training (seeded)",
+        },
         "training": {
             "command": "python -m training.train_effnet_artifact " + " ".join(argv),
             "wall_s": round(training_wall_s, 1),
             "wall_s_covers": "manifest, patch pool, training, validation, calibration",
-            "threads": args.threads, "seed": args.seed, "epochs_planned": args.epochs, "epochs_run": len(history),
-            "steps_run": step, "steps_planned": planned, "stopped_by_time_limit": out_of_time,
-            "time_limit_min": args.time_limit_min, "best_epoch": best["epoch"], "history": history,
-            "rounds": args.rounds, "patches_per_image": args.patches_per_image, "source_cap": args.source_cap,
-            "batch_size": args.batch_size, "lr_head": args.lr, "lr_backbone": args.lr * args.backbone_lr_factor,
-            "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
+            "threads": args.threads,
+            "seed": args.seed,
+            "epochs_planned": args.epochs,
+            "epochs_run": len(history),
+            "steps_run": step,
+            "steps_planned": planned,
+            "stopped_by_time_limit": out_of_time,
+            "time_limit_min": args.time_limit_min,
+            "best_epoch": best["epoch"],
+            "history": history,
+            "rounds": args.rounds,
+            "patches_per_image": args.patches_per_image,
+            "source_cap": args.source_cap,
+            "batch_size": args.batch_size,
+            "lr_head": args.lr,
+            "lr_backbone": args.lr * args.backbone_lr_factor,
+            "warmup_steps": args.warmup_steps,
+            "weight_decay": args.weight_decay,
             "schedule": "linear warm-up, cosine decay over max(step / planned, elapsed / time limit)",
-            "train_patches": len(pool.labels), "train_patches_ai": int(pool.labels.sum()),
+            "train_patches": len(pool.labels),
+            "train_patches_ai": int(pool.labels.sum()),
             "train_patches_per_source": {s: pool.sources.count(s) for s in sorted(set(pool.sources))},
             "processing": "native window <= source_cap px; training.augment.Reencode with FUSION_PROCESSING's formats "
-                          "(JPEG q65-97 0.6, PNG 0.2, WEBP 0.2), crop 0.6-1.0 of the window; even rounds keep the "
-                          "native scale, odd rounds resize 0.5-1.0; identical for both classes; random flips",
+            "(JPEG q65-97 0.6, PNG 0.2, WEBP 0.2), crop 0.6-1.0 of the window; even rounds keep the "
+            "native scale, odd rounds resize 0.5-1.0; identical for both classes; random flips",
             "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         },
         "data": {
-            "manifest": str(args.manifest), "manifest_sha256": file_sha256(args.manifest),
+            "manifest": str(args.manifest),
+            "manifest_sha256": file_sha256(args.manifest),
             "items_sha256": items_hash(train + val),
             "items_sha256_of": "sorted lines 'key<TAB>label<TAB>split' of the train and val items used",
-            "train": counts(train), "train_usable_before_limit": len(train_all), "train_limit": args.train_limit,
-            "val": counts(val), "val_left_out_after_processing": val_left_out,
+            "train": counts(train),
+            "train_usable_before_limit": len(train_all),
+            "train_limit": args.train_limit,
+            "val": counts(val),
+            "val_left_out_after_processing": val_left_out,
             "val_left_out_as_is": as_is_left_out,
             "test": "not read",
             "dropped_by_clean_manifest": int(dropped.num_rows),
             "left_out_smaller_than_patch": too_small,
         },
-        "metrics": {"val": metrics,
-                    "val_auc": {c: {"all": m["all"]["auc"], MODERN_MATCHED: m.get(MODERN_MATCHED, {}).get("auc")}
-                                for c, m in metrics.items()}},
+        "metrics": {
+            "val": metrics,
+            "val_auc": {
+                c: {"all": m["all"]["auc"], MODERN_MATCHED: m.get(MODERN_MATCHED, {}).get("auc")}
+                for c, m in metrics.items()
+            },
+        },
         "notes": [
             "Validation numbers only: the same small val split chose the epoch and fitted the calibration, so they "
             "are optimistic; the test split was not read by this script.",
@@ -454,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
             "the overall AUC mixes artifact evidence with content and source differences.",
         ],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__, "timm_version": _timm_version(), "python": platform.python_version(),
+        "torch_version": torch.__version__,
+        "timm_version": _timm_version(),
+        "python": platform.python_version(),
     }
     card_path = args.out.with_suffix(".json")
     card_path.write_text(json.dumps(card, indent=2) + "\n")

@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import models
-from models.fusion import ARTIFACT_FORMAT, TrainedFusion, apply_calibration, design_matrix
 from deployments.config import load_profile
+from models.fusion import ARTIFACT_FORMAT, TrainedFusion, apply_calibration, design_matrix
 from training.dataset import check_two_classes
 from training.features import DEFAULT_CONFIG, feature_rows
 from training.metrics import binary_metrics, threshold_for_fpr
@@ -82,7 +82,9 @@ def fit_model(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, A
     if kind == "mlp":
         from sklearn.neural_network import MLPClassifier
 
-        model = MLPClassifier(hidden_layer_sizes=(32, 16), alpha=1e-3, max_iter=2000, early_stopping=True, random_state=seed)
+        model = MLPClassifier(
+            hidden_layer_sizes=(32, 16), alpha=1e-3, max_iter=2000, early_stopping=True, random_state=seed
+        )
         model.fit(x, y)
         layers = [{"W": w.tolist(), "b": b.tolist()} for w, b in zip(model.coefs_, model.intercepts_)]
         return {"mlp": {"layers": layers, "activation": "relu"}}
@@ -91,8 +93,14 @@ def fit_model(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, A
 
         positive = max(1, int(y.sum()))
         model = xgboost.XGBClassifier(
-            n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.8, colsample_bytree=0.8,
-            scale_pos_weight=(len(y) - positive) / positive, random_state=seed, n_jobs=2,
+            n_estimators=300,
+            max_depth=3,
+            learning_rate=0.05,
+            subsample=0.8,
+            colsample_bytree=0.8,
+            scale_pos_weight=(len(y) - positive) / positive,
+            random_state=seed,
+            n_jobs=2,
         ).fit(x, y)
         return {"_booster": model.get_booster()}
     raise ValueError(f"unknown model {kind!r}; use one of {MODEL_TYPES}")
@@ -312,7 +320,9 @@ def _detector_versions(table: pa.Table, detectors: list[str]) -> dict[str, list[
     return {d: sorted(v) for d, v in versions.items()}
 
 
-def _split_metrics(model: TrainedFusion, table: pa.Table, features: list[str], threshold: float, fpr: float) -> dict[str, Any]:
+def _split_metrics(
+    model: TrainedFusion, table: pa.Table, features: list[str], threshold: float, fpr: float
+) -> dict[str, Any]:
     y = _labels(table)
     p = model.predict_proba_rows(feature_rows(table, features))
     overall = binary_metrics(y, p, threshold, fpr)
@@ -335,21 +345,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", choices=("auto", "isotonic", "platt"), default="auto")
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--confidence", type=float, default=0.8, help="confident only below 1-c or at/above c")
-    parser.add_argument("--confident-fpr", type=float, default=0.01,
-                        help="a confident AI verdict only above the score this share of val photos reach")
+    parser.add_argument(
+        "--confident-fpr",
+        type=float,
+        default=0.01,
+        help="a confident AI verdict only above the score this share of val photos reach",
+    )
     parser.add_argument("--dropout", type=float, default=0.15, help="per-detector drop rate in training copies")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="names the detectors whose features are used")
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="names the detectors whose features are used"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     table = pa.concat_tables([pq.read_table(p) for p in args.features], promote_options="default")
     detectors = load_profile(args.config).args.detector_names()
     command = "imgverify train fusion " + " ".join(sys.argv[3:] if argv is None else argv)
     artifact = train_fusion(
-        table, detectors, args.out, args.model, args.calibration, args.target_fpr, args.confidence, args.confident_fpr,
+        table,
+        detectors,
+        args.out,
+        args.model,
+        args.calibration,
+        args.target_fpr,
+        args.confidence,
+        args.confident_fpr,
         args.dropout,
-        seed=args.seed, command=command,
+        seed=args.seed,
+        command=command,
     )
     for split, metrics in artifact["metrics"].items():
-        print(split, json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics["overall"].items()}))
-    print(f"{artifact['version']} -> {args.out} (threshold {artifact['threshold']:.4f}, {artifact['calibration']['method']})")
+        print(
+            split, json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics["overall"].items()})
+        )
+    method = artifact["calibration"]["method"]
+    print(f"{artifact['version']} -> {args.out} (threshold {artifact['threshold']:.4f}, {method})")
     return 0
