@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,7 +45,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.base import Detector, DetectorResult, FeatureSpec
-from models.ghostnet import encode_metadata, tile_grid, weights_metadata
+from models.ghostnet import (
+    PatchLogits,
+    Tiles,
+    patch_logit_result,
+    patches_to_tensor,
+    save_half_precision,
+    tile_grid,
+    weights_metadata,
+)
 from models.image_input import DecodedImage
 from models.registry import register_detector
 from models.weights import WeightSource, file_sha256, load_state_dict, resolve_weights
@@ -58,7 +65,6 @@ VARIANT = "tf_efficientnet_lite0"
 INPUTS = ("rgb", "npr", "highpass")
 RESIDUAL_GAIN = 8.0  # residuals are a few grey levels (~0.01 in [0, 1]); this brings them near the rgb input's range
 FORWARD_CHUNK = 64  # patches per forward call: bounds memory for big batches
-EVIDENCE_MARGIN = 0.3
 
 # The ImageNet-1k checkpoint the training starts from (fetched through models.weights, never committed).
 IMAGENET_LOCATION = (
@@ -220,23 +226,6 @@ def cut_patches(rgb: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.n
     return np.stack([rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in boxes])
 
 
-def patches_to_tensor(patches: np.ndarray, device: str | torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(n, P, P, 3) uint8 -> (n, 3, P, P) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(patches)).to(device).permute(0, 3, 1, 2).to(dtype) / 255.0
-
-
-@dataclass
-class Tiles:
-    patches: np.ndarray  # (n, patch, patch, 3) uint8, native pixels
-    boxes: list[tuple[int, int, int, int]]
-
-
-@dataclass
-class PatchLogits:
-    logits: np.ndarray  # (n,) float32, before calibration
-    boxes: list[tuple[int, int, int, int]]
-
-
 def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
@@ -376,38 +365,10 @@ class EffNetArtifactDetector(Detector):
         return sigmoid(scale * mean_logit + bias)
 
     def postprocess(self, output: PatchLogits, artifacts: bool) -> DetectorResult:
-        mean_logit = float(np.mean(output.logits))
-        score = self.score(mean_logit)
-        patch_scores = [self.score(float(v)) for v in output.logits]
-        result = DetectorResult(
-            features={"effnet_artifact_prob": score},
-            details={
-                "aggregate": "mean of patch logits, then Platt calibration",
-                "mean_logit": round(mean_logit, 4),
-                "patch_scores": [round(s, 4) for s in patch_scores],
-                "patch_boxes": [list(box) for box in output.boxes],
-            },
-        )
-        if abs(score - 0.5) >= EVIDENCE_MARGIN:
-            looks = "generated" if score > 0.5 else "camera-like"
-            above = sum(s > 0.5 for s in patch_scores)
-            result.evidence.append(
-                f"Pixel artifacts look {looks} (EfficientNet-Lite score {score:.2f}; "
-                f"{above} of {len(patch_scores)} patches above 0.5)."
-            )
-        return result
+        return patch_logit_result(output, self.score, "effnet_artifact_prob", "Pixel artifacts", "EfficientNet-Lite")
 
 
 def save_weights(model: EffNetArtifactNet, out: Path, metadata: dict[str, str]) -> None:
-    """fp16 weights, fp32 BatchNorm statistics and calibration; ``metadata`` gets the format, variant and input."""
-    from safetensors.torch import save_file
-
-    state = {}
-    for name, tensor in model.state_dict().items():
-        keep_fp32 = name.endswith(("running_mean", "running_var")) or name.startswith("calibration")
-        if tensor.is_floating_point() and not keep_fp32:
-            tensor = tensor.half()
-        state[name] = tensor.detach().contiguous().clone()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """ghostnet's fp16 safetensors writer; ``metadata`` gets the format, variant and input."""
     full = {**metadata, "format": WEIGHTS_FORMAT, "variant": VARIANT, "input": model.input_kind}
-    save_file(state, str(out), metadata=encode_metadata({k: str(v) for k, v in full.items()}))
+    save_half_precision(model, out, {k: str(v) for k, v in full.items()})

@@ -236,6 +236,46 @@ def weights_metadata(path: Path) -> dict[str, str]:
 
 
 # ---- the detector ------------------------------------------------------------------------------------------
+def save_half_precision(model: nn.Module, out: Path, metadata: dict[str, str]) -> None:
+    """Write ``model`` as safetensors: fp16 weights, fp32 BatchNorm statistics and calibration (small values fp16
+    would round). Shared by the patch CNNs trained here (ghostnet, effnet_artifact)."""
+    from safetensors.torch import save_file
+
+    state = {}
+    for name, tensor in model.state_dict().items():
+        keep_fp32 = name.endswith(("running_mean", "running_var")) or name.startswith("calibration")
+        if tensor.is_floating_point() and not keep_fp32:
+            tensor = tensor.half()
+        state[name] = tensor.detach().contiguous().clone()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out), metadata=encode_metadata(metadata))
+
+
+def patch_logit_result(output: PatchLogits, score, feature: str, looks_what: str, model_name: str) -> DetectorResult:
+    """A patch CNN's result: the calibrated mean of its patch logits as ``feature``, per-patch scores in the
+    details, and an evidence sentence when the score is clearly on one side. Shared by ghostnet and effnet_artifact."""
+    mean_logit = float(np.mean(output.logits))
+    value = score(mean_logit)
+    patch_scores = [score(float(v)) for v in output.logits]
+    result = DetectorResult(
+        features={feature: value},
+        details={
+            "aggregate": "mean of patch logits, then Platt calibration",
+            "mean_logit": round(mean_logit, 4),
+            "patch_scores": [round(s, 4) for s in patch_scores],
+            "patch_boxes": [list(box) for box in output.boxes],
+        },
+    )
+    if abs(value - 0.5) >= EVIDENCE_MARGIN:
+        looks = "generated" if value > 0.5 else "camera-like"
+        above = sum(s > 0.5 for s in patch_scores)
+        result.evidence.append(
+            f"{looks_what} look {looks} ({model_name} score {value:.2f}; "
+            f"{above} of {len(patch_scores)} patches above 0.5)."
+        )
+    return result
+
+
 @register_detector
 class GhostNetNoiseDetector(Detector):
     """P(AI) from a GhostNet on SRM/Bayar noise residuals of native-resolution patches."""
@@ -349,23 +389,4 @@ class GhostNetNoiseDetector(Detector):
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
     def postprocess(self, output: PatchLogits, artifacts: bool) -> DetectorResult:
-        mean_logit = float(np.mean(output.logits))
-        score = self.score(mean_logit)
-        patch_scores = [self.score(float(v)) for v in output.logits]
-        n_ai_like = sum(s > 0.5 for s in patch_scores)
-        result = DetectorResult(
-            features={"ghostnet_score": score},
-            details={
-                "aggregate": "mean of patch logits, then Platt calibration",
-                "mean_logit": round(mean_logit, 4),
-                "patch_scores": [round(s, 4) for s in patch_scores],
-                "patch_boxes": [list(box) for box in output.boxes],
-            },
-        )
-        if abs(score - 0.5) >= EVIDENCE_MARGIN:
-            looks = "generated" if score > 0.5 else "camera-like"
-            result.evidence.append(
-                f"Noise residuals look {looks} (GhostNet score {score:.2f}; "
-                f"{n_ai_like} of {len(patch_scores)} patches above 0.5)."
-            )
-        return result
+        return patch_logit_result(output, self.score, "ghostnet_score", "Noise residuals", "GhostNet")

@@ -22,7 +22,6 @@ from models.effnet_artifact import (
     LITE0_DEPTHS,
     EffNetArtifactDetector,
     build_model,
-    encode_metadata,
     imagenet_key_to_timm,
     imagenet_to_timm,
     input_transform,
@@ -30,6 +29,7 @@ from models.effnet_artifact import (
     patch_boxes,
     save_weights,
 )
+from models.ghostnet import encode_metadata
 from models.image_input import decode_image
 from models.weights import WeightsUnavailable
 

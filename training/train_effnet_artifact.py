@@ -58,9 +58,9 @@ from models.effnet_artifact import (
     cut_patches,
     load_imagenet_backbone,
     patch_boxes,
-    patches_to_tensor,
     save_weights,
 )
+from models.ghostnet import patches_to_tensor
 from models.image_input import DecodedImage, decode_image
 from models.weights import fetch_weights, file_sha256
 from training.augment import FUSION_PROCESSING, Reencode

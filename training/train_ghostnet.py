@@ -54,8 +54,8 @@ from models.ghostnet import (
     GhostNetNoiseDetector,
     GhostNoiseNet,
     build_model,
-    encode_metadata,
     patches_to_tensor,
+    save_half_precision,
     tile_grid,
 )
 from models.image_input import DecodedImage, decode_image
@@ -305,17 +305,8 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def save_weights(model: GhostNoiseNet, out: Path, metadata: dict[str, str]) -> None:
-    """fp16 for weights, fp32 for BatchNorm statistics and calibration (small values fp16 would round)."""
-    from safetensors.torch import save_file
-
-    state = {}
-    for name, tensor in model.state_dict().items():
-        keep_fp32 = name.endswith(("running_mean", "running_var")) or name.startswith("calibration")
-        if tensor.is_floating_point() and not keep_fp32:
-            tensor = tensor.half()
-        state[name] = tensor.detach().contiguous().clone()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata=encode_metadata(metadata))
+    """fp16 for weights, fp32 for BatchNorm statistics and calibration (``models.ghostnet.save_half_precision``)."""
+    save_half_precision(model, out, metadata)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
