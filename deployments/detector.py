@@ -18,6 +18,7 @@ from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
 import models
+from deployments.batching import DynamicBatcher
 from deployments.config import DEFAULT_DETECTOR_CPUS, DetectorUserConfig
 from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
@@ -35,7 +36,8 @@ def pick_device() -> str:
 
 
 @serve.deployment(
-    # Large enough that a batch can fill: Serve's default of 5 caps @serve.batch and collapses throughput.
+    # Large enough that a batch can fill, and that Serve's router never finds the replica full: a full
+    # replica makes the router retry with backoff up to 0.5 s, which collapses throughput (docs/operations.md).
     max_ongoing_requests=64,
     ray_actor_options={"num_cpus": DEFAULT_DETECTOR_CPUS},
     health_check_period_s=10,
@@ -48,6 +50,8 @@ class DetectorDeployment:
         self.detector: Detector | None = None
         self.user_config: DetectorUserConfig | None = None
         self.device = pick_device()
+        # Batches form when the model is free, not on a timer (deployments/batching.py says why not @serve.batch).
+        self.batcher = DynamicBatcher(self._detect_batch)
         self.batch_ms = Histogram(
             "imgverify_detector_batch_ms",
             description="Time of one batched predict in a detector replica.",
@@ -70,8 +74,7 @@ class DetectorDeployment:
         """Apply batching settings; (re)load the detector when its settings changed. Called by Serve right
         after ``__init__`` and on every ``user_config`` change, without restarting the replica."""
         config = DetectorUserConfig.model_validate(user_config or {})
-        self._detect_batch.set_max_batch_size(config.max_batch_size)
-        self._detect_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.batcher.configure(config.max_batch_size, config.batch_wait_timeout_s)
         if self.detector is None or self.user_config is None or config.detector != self.user_config.detector:
             started = time.perf_counter()
             # Build the new detector fully before swapping, so requests in flight keep the old one.
@@ -105,13 +108,12 @@ class DetectorDeployment:
     async def detect(self, image: DecodedImage, artifacts: bool = False) -> tuple[DetectorResult, str]:
         """One image in, (result, detector version) out. ``image`` arrives from the object store: the
         ingress puts it there once and every detector receives the same reference."""
-        return await self._detect_batch(image, artifacts)
+        return await self.batcher.submit((image, artifacts))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _detect_batch(
-        self, images: list[DecodedImage], artifacts: list[bool]
-    ) -> list[tuple[DetectorResult, str]]:
+    async def _detect_batch(self, calls: list[tuple[DecodedImage, bool]]) -> list[tuple[DetectorResult, str]]:
         detector = self._loaded()
+        images = [image for image, _ in calls]
+        artifacts = [wanted for _, wanted in calls]
         started = time.perf_counter()
         # The model runs in a worker thread so the replica's event loop keeps accepting requests
         # (and filling the next batch) meanwhile; torch and numpy release the GIL.
