@@ -14,43 +14,20 @@ by Ray Data batch scoring and by the training pipeline.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 
 from models.image_input import DecodedImage
+from models.schema import Direction, FeatureSpec  # noqa: F401  (re-exported: defined in models/schema.py)
 from models.weights import WeightSource
 
-Direction = Literal["ai_high", "real_high", "neutral"]
 # Evidence sentences that start with this are context (facts any photo can have), listed after real reasons.
 CONTEXT_PREFIX = "Context: "
 # The verdict's top-level ``provenance`` object when nothing claims where the image comes from.
 NO_PROVENANCE: dict[str, Any] = {"kind": "none", "trusted": False, "signer": None, "generator": None, "source": None}
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """One scalar feature: the single definition of its name, range, direction and meaning."""
-
-    name: str
-    low: float
-    high: float
-    direction: Direction  # "ai_high": larger values point to AI; "real_high": to a camera; "neutral": context
-    description: str
-    probability: bool = False  # a calibrated P(AI) in [0, 1]; the rule-based fusion averages these
-    # False for container facts that any real photo can have after an upload (its size, JPEG tables, no EXIF):
-    # reported and explained as context, never an input of the fusion model, so none of them can tip a verdict.
-    fusion_input: bool = True
-
-    def check(self, value: float) -> float:
-        """Return ``value`` as float, or raise if it is not finite or outside the declared range."""
-        value = float(value)
-        if not math.isfinite(value) or not (self.low - 1e-6 <= value <= self.high + 1e-6):
-            raise ValueError(f"feature {self.name}={value} outside its declared range [{self.low}, {self.high}]")
-        return value
 
 
 @dataclass
@@ -86,12 +63,14 @@ class Detector(ABC):
     """Base class of every detector. Subclasses set the class attributes and the three steps."""
 
     name: ClassVar[str]
+    # From the detector's entry in ``models/schema.py`` (``features = schema.features_of(name)``): the schema is
+    # defined once there, and ``register_detector`` refuses a class whose features differ from it.
     features: ClassVar[tuple[FeatureSpec, ...]]
     # Configuration defaults as data (like timm's default_cfgs); a deployment's user_config overrides keys.
     default_config: ClassVar[dict[str, Any]] = {}
     # Images with a shorter side are skipped (reported as missing with the reason), not guessed at.
     min_side: ClassVar[int] = 1
-    # Whether the detector produces artifacts (heatmaps) when asked.
+    # Whether the detector produces artifacts (heatmaps) when asked; as its entry in ``models/schema.py`` says.
     has_artifacts: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):

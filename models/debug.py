@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from models.base import Detector, DetectorResult, FeatureSpec
+from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
 from models.registry import register_detector
+from models.schema import features_of
 
 
 @register_detector
@@ -22,9 +23,7 @@ class DebugMeanDetector(Detector):
     """Mean brightness as a stand-in "probability"; ``busy_ms`` burns CPU per image to emulate a model."""
 
     name = "debug_mean"
-    features = (
-        FeatureSpec("debug_prob", 0.0, 1.0, "ai_high", "Mean brightness / 255. Test detector, no meaning.", True),
-    )
+    features = features_of(name)
     default_config: dict[str, Any] = {"busy_ms": 0.0}
 
     @property
@@ -52,7 +51,7 @@ class DebugSleepDetector(Detector):
     """Sleeps ``sleep_s`` per batch, then answers; for timeout and concurrency tests."""
 
     name = "debug_sleep"
-    features = (FeatureSpec("debug_sleep_prob", 0.0, 1.0, "ai_high", "Always 0.25. Test detector.", True),)
+    features = features_of(name)
     default_config: dict[str, Any] = {"sleep_s": 0.05}
 
     @property
@@ -75,7 +74,7 @@ class DebugFailDetector(Detector):
     """Raises in its forward pass on every batch."""
 
     name = "debug_fail"
-    features = (FeatureSpec("debug_fail_prob", 0.0, 1.0, "ai_high", "Never produced. Test detector.", True),)
+    features = features_of(name)
 
     @property
     def version(self) -> str:

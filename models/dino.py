@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.base import Detector, DetectorResult, FeatureSpec
+from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
 from models.registry import register_detector
+from models.schema import features_of
 from models.weights import WeightSource, hf_repo_source, hf_weights_id, resolve_weights
 
 CODE_VERSION = "dino-1"
@@ -190,16 +191,7 @@ class DinoDetector(Detector):
     """DINOv2 embedding -> calibrated linear SVM -> ``dino_prob``; or the embedding itself for training."""
 
     name = "dino"
-    features = (
-        FeatureSpec(
-            "dino_prob",
-            0.0,
-            1.0,
-            "ai_high",
-            "P(AI) from a Platt-calibrated linear SVM on DINOv2 embeddings (training/train_dino_svm.py).",
-            probability=True,
-        ),
-    )
+    features = features_of(name)
     default_config: dict[str, Any] = {
         "model_id": "facebook/dinov2-base",  # HF id or local directory
         "cache_dir": None,

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.base import Detector, DetectorResult, FeatureSpec
+from models.base import Detector, DetectorResult
 from models.ghostnet import (
     PatchLogits,
     Tiles,
@@ -56,6 +56,7 @@ from models.ghostnet import (
 )
 from models.image_input import DecodedImage
 from models.registry import register_detector
+from models.schema import features_of
 from models.weights import WeightSource, file_sha256, load_state_dict, resolve_weights
 
 CODE_VERSION = "1"
@@ -236,18 +237,7 @@ class EffNetArtifactDetector(Detector):
     """P(AI) from an ImageNet EfficientNet-Lite0 fine-tuned on native-resolution patches (mean patch logit)."""
 
     name = "effnet_artifact"
-    features = (
-        FeatureSpec(
-            "effnet_artifact_prob",
-            0.0,
-            1.0,
-            "ai_high",
-            "P(AI) from an ImageNet EfficientNet-Lite0 fine-tuned here on native-resolution 224 px patches "
-            "(up to 4 per image on a grid, never resized; mean patch logit, Platt-calibrated on the validation "
-            "split after the same random re-encoding as training). See models/weights/effnet_artifact.json.",
-            probability=True,
-        ),
-    )
+    features = features_of(name)
     default_config: ClassVar[dict[str, Any]] = {
         "weights": str(PACKAGED_WEIGHTS),  # local path, http(s) URL, hf://repo/file or pypi: location
         "weights_sha256": None,

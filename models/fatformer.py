@@ -46,9 +46,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from models.base import Detector, DetectorResult, FeatureSpec
+from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
 from models.registry import register_detector
+from models.schema import features_of
 from models.weights import WeightSource, WeightsUnavailable, file_sha256, resolve_weights
 
 CODE_VERSION = "1"
@@ -600,17 +601,7 @@ class FatFormerDetector(Detector):
     """
 
     name = "fatformer"
-    features = (
-        FeatureSpec(
-            "fatformer_prob",
-            0.0,
-            1.0,
-            "ai_high",
-            "FatFormer's softmax P(fake): CLIP ViT-L/14 with forgery-aware (image + Haar-wavelet) adapters and "
-            "language-guided alignment; the released weights were trained on 4-class ProGAN images.",
-            True,
-        ),
-    )
+    features = features_of(name)
     default_config: dict[str, Any] = {
         "weights": None,
         "sha256": None,

@@ -71,9 +71,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from models.base import CONTEXT_PREFIX, Detector, DetectorResult, FeatureSpec
+from models.base import CONTEXT_PREFIX, Detector, DetectorResult
 from models.image_input import DecodedImage
 from models.registry import register_detector
+from models.schema import entry_of, features_of
 
 CODE_VERSION = "1"
 
@@ -631,119 +632,7 @@ class ForensicsDetector(Detector):
     """Weight-free forensic statistics of the pixels and the JPEG/WebP container."""
 
     name = "forensics"
-    features = (
-        FeatureSpec(
-            "image_entropy",
-            0.0,
-            8.0,
-            "neutral",
-            "Shannon entropy (bits) of the whole image's grey-level histogram.",
-        ),
-        FeatureSpec(
-            "compression_level",
-            0.0,
-            1.0,
-            "neutral",
-            "Lossy compression strength from the container: 0 = lossless file or JPEG q100, 1 = JPEG q<=10 "
-            "(linear in the estimated quality); lossy WebP from its VP8 quantiser (approximate).",
-            fusion_input=False,
-        ),
-        FeatureSpec(
-            "jpeg_quality",
-            1.0,
-            100.0,
-            "neutral",
-            "IJG quality whose scaled Annex K tables fit the JPEG's quantisation tables best (least squares).",
-            fusion_input=False,
-        ),
-        FeatureSpec(
-            "jpeg_table_nonstandard",
-            0.0,
-            1.0,
-            "real_high",
-            "Fraction of quantisation-table entries differing from the IJG table at jpeg_quality: 0 = libjpeg "
-            "defaults (most software); >0 = custom tables (cameras, some editors).",
-            fusion_input=False,
-        ),
-        FeatureSpec(
-            "jpeg_chroma_subsampling",
-            1.0,
-            16.0,
-            "neutral",
-            "Luma samples per chroma sample: 1 = 4:4:4, 2 = 4:2:2, 4 = 4:2:0.",
-            fusion_input=False,
-        ),
-        FeatureSpec(
-            "jpeg_double_compression",
-            0.0,
-            20.0,
-            "neutral",
-            "Double-quantisation periodicity of low-frequency DCT histograms (centre crop): ~0.1-0.5 saved once, "
-            ">1 saved first at a lower quality and then re-saved at a higher one.",
-            fusion_input=False,
-        ),
-        FeatureSpec(
-            "ela_mean",
-            0.0,
-            255.0,
-            "neutral",
-            "Mean error level (grey levels) after a JPEG re-save at ela_quality, centre crop.",
-        ),
-        FeatureSpec("ela_std", 0.0, 255.0, "neutral", "Standard deviation of the error level over the centre crop."),
-        FeatureSpec(
-            "ela_high_fraction",
-            0.0,
-            1.0,
-            "neutral",
-            "Share of centre-crop pixels whose error level exceeds ela_high_level.",
-        ),
-        FeatureSpec(
-            "noise_log_variance",
-            0.0,
-            6.1,
-            "real_high",
-            "log10(1 + variance) of the luma's 3x3 Laplacian residual, centre crop at native resolution.",
-        ),
-        FeatureSpec(
-            "noise_log_kurtosis",
-            0.0,
-            6.1,
-            "neutral",
-            "log10 of the Laplacian residual's kurtosis (0.48 = Gaussian), centre crop.",
-        ),
-        FeatureSpec(
-            "spectrum_hf_slope",
-            -30.0,
-            30.0,
-            "neutral",
-            "Slope of log10 power vs log10 frequency over 1/8..1/2 cycles/px (photos about -2 to -4), centre crop.",
-        ),
-        FeatureSpec(
-            "spectrum_upsampling_peak",
-            -10.0,
-            10.0,
-            "ai_high",
-            "log10 peak/background at 1/2, 1/3, 1/4 cycles/px in the residual profile spectra: periodic "
-            "traces of upsampling (JPEG's 8x8 grid also adds to 1/2 and 1/4).",
-        ),
-        FeatureSpec(
-            "geometry_pow2_alignment",
-            0.0,
-            7.0,
-            "ai_high",
-            "Largest k<=7 with both sides multiples of 2**k (>=6: multiples of 64, as generators emit).",
-            fusion_input=False,
-        ),
-        FeatureSpec(
-            "geometry_generator_size",
-            0.0,
-            1.0,
-            "ai_high",
-            "1 when width x height is a standard generator output size (square 512/1024/..., SDXL, DALL-E, "
-            "Midjourney, Gemini buckets).",
-            fusion_input=False,
-        ),
-    )
+    features = features_of(name)
     default_config: dict[str, Any] = {
         "crop_size": 1024,  # side of the centre crop for ELA, noise, spectrum and DCT statistics
         "ela_quality": 90,  # JPEG quality of the error-level re-save
@@ -751,7 +640,7 @@ class ForensicsDetector(Detector):
         "ela_heatmap_full_scale": 10.0,  # error level shown as 1.0 in the ela_heatmap artifact
     }
     min_side = 1  # container and geometry features apply to any size; pixel statistics check their own
-    has_artifacts = True
+    has_artifacts = entry_of(name).has_artifacts
 
     @property
     def version(self) -> str:

@@ -32,9 +32,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.base import Detector, DetectorResult, FeatureSpec
+from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
 from models.registry import register_detector
+from models.schema import entry_of, features_of
 from models.weights import WeightSource, file_sha256, load_state_dict, resolve_weights
 
 CODE_VERSION = "1"
@@ -281,19 +282,7 @@ class GhostNetNoiseDetector(Detector):
     """P(AI) from a GhostNet on SRM/Bayar noise residuals of native-resolution patches."""
 
     name = "ghostnet"
-    features = (
-        FeatureSpec(
-            "ghostnet_score",
-            0.0,
-            1.0,
-            "ai_high",
-            "P(AI) from a GhostNet classifying SRM/Bayar noise residuals of up to 8 native-resolution "
-            "96x96 patches (mean patch logit, Platt-calibrated on the validation split of the training "
-            "data after the same random JPEG re-encoding as training). Near chance on the modern "
-            "format-matched pair (Gemini vs Unsplash): see models/weights/ghostnet_noise.json.",
-            probability=True,
-        ),
-    )
+    features = features_of(name)
     default_config: ClassVar[dict[str, Any]] = {
         "weights": str(PACKAGED_WEIGHTS),  # local path, http(s) URL or hf://repo/file
         "weights_sha256": None,  # optional: verify the weights file
@@ -304,7 +293,7 @@ class GhostNetNoiseDetector(Detector):
         "random_init": False,  # tests and benchmarks only: seeded random weights, no file
     }
     min_side = 96  # replaced by the configured patch size in ``load``
-    has_artifacts = False
+    has_artifacts = entry_of(name).has_artifacts
 
     @classmethod
     def weight_sources(cls, config: dict[str, Any] | None = None) -> list[WeightSource]:

@@ -53,9 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Detector, DetectorResult, FeatureSpec
+from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
 from models.registry import register_detector
+from models.schema import entry_of, features_of
 from models.weights import WeightSource, file_sha256, load_state_dict, resolve_weights
 
 CODE_VERSION = "1"
@@ -310,26 +311,7 @@ class ManTraNetDetector(Detector):
     """ManTra-Net heatmap of local manipulation, with two scalar summaries of it."""
 
     name = "mantranet"
-    features = (
-        FeatureSpec(
-            "mantra_anomaly",
-            0.0,
-            1.0,
-            "ai_high",
-            "ManTra-Net (CVPR 2019) local-manipulation heatmap: mean of its top 1% pixels, computed at the "
-            "network's working resolution (longer side <= max_side). Higher = some region is more anomalous "
-            "(spliced, copy-moved, removed, retouched). Detects LOCAL manipulation, not whole-image "
-            "generation: a fully generated image can score low. Not a calibrated probability.",
-        ),
-        FeatureSpec(
-            "mantra_area",
-            0.0,
-            1.0,
-            "ai_high",
-            "Fraction of pixels of the ManTra-Net heatmap above 0.5 (at the working resolution). Higher = a "
-            "larger area looks locally manipulated. Evidence of editing, not of whole-image generation.",
-        ),
-    )
+    features = features_of(name)
     default_config: dict[str, Any] = {
         "weights": PUBLISHED_WEIGHTS,  # path, http(s) URL or hf://repo/file of a state dict in the port's layout
         "weights_sha256": None,  # optional checksum of the weights file
@@ -343,7 +325,7 @@ class ManTraNetDetector(Detector):
     }
     # Below the largest local window the local Z-scores collapse onto the global one.
     min_side = 32
-    has_artifacts = True
+    has_artifacts = entry_of(name).has_artifacts
 
     @classmethod
     def weight_sources(cls, config: dict[str, Any] | None = None) -> list[WeightSource]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.base import CONTEXT_PREFIX, NO_PROVENANCE, Detector, DetectorResult, FeatureSpec
+from models.base import CONTEXT_PREFIX, NO_PROVENANCE, Detector, DetectorResult
 from models.image_input import DecodedImage
 from models.provenance_aigc import find_labels
 from models.provenance_c2pa import c2pa_settings, read_c2pa
@@ -54,6 +54,7 @@ from models.provenance_metadata import (
 from models.provenance_trust import load_trust
 from models.provenance_watermark import check_watermarks
 from models.registry import register_detector
+from models.schema import features_of
 
 CODE_VERSION = "provenance-2"
 SOFTWARE_LEVELS = {"firmware": 0.0, "editor": 0.5, "other": 0.5, "generator": 1.0}
@@ -66,101 +67,7 @@ class ProvenanceDetector(Detector):
     """C2PA, EXIF, XMP/IPTC, generator metadata and invisible watermarks of one file."""
 
     name = "provenance"
-    features = (
-        FeatureSpec(
-            "exif_score",
-            0.0,
-            1.0,
-            "real_high",
-            "How camera-like the EXIF is: weighted share of make+model (0.30), exposure time / f-number / "
-            "ISO / focal length (0.30), a valid consistent capture date (0.15), a maker note (0.10), "
-            "flash/metering/program/white balance (0.05), a thumbnail (0.05), lens (0.05). 0 = no EXIF.",
-            fusion_input=False,
-        ),
-        FeatureSpec(
-            "has_exif",
-            0.0,
-            1.0,
-            "real_high",
-            "1 when the file carries an EXIF block (even a broken one).",
-            fusion_input=False,
-        ),
-        FeatureSpec(
-            "software_flag",
-            0.0,
-            1.0,
-            "ai_high",
-            "Software / CreatorTool tags: 0 none or camera firmware, 0.5 an editor or other software, "
-            "1 an AI generator named in the tag. The highest over all such tags.",
-        ),
-        FeatureSpec(
-            "c2pa_present", 0.0, 1.0, "neutral", "1 when the file carries a C2PA manifest store.", fusion_input=False
-        ),
-        FeatureSpec(
-            "c2pa_valid",
-            0.0,
-            1.0,
-            "neutral",
-            "1 when the C2PA claim signature verifies, the content hash matches and only signer-trust codes "
-            "(untrusted / expired / off-profile certificate) are reported; 0 otherwise or without C2PA.",
-            fusion_input=False,
-        ),
-        FeatureSpec(
-            "c2pa_ai_claim",
-            0.0,
-            1.0,
-            "ai_high",
-            "1 when a C2PA manifest (or one of its ingredients) declares AI generation "
-            "(digitalSourceType trainedAlgorithmicMedia / compositeWithTrainedAlgorithmicMedia, or a signed "
-            "'AI generated' created action). Not set when a manifest exists but cannot be read.",
-        ),
-        FeatureSpec(
-            "metadata_ai_claim",
-            0.0,
-            1.0,
-            "ai_high",
-            "1 when non-C2PA metadata names an AI generator: generator parameters (A1111, ComfyUI, InvokeAI, "
-            "NovelAI, Fooocus, ...), DALL-E/Midjourney/Google markers, IPTC DigitalSourceType AI, or an AI "
-            "generator in Software/CreatorTool.",
-        ),
-        FeatureSpec(
-            "watermark_detected",
-            0.0,
-            1.0,
-            "ai_high",
-            "1 when a Stable Diffusion 1.x / 2.x / XL invisible watermark decodes with >= 95% of its bits. "
-            "Not set for images under 256x256 pixels.",
-        ),
-        # Container facts, reported for context; the decisions they support go through hard evidence.
-        FeatureSpec(
-            "c2pa_trusted",
-            0.0,
-            1.0,
-            "neutral",
-            "1 when the C2PA manifest is valid and its signer chains to a configured trust anchor (by default "
-            "the official C2PA trust list) with no signer issue; 0 otherwise or without C2PA.",
-            fusion_input=False,
-        ),
-        FeatureSpec(
-            "c2pa_capture_claim",
-            0.0,
-            1.0,
-            "real_high",
-            "1 when a valid C2PA manifest from a trusted signer declares a camera capture (digitalCapture / "
-            "computationalCapture) with no AI in its history; 0.5 when a valid but untrusted one does; "
-            "0 otherwise.",
-            fusion_input=False,
-        ),
-        FeatureSpec(
-            "aigc_label",
-            0.0,
-            1.0,
-            "ai_high",
-            "China's implicit AIGC label (GB 45438-2025): 1 for Label 1 (AI-generated), 0.5 for Label 2 / 3 "
-            "(possibly / suspected), 0 when the metadata was read and carries no label.",
-            fusion_input=False,
-        ),
-    )
+    features = features_of(name)
     default_config: dict[str, Any] = {
         # The official C2PA trust lists shipped in models/trust (claim signers + time-stamping authorities).
         # False replaces them with the anchors below only.

@@ -194,7 +194,7 @@ class FusionIngress:
                 "input": self.args.input.model_dump(include=PUBLIC_INPUT_FIELDS),
                 "detectors": self.args.detector_names(),
                 # the detectors that add a heatmap to ?artifacts=true
-                "heatmaps": [n for n in self.args.detector_names() if models.get_detector_class(n).has_artifacts],
+                "heatmaps": [n for n in self.args.detector_names() if models.has_artifacts(n)],
                 "auth_required": self.gate.keys.enabled,  # /v1/config is open; the page then asks for a key
                 "fusion": {"threshold": self.verdict.threshold, "uncertain_range": list(self.verdict.uncertain_range)},
             }

@@ -312,12 +312,16 @@ applications:
 @pytest.fixture
 def tiny_detector(monkeypatch: pytest.MonkeyPatch) -> str:
     """A weights-only detector taking an archive pin in its config, registered for this test only."""
-    from models import registry
+    from models import registry, schema
     from models.base import Detector, FeatureSpec
+
+    tiny_features = (FeatureSpec("tiny_weights_score", 0.0, 1.0, "neutral", "test only"),)
+    # list_detectors (hence the config's check of detector names) reads models/schema.py's table.
+    monkeypatch.setitem(schema.DETECTORS, "tiny_weights", schema.DetectorEntry(__name__, tiny_features))
 
     class TinyWeights(Detector):
         name = "tiny_weights"
-        features = (FeatureSpec("tiny_weights_score", 0.0, 1.0, "neutral", "test only"),)
+        features = tiny_features
         default_config: ClassVar[dict[str, Any]] = {"weights": None, "sha256": None, "archive_sha256": None}
         version = "tiny"
         preprocess = _forward = postprocess = None  # type: ignore[assignment]  # never instantiated

@@ -209,7 +209,7 @@ def _training_set(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Design matrix and labels of the train rows followed by their detector-dropout copies."""
     rng = np.random.default_rng(seed)
-    groups = {d: [s.name for s in models.get_detector_class(d).features if s.name in features] for d in detectors}
+    groups = {d: [name for name in models.feature_schema([d]) if name in features] for d in detectors}
     augmented = train_rows + detector_dropout(train_rows, groups, dropout, dropout_copies, rng)
     y_augmented = np.concatenate([_labels(train)] * (1 + dropout_copies))
     return design_matrix(augmented, features, *preprocessing), y_augmented
