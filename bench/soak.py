@@ -6,7 +6,9 @@
 Loopback only; bounded by ``--requests`` and ``--max-seconds``. Prints requests/s, p50/p99 latency, status
 counts, and the RSS of the ingress and of each detector replica (every ``ray::ServeReplica:*`` process on
 this machine, read from /proc) after the warm-up and at the end. Target (issue 13): zero 5xx other than
-``overloaded``; RSS growth under 10% after warm-up (30 minutes at the concurrency the box sustains).
+``overloaded``; RSS growth under 10% after warm-up (30 minutes at the concurrency the box sustains). RSS is also
+sampled every ``--rss-every`` seconds: ``series`` per replica, and the growth over the run's second half, which
+tells growth that levels off (allocator and caches warming up) from growth that keeps going (a leak).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=50, help="requests before the first RSS reading")
     parser.add_argument("--image", type=Path)
     parser.add_argument("--api-key")
+    parser.add_argument("--rss-every", type=float, default=60.0, help="seconds between RSS samples during the run")
     args = parser.parse_args(argv)
     if not args.url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
         parser.error("loopback only: --url must be http://127.0.0.1:PORT or localhost")
@@ -59,13 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     warm = asyncio.run(run_load(args.url, data, args.concurrency, requests=args.warmup, api_key=args.api_key))
     rss_start = replica_rss_mb()
     started = time.perf_counter()
+    samples, stop = [(0.0, rss_start)], threading.Event()
+
+    def sample_rss() -> None:  # growth that levels off (allocator warm-up) vs. growth that keeps going (a leak)
+        while not stop.wait(args.rss_every):
+            samples.append((round(time.perf_counter() - started), replica_rss_mb()))
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
     records = asyncio.run(
         run_load(
             args.url, data, args.concurrency, seconds=args.max_seconds, requests=args.requests, api_key=args.api_key
         )
     )
     summary = summarize(records, time.perf_counter() - started)
+    stop.set()
     rss_end = replica_rss_mb()
+    middle = samples[len(samples) // 2][1]
     summary["concurrency"] = args.concurrency
     summary["warmup_statuses"] = sorted({str(r["status"]) for r in warm})
     summary["rss_mb"] = {
@@ -73,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             "start": rss_start.get(name),
             "end": end,
             "growth_pct": round(100 * (end / rss_start[name] - 1), 1) if rss_start.get(name) else None,
+            "second_half_growth_pct": round(100 * (end / middle[name] - 1), 1) if middle.get(name) else None,
+            "series": [sample.get(name) for _, sample in samples] + [end],
         }
         for name, end in rss_end.items()
     }
+    summary["rss_sample_s"] = [t for t, _ in samples] + [round(time.perf_counter() - started)]
     print(json.dumps(summary, indent=2))
     bad = [
         r for r in records if isinstance(r["status"], str) or (r["status"] >= 500 and r.get("error") != "overloaded")

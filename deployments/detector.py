@@ -102,7 +102,10 @@ class DetectorDeployment:
         info = detector.describe()
         info["config"] = detector.config
         info["replica"] = serve.get_replica_context().replica_id.unique_id
-        info["batching"] = self.user_config.model_dump(exclude={"detector"}) if self.user_config else None
+        info["batching"] = {
+            **(self.user_config.model_dump(exclude={"detector"}) if self.user_config else {}),
+            "queued": self.batcher.queued,  # calls waiting for the model now (a stuck model shows here)
+        }
         return info
 
     async def detect(self, image: DecodedImage, artifacts: bool = False) -> tuple[DetectorResult, str]:
