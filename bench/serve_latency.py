@@ -23,6 +23,13 @@ Variants (deployed one after another in the same Ray session; comma-separated):
     pillow       the config, with IMGVERIFY_FAST_JPEG=0 in the application's runtime_env (Pillow decodes)
     ingress1     the config with FusionIngress num_replicas: 1
     ingress2     the config with FusionIngress num_replicas: 2
+    one_loop     the config, with Serve's user code and its router on each replica's main event loop
+                 (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0, RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 in the
+                 application's runtime_env): two fewer thread hops per call
+
+``--direct-ingress`` runs everything with Ray Serve's experimental direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``
+for the whole Ray session): no proxy actor, the ingress replica serves HTTP itself on a port from 30000 up, found
+here by probing. One variant per run then (each ingress replica would get its own port).
 
 Targets (issue 14): ingress p50 at concurrency 1 <= slowest detector alone + 20 ms; images/s at
 concurrency 32 >= 3 x the sequential pipeline.
@@ -53,6 +60,7 @@ from models.fusion import DetectorOutcome, json_safe  # noqa: E402
 from models.image_input import decode_image  # noqa: E402
 
 LEVELS = (1, 8, 32)
+ONE_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
 def sample_images(data: Path, count: int) -> list[bytes]:
@@ -253,7 +261,7 @@ def in_process(config: Path, images: list[bytes]) -> dict:
 
 async def load(url: str, images: list[bytes], concurrency: int, requests: int, body: str) -> dict:
     """``requests`` POST /v1/detect from ``concurrency`` clients. A 503 ``overloaded`` (the ingress' admission) is
-    counted and retried after 50 ms; its latency counts from the first attempt."""
+    counted and retried after its Retry-After; its latency counts from the first attempt."""
     import httpx
 
     latencies: list[float] = []
@@ -273,8 +281,8 @@ async def load(url: str, images: list[bytes], concurrency: int, requests: int, b
             started = time.perf_counter()
             response = await post(client, data)
             while response.status_code == 503 and "overloaded" in response.text[:200]:
-                overloaded += 1
-                await asyncio.sleep(0.05)
+                overloaded += 1  # a polite client: back off as told (Retry-After), as `imgverify score` does
+                await asyncio.sleep(float(response.headers.get("retry-after", 1)))
                 response = await post(client, data)
             latencies.append(time.perf_counter() - started)
             if response.status_code != 200:
@@ -298,6 +306,19 @@ async def load(url: str, images: list[bytes], concurrency: int, requests: int, b
     }
 
 
+def direct_ingress_url(first_port: int = 30000, ports: int = 100) -> str:
+    """The ingress replica's own HTTP address under direct ingress (Serve gives it the first free port from 30000)."""
+    import httpx
+
+    for port in range(first_port, first_port + ports):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return f"http://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            continue
+    raise RuntimeError(f"no ingress replica answers /healthz on ports {first_port}-{first_port + ports - 1}")
+
+
 def variant_applications(config: Path, variant: str) -> list[dict]:
     from serve_app.local import config_applications
 
@@ -306,6 +327,9 @@ def variant_applications(config: Path, variant: str) -> list[dict]:
         if variant == "pillow":
             env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
             env["IMGVERIFY_FAST_JPEG"] = "0"
+        elif variant == "one_loop":
+            env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
+            env.update(ONE_LOOP_ENV)
         elif variant.startswith("ingress"):
             replicas = int(variant.removeprefix("ingress"))
             deployments = app.setdefault("deployments", [])
@@ -329,10 +353,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level")
     parser.add_argument("--bodies", default="multipart", help="comma-separated: multipart, raw")
     parser.add_argument(
-        "--variants", default="configured", help="comma-separated: configured, pillow, ingress1, ingress2"
+        "--variants", default="configured", help="comma-separated: configured, pillow, ingress1, ingress2, one_loop"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--direct-ingress", action="store_true", help="no proxy: the ingress replica serves HTTP")
     args = parser.parse_args()
+    if args.direct_ingress and "," in args.variants:
+        parser.error("--direct-ingress runs one variant (each ingress replica would listen on its own port)")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     images = sized_jpeg(args.data, args.jpeg_size) if args.jpeg_size else sample_images(args.data, args.images)
     bodies = args.bodies.split(",")
@@ -342,11 +369,15 @@ def main() -> int:
 
     from serve_app.local import deploy_apps, start_serve
 
+    if args.direct_ingress:  # read by Serve's controller and replicas, which inherit this process' environment
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     url = start_serve()
     runs: dict[str, dict[str, dict[int, dict]]] = {}
     for variant in args.variants.split(","):
         deploy_apps(variant_applications(args.config, variant))
+        if args.direct_ingress:
+            url = direct_ingress_url()
         asyncio.run(load(url, images, 4, 8, bodies[0]))  # warm-up
         runs[variant] = {
             body: {
@@ -359,7 +390,8 @@ def main() -> int:
 
     slowest = max(base["alone_ms"], key=base["alone_ms"].get)
     what = f"one {args.jpeg_size} JPEG" if args.jpeg_size else f"{len(images)} images"
-    print(f"\n{what}, config {args.config.name}, {os.cpu_count()} CPUs\n")
+    via = "direct ingress (no proxy)" if args.direct_ingress else "Serve's HTTP proxy"
+    print(f"\n{what}, config {args.config.name}, {os.cpu_count()} CPUs, HTTP via {via}\n")
     print("in-process, ms per image (median):")
     for name, ms in base["alone_ms"].items():
         print(f"  {name:<12} alone {ms:8.1f}")
