@@ -40,7 +40,8 @@ def replica_rss_mb() -> dict[str, float]:
         except OSError:
             continue
         rss_kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-        name = title.split("ServeReplica:", 1)[1].strip()
+        # Ray retitles a busy replica "...:DEPLOYMENT.method_it_runs": keep APP:DEPLOYMENT only.
+        name = title.split("ServeReplica:", 1)[1].strip().split(".", 1)[0]
         key = name if name not in found else f"{name}#{proc.name}"
         found[key] = round(rss_kb / 1024, 1)
     return dict(sorted(found.items()))

@@ -140,49 +140,49 @@ def test_a_hanging_detector_is_missing_at_once_and_nothing_piles_up(hardened):
     assert hardened.get("/healthz").status_code == 200
 
 
-def test_a_detector_replica_killed_under_load_loses_no_request(hardened, ray_session):
-    before = replica_actors(ray_session, "forensics")
-    assert len(before) == 1
-    with Load(str(hardened.base_url)) as load:
+def kill_under_load(ray_session, http: httpx.Client, deployment: str, recovered) -> tuple[float, list]:
+    """Kill /hardened's ``deployment`` replica while 3 clients score, and keep scoring until ``recovered(results,
+    killed_at)``, then 3 answers more; (killed_at, every answer). Serve must have started a new replica."""
+    replicas = replica_actors(ray_session, deployment)
+    assert len(replicas) == 1
+    with Load(str(http.base_url)) as load:
         load.wait_for(6)
         killed_at = time.monotonic()
-        ray_session.kill(ray_session.get_actor(before.pop(), namespace="serve"), no_restart=True)
+        ray_session.kill(ray_session.get_actor(next(iter(replicas)), namespace="serve"), no_restart=True)
         deadline = time.monotonic() + 120
-        # Until Serve has a new forensics replica answering, and a few requests after that.
-        while not any(
-            t > killed_at and b.get("detectors", {}).get("forensics", {}).get("status") == "ok"
-            for t, _, b in load.results
-        ):
-            assert time.monotonic() < deadline, "forensics never came back"
+        while not recovered(load.results, killed_at):
+            assert time.monotonic() < deadline, f"{deployment} never came back"
             time.sleep(0.5)
         load.wait_for(len(load.results) + 3)
-    statuses = Counter(status for _, status, _ in load.results)
+    assert replica_actors(ray_session, deployment) - replicas  # a new replica, under a new name
+    return killed_at, load.results
+
+
+def test_a_detector_replica_killed_under_load_loses_no_request(hardened, ray_session):
+    def forensics_answers_again(results, killed_at) -> bool:
+        return any(
+            t > killed_at and b.get("detectors", {}).get("forensics", {}).get("status") == "ok" for t, _, b in results
+        )
+
+    killed_at, results = kill_under_load(ray_session, hardened, "forensics", forensics_answers_again)
+    statuses = Counter(status for _, status, _ in results)
     assert statuses.keys() == {200}, statuses  # every request answered, complete or with forensics missing
-    after_kill = [b for t, _, b in load.results if t > killed_at]
+    after_kill = [b for t, _, b in results if t > killed_at]
     outcomes = Counter(b["detectors"]["forensics"]["status"] for b in after_kill)
     assert outcomes["ok"] >= 1 and set(outcomes) <= {"ok", "failed", "timeout"}, outcomes
     for body in after_kill:  # a missing forensics is reported, never invented
         assert ("forensics" in body["missing"]) == (body["detectors"]["forensics"]["status"] != "ok")
-    assert replica_actors(ray_session, "forensics") - before  # a new replica, under a new name
 
 
 def test_the_ingress_killed_under_load_comes_back(hardened, ray_session):
-    ingress = replica_actors(ray_session, "FusionIngress")
-    assert len(ingress) == 1
-    with Load(str(hardened.base_url)) as load:
-        load.wait_for(6)
-        killed_at = time.monotonic()
-        ray_session.kill(ray_session.get_actor(next(iter(ingress)), namespace="serve"), no_restart=True)
-        deadline = time.monotonic() + 120
-        # Until the last 6 answers are 200s again, with at least one answer after the kill.
-        while not (load.results[-1][0] > killed_at and all(status == 200 for _, status, _ in load.results[-6:])):
-            assert time.monotonic() < deadline, "the ingress never came back"
-            time.sleep(0.5)
-    failures = [(t - killed_at, status) for t, status, _ in load.results if status != 200]
+    def answering_again(results, killed_at) -> bool:  # the last 6 answers are 200s, and some came after the kill
+        return results[-1][0] > killed_at and all(status == 200 for _, status, _ in results[-6:])
+
+    killed_at, results = kill_under_load(ray_session, hardened, "FusionIngress", answering_again)
+    failures = [(t - killed_at, status) for t, status, _ in results if status != 200]
     # Connection errors or 5xx (never a 4xx: the requests are fine), and only inside the restart window.
     assert all(isinstance(status, str) or status >= 500 for _, status in failures), failures
     assert all(0 <= after < 90 for after, _ in failures), failures
-    assert replica_actors(ray_session, "FusionIngress") != ingress
 
 
 def test_500_broken_and_hostile_files_get_200_or_a_4xx_json_error(hardened, ray_session, fixtures):
