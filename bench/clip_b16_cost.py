@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from detector_timing import time_per_image  # noqa: E402 - bench/ is on sys.path when run as a script
+
 DATA = Path(os.environ.get("IMGVERIFY_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -67,27 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, detector in detectors.items():
         print(f"  {name}: {detector.version}")
 
-    def run(detector, batch: int) -> None:
-        for start in range(0, len(images), batch):
-            for result in detector.predict(images[start : start + batch]):
-                if not result.ok:
-                    raise RuntimeError(f"{detector.name} failed: {result.error or result.skipped}")
-
-    timings: dict[tuple[str, int], list[tuple[float, float]]] = {(n, b): [] for n in detectors for b in (1, 8)}
-    for round_ in range(args.rounds + 1):  # round 0 warms up
-        for (name, batch), samples in timings.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            run(detectors[name], batch)
-            if round_:
-                samples.append(
-                    (
-                        (time.perf_counter() - wall) * 1000 / len(images),
-                        (time.process_time() - cpu) * 1000 / len(images),
-                    )
-                )
-
-    ms = {key: statistics.median(w for w, _ in samples) for key, samples in timings.items()}
-    cpu_ms = {key: statistics.median(c for _, c in samples) for key, samples in timings.items()}
+    ms, cpu_ms = time_per_image(detectors, images, args.rounds)
     print(f"\nms per image, median of {args.rounds} interleaved rounds (process CPU ms in brackets)")
     print(f"{'detector':28s} {'batch 1':>18s} {'batch 8':>18s}")
     for name in detectors:

@@ -55,9 +55,24 @@ def retry_after_s(response) -> float | None:
     if header is None:
         return 1.0 if response.status_code == 429 else None
     try:
-        return min(MAX_RETRY_WAIT_S, max(0.0, float(header)))
-    except ValueError:
+        seconds = float(header)
+    except ValueError:  # Retry-After may also be an HTTP date (RFC 9110)
+        seconds = seconds_until(header)
+    return min(MAX_RETRY_WAIT_S, max(0.0, seconds))
+
+
+def seconds_until(http_date: str) -> float:
+    """Seconds from now until an HTTP date; 1 s (a short, polite back-off) when the date cannot be read."""
+    from datetime import datetime, timezone
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError):
         return 1.0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return (when - datetime.now(timezone.utc)).total_seconds()
 
 
 def post_politely(client, path: str, retries: int, sleep=None, **request):

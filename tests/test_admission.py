@@ -4,6 +4,8 @@ serve_app/auth.py), plus the polite retries of ``imgverify score``."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import hashlib
 import logging
 
@@ -373,3 +375,7 @@ def test_score_gives_up_after_its_retries_and_never_retries_a_final_answer():
     assert retry_after_s(httpx.Response(503, json={"label": "UNKNOWN"})) is None  # every detector missing: final
     assert retry_after_s(httpx.Response(401, json={"error": "unauthorized"})) is None
     assert retry_after_s(httpx.Response(503, headers={"retry-after": "3600"})) == 30.0
+    in_20_s = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=20)
+    soon = email.utils.format_datetime(in_20_s, usegmt=True)
+    assert 15 <= retry_after_s(httpx.Response(429, headers={"retry-after": soon})) <= 20  # an HTTP date
+    assert retry_after_s(httpx.Response(429, headers={"retry-after": "soon"})) == 1.0  # unreadable: a short back-off

@@ -65,7 +65,7 @@ from models.image_input import DecodedImage, decode_image
 from models.weights import fetch_weights, file_sha256
 from training.augment import FUSION_PROCESSING, Reencode
 from training.dataset import check_two_classes, clean_manifest, load_manifest
-from training.train_ghostnet import Item, auc, fit_platt, load_item, per_source, reencode_ranges, usable_items
+from training.train_ghostnet import Item, auc, fit_platt, load_item, log, per_source, reencode_ranges, usable_items
 
 MODERN_MATCHED = "modern-matched"
 DEFAULT_MANIFEST = Path("runs/manifest_local.parquet")
@@ -282,10 +282,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prepare-only", action="store_true", help="build (and cache) the pool, then exit")
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args(argv)
-
-
-def log(started: float, message: str) -> None:
-    print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
