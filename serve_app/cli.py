@@ -5,7 +5,7 @@
     imgverify batch INPUT --out OUT [--config serve_config.local.yaml]      Ray Data batch scoring
     imgverify dataset build ROOT... --out M.parquet | dataset clean M --out C.parquet
     imgverify features extract MANIFEST --out DIR [--config ...]
-    imgverify train fusion|dino-svm|clip-head|ghostnet|effnet-artifact ...
+    imgverify train fusion|dino-svm|clip-head|ghostnet|effnet-artifact|cross-fit ...
     imgverify evaluate ...
     imgverify weights fetch [--config serve_config.local.yaml] [--dir DIR]  fetch and verify the config's weights
     imgverify deploy kuberay [--config serve_config.yaml] [--out FILE]      KubeRay RayService from a Serve config
@@ -34,6 +34,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("train", "clip-head"): "training.train_clip_head:main",
     ("train", "ghostnet"): "training.train_ghostnet:main",
     ("train", "effnet-artifact"): "training.train_effnet_artifact:main",
+    ("train", "cross-fit"): "training.cross_fit:main",
     ("evaluate",): "training.evaluate:main",
     ("weights", "fetch"): "serve_app.weights_cli:main",
     ("deploy", "kuberay"): "serve_app.kuberay:main",  # RayService manifest from a Serve config

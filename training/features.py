@@ -142,6 +142,19 @@ def extract_features(
     return _with_feature_columns(table, detectors)
 
 
+def single_detector_profile(config: Path, name: str, settings: dict[str, Any]) -> Profile:
+    """A one-detector profile: ``name`` as the Serve config has it (resources, batching), with some of its detector
+    settings replaced (a head switched off, other weights), for training steps that run only that detector."""
+    from deployments.config import AppArgs, DetectorArgs, DetectorProfile
+
+    detector = load_profile(config).detectors.get(name) or DetectorProfile(name=name)
+    user_config = detector.user_config.model_copy(update={"detector": {**detector.user_config.detector, **settings}})
+    return Profile(
+        args=AppArgs(detectors=[DetectorArgs(name=name)]),
+        detectors={name: detector.model_copy(update={"user_config": user_config})},
+    )
+
+
 def detector_versions(profile: Profile) -> dict[str, str]:
     """Each detector's current version, asked of a detector built with its own resources in a Ray task
     (a version can depend on the weights' hash, so it is only known once they are resolved)."""

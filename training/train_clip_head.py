@@ -30,11 +30,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deployments.config import AppArgs, DetectorArgs, DetectorProfile, Profile, load_profile
+from deployments.config import Profile, load_profile
 from models.clip_b16 import EmbeddingHead
 from models.fusion import DetectorOutcome
 from training.dataset import check_two_classes, load_manifest
-from training.features import DEFAULT_CACHE, DEFAULT_CONFIG, extract_features, outcome_column, update_cache
+from training.features import (
+    DEFAULT_CACHE,
+    DEFAULT_CONFIG,
+    extract_features,
+    outcome_column,
+    single_detector_profile,
+    update_cache,
+)
 from training.train_fusion import training_data_hash
 
 DETAIL_OF_KIND = {"image_embeds": "embedding", "cls": "cls"}  # where the detector puts each embedding
@@ -42,19 +49,8 @@ DETAIL_OF_KIND = {"image_embeds": "embedding", "cls": "cls"}  # where the detect
 
 def embedding_profile(config: Path) -> Profile:
     """A one-detector profile: ``clip_b16`` as the Serve config has it, returning embeddings instead of heads."""
-    detector = load_profile(config).detectors.get("clip_b16") or DetectorProfile(name="clip_b16")
-    settings = {
-        **detector.user_config.detector,
-        "return_embedding": True,
-        "head": None,
-        "head_sha256": None,
-        "published_head": None,
-    }
-    user_config = detector.user_config.model_copy(update={"detector": settings})
-    return Profile(
-        args=AppArgs(detectors=[DetectorArgs(name="clip_b16")]),
-        detectors={"clip_b16": detector.model_copy(update={"user_config": user_config})},
-    )
+    settings = {"return_embedding": True, "head": None, "head_sha256": None, "published_head": None}
+    return single_detector_profile(config, "clip_b16", settings)
 
 
 def embeddings(table: pa.Table, kind: str) -> tuple[np.ndarray, np.ndarray]:

@@ -64,6 +64,7 @@ from models.ghostnet import patches_to_tensor
 from models.image_input import DecodedImage, decode_image
 from models.weights import fetch_weights, file_sha256
 from training.augment import FUSION_PROCESSING, Reencode
+from training.cross_fit import fold_of
 from training.dataset import check_two_classes, clean_manifest, load_manifest
 from training.train_ghostnet import Item, auc, fit_platt, load_item, log, per_source, reencode_ranges, usable_items
 
@@ -281,6 +282,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool-cache", type=Path, default=None, help="folder to keep / reuse the patch pool in")
     parser.add_argument("--prepare-only", action="store_true", help="build (and cache) the pool, then exit")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=1, help="with --hold-out-fold: cross-fitting (training.cross_fit)")
+    parser.add_argument(
+        "--hold-out-fold", type=int, default=None, help="train without this fold of the train clusters (fold_of)"
+    )
     return parser.parse_args(argv)
 
 
@@ -300,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     kept, dropped = clean_manifest(table)
     items, too_small = usable_items(kept, args.patch)
     train_all = [i for i in items if i.split == "train"]
+    if args.hold_out_fold is not None:  # a cross-fitting copy: the held-out fold is scored by it, never seen
+        cluster = dict(zip(kept.column("key").to_pylist(), kept.column("cluster").to_pylist()))
+        train_all = [i for i in train_all if fold_of(cluster[i.key], args.folds) != args.hold_out_fold]
     train = subset(train_all, args.train_limit, args.seed)
     val = [i for i in items if i.split == "val"]
     for name, split in (("train", train), ("val", val)):
@@ -510,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": counts(train),
             "train_usable_before_limit": len(train_all),
             "train_limit": args.train_limit,
+            "cross_fit": None if args.hold_out_fold is None else {"folds": args.folds, "held_out": args.hold_out_fold},
             "val": counts(val),
             "val_left_out_after_processing": val_left_out,
             "val_left_out_as_is": as_is_left_out,

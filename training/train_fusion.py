@@ -3,6 +3,7 @@
     imgverify train fusion FEATURES.parquet --out models/weights/fusion_local.json
         [--model logistic|xgboost|mlp] [--calibration auto|isotonic|platt] [--target-fpr 0.05]
         [--confidence 0.8] [--confident-fpr 0.01] [--dropout 0.15] [--config serve_config.local.yaml]
+        [--cross-fitted runs/cross_fit/clip_b16.parquet ...]
 
 FEATURES comes from ``imgverify features extract`` (rows with a ``split`` column). The model is fitted on
 ``train``; probabilities are calibrated on ``val``, where the threshold is also chosen (the one that
@@ -16,6 +17,10 @@ training rows are repeated with whole detectors randomly dropped (``--dropout``)
 down at serve time is a situation the model has seen. The artifact is JSON (plus XGBoost's own JSON
 for ``xgboost``): the feature schema it was trained on, detector versions, the training-data hash and
 the metrics. ``models.fusion.load_fusion`` refuses it if the live feature schema differs.
+
+A detector fitted on the train split itself (clip_b16's head, effnet_artifact) scores the train rows in-sample;
+``--cross-fitted`` replaces those values with out-of-fold ones (``training/cross_fit.py``), so the fusion learns
+how much to trust it from scores it would give on images it never saw.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import pyarrow.parquet as pq
 import models
 from deployments.config import load_profile
 from models.fusion import ARTIFACT_FORMAT, TrainedFusion, apply_calibration, design_matrix
+from training.cross_fit import apply_cross_fitted
 from training.dataset import check_two_classes
 from training.features import DEFAULT_CONFIG, feature_rows
 from training.metrics import binary_metrics, threshold_for_fpr
@@ -132,8 +138,11 @@ def train_fusion(
     dropout_copies: int = 3,
     seed: int = 0,
     command: str = "",
+    cross_fitted: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
-    """Fit, calibrate, choose the threshold, measure, and write the artifact to ``out``."""
+    """Fit, calibrate, choose the threshold, measure, and write the artifact to ``out``. ``cross_fitted``: files
+    of out-of-fold features for the train rows (``training.cross_fit``), used in place of the in-sample ones."""
+    table, replaced = apply_cross_fitted(table, list(cross_fitted))
     table, splits = _usable_splits(table)
     # Container facts (size, JPEG tables, EXIF presence) are context only: see FeatureSpec.fusion_input.
     schema = {name: spec for name, spec in models.feature_schema(detectors).items() if spec.fusion_input}
@@ -145,7 +154,7 @@ def train_fusion(
     )
     fitted = fit_model(kind, x_train, y_train, seed)
     booster = fitted.pop("_booster", None)
-    training = _training_record(table, splits, dropout, dropout_copies, seed, command)
+    training = {**_training_record(table, splits, dropout, dropout_copies, seed, command), "cross_fitted": replaced}
     artifact = _untuned_artifact(
         kind, schema, features, constant, detectors, table, preprocessing, fitted, confidence, target_fpr, training
     )
@@ -356,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         "--config", type=Path, default=DEFAULT_CONFIG, help="names the detectors whose features are used"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cross-fitted",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="out-of-fold train-row features from `imgverify train cross-fit` (for detectors trained on train)",
+    )
     args = parser.parse_args(argv)
     table = pa.concat_tables([pq.read_table(p) for p in args.features], promote_options="default")
     detectors = load_profile(args.config).args.detector_names()
@@ -372,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         args.dropout,
         seed=args.seed,
         command=command,
+        cross_fitted=tuple(args.cross_fitted),
     )
     for split, metrics in artifact["metrics"].items():
         print(

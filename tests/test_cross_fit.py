@@ -1,0 +1,118 @@
+"""Cross-fitting (training/cross_fit.py): out-of-fold features for the train rows of detectors trained on train.
+
+Plain functions on small synthetic data; the real runs (clip_b16's head from cached embeddings, effnet_artifact
+with one fine-tuning per fold) are in scripts/train_local_default.sh.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from training.cross_fit import apply_cross_fitted, fold_of, out_of_fold_probs
+from training.train_fusion import train_fusion
+
+HEAD = {"model": "logreg", "C": 100.0, "backbone_id": "test", "embedding_kind": "cls"}
+
+
+def test_a_cluster_always_falls_in_one_fold_and_folds_are_balanced():
+    assert fold_of("cluster-a", 5) == fold_of("cluster-a", 5)
+    counts = np.bincount([fold_of(f"c{i}", 5) for i in range(2000)], minlength=5)
+    assert counts.min() > 340 and counts.max() < 460  # 400 expected each
+
+
+def test_out_of_fold_probabilities_score_the_train_rows_as_unseen_images():
+    """A weak signal in 60 dimensions: a weakly regularised head fits its own rows far better than new ones (the
+    leak the fusion would learn from). Each row's out-of-fold probability comes from a head that never saw it, so
+    its AUC is what the head gets on unseen (validation) images, not what it gets on its own rows."""
+    from models.clip_b16 import EmbeddingHead
+
+    rng = np.random.default_rng(0)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        X = rng.normal(size=(n, 60))
+        return X, (X[:, 0] + 1.5 * rng.normal(size=n) > 0).astype(int)
+
+    (X, y), (X_val, y_val), (X_new, y_new) = draw(300), draw(150), draw(2000)
+    fold = np.asarray([fold_of(f"c{i}", 5) for i in range(300)])
+    head = EmbeddingHead(**HEAD).fit(X, y, X_val=X_val, y_val=y_val)
+    in_sample = roc_auc_score(y, head.predict_proba(X)[:, 1])
+    unseen = roc_auc_score(y_new, head.predict_proba(X_new)[:, 1])
+    oof = roc_auc_score(y, out_of_fold_probs(X, y, fold, X_val, y_val, HEAD))
+    assert in_sample > unseen + 0.15
+    assert abs(oof - unseen) < 0.08
+
+
+def _feature_table() -> pa.Table:
+    return pa.table(
+        {
+            "key": ["t1|reencode#0", "t2|reencode#0", "t3|reencode#0", "v1|reencode#0"],
+            "split": ["train", "train", "train", "val"],
+            "label": ["ai", "real", "ai", "real"],
+            "clip_b16_prob": [0.99, 0.01, None, 0.7],
+        }
+    )
+
+
+def _oof_file(tmp_path, keys: list[str], values: list[float]) -> str:
+    path = tmp_path / "oof.parquet"
+    pq.write_table(pa.table({"key": keys, "fold": [0] * len(keys), "clip_b16_prob": values}), path)
+    return path
+
+
+def test_out_of_fold_values_replace_the_train_rows_only(tmp_path):
+    path = _oof_file(tmp_path, ["t1|reencode#0", "t2|reencode#0"], [0.6, 0.4])
+    table, record = apply_cross_fitted(_feature_table(), [path])
+    assert table.column("clip_b16_prob").to_pylist() == [0.6, 0.4, None, 0.7]  # t3 unscored stays missing
+    assert record[0]["features"] == ["clip_b16_prob"] and record[0]["train_rows"] == 2
+    assert len(record[0]["sha256"]) == 64
+
+
+def test_a_train_row_without_an_out_of_fold_value_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no cross-fitted clip_b16_prob for the train row 't2"):
+        apply_cross_fitted(_feature_table(), [_oof_file(tmp_path, ["t1|reencode#0"], [0.6])])
+
+
+def test_out_of_fold_values_for_a_validation_row_are_refused(tmp_path):
+    path = _oof_file(tmp_path, ["t1|reencode#0", "t2|reencode#0", "v1|reencode#0"], [0.6, 0.4, 0.5])
+    with pytest.raises(ValueError, match="1 rows are not train rows"):
+        apply_cross_fitted(_feature_table(), [path])
+
+
+def test_the_fusion_trusts_a_cross_fitted_feature_as_much_as_it_deserves(tmp_path):
+    """A feature that separates the train rows perfectly in-sample but is weak on new images (as a head scores its
+    own training rows): fitted on the in-sample values the fusion leans on it; on out-of-fold values much less."""
+    rng = np.random.default_rng(3)
+    n = 900
+    y = rng.integers(0, 2, n)
+    split = rng.choice(["train", "val", "test"], n, p=[0.6, 0.2, 0.2])
+    weak = np.clip(0.5 + 0.15 * (y - 0.5) + rng.normal(0, 0.2, n), 0, 1)  # what the detector gives on unseen images
+    leaked = np.where(split == "train", np.where(y == 1, 0.99, 0.01), weak)
+    table = pa.table(
+        {
+            "key": [f"k{i}" for i in range(n)],
+            "label": ["ai" if v else "real" for v in y],
+            "split": split.tolist(),
+            "source": ["synthetic"] * n,
+            "clip_b16_prob": leaked.tolist(),
+            "clip_b16_pub_prob": np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, n), 0, 1).tolist(),
+        }
+    )
+    train = split == "train"
+    oof = tmp_path / "oof.parquet"
+    pq.write_table(pa.table({"key": table["key"].filter(pa.array(train)), "clip_b16_prob": weak[train]}), oof)
+
+    def weight_of_clip(artifact: dict) -> float:
+        return abs(artifact["logistic"]["coef"][artifact["features"].index("clip_b16_prob")])
+
+    leaky = train_fusion(table, ["clip_b16"], tmp_path / "leaky.json", dropout=0.0)
+    fair = train_fusion(table, ["clip_b16"], tmp_path / "fair.json", dropout=0.0, cross_fitted=(oof,))
+    assert weight_of_clip(leaky) > 3 * weight_of_clip(fair)
+    assert fair["metrics"]["test"]["overall"]["auc"] > leaky["metrics"]["test"]["overall"]["auc"]
+    saved = json.loads((tmp_path / "fair.json").read_text())
+    assert saved["training"]["cross_fitted"][0]["train_rows"] == int(train.sum())
