@@ -20,7 +20,7 @@ $IMGVERIFY train clip-head runs/manifest_local.parquet --out models/weights/clip
 sed -i "s|head_sha256: .*|head_sha256: $(sha256sum models/weights/clip_b16_head.npz | cut -d' ' -f1)|" serve_config.local.yaml
 # Out-of-fold features for the train rows of the two detectors fitted on train (training/cross_fit.py): the
 # clip head refitted per fold on its cached embeddings (seconds); effnet_artifact fine-tuned once per fold
-# (~5 min each here; the weights are kept in runs/cross_fit/ and reused by a re-run). The shipped
+# (5 folds, ~7 min each here; kept in runs/cross_fit/ and reused by a re-run of the same manifest). The shipped
 # effnet_artifact weights come from `imgverify train effnet-artifact` (models/weights/effnet_artifact.json).
 $IMGVERIFY train cross-fit clip-head runs/manifest_local.parquet --config serve_config.local.yaml \
   --out runs/cross_fit/clip_b16.parquet

@@ -14,15 +14,28 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from training.cross_fit import apply_cross_fitted, fold_of, out_of_fold_probs
+from training.cross_fit import apply_cross_fitted, fold_of, out_of_fold_probs, row_folds, train_item_folds, variant_of
+from training.features import row_key
 from training.train_fusion import train_fusion
 
 HEAD = {"model": "logreg", "C": 100.0, "backbone_id": "test", "embedding_kind": "cls"}
 
 
-def test_a_cluster_always_falls_in_one_fold_and_folds_are_balanced():
-    assert fold_of("cluster-a", 5) == fold_of("cluster-a", 5)
-    counts = np.bincount([fold_of(f"c{i}", 5) for i in range(2000)], minlength=5)
+def test_every_row_of_a_cluster_falls_in_one_fold_and_folds_are_balanced():
+    """Two near-duplicates (one cluster) and all their re-encoded rows are held out together."""
+    manifest = pa.table(
+        {
+            "key": [f"item{i}" for i in range(2000)] + ["dup"],
+            "cluster": [f"c{i}" for i in range(2000)] + ["c7"],  # "dup" is a near-duplicate of item7
+            "split": ["train"] * 2001,
+        }
+    )
+    item_fold = train_item_folds(manifest, 5)
+    assert item_fold["dup"] == item_fold["item7"]
+    keys = [row_key(item, variant) for item in ("item7", "dup") for variant in ("clean", "reencode#0", "reencode#1")]
+    assert set(row_folds(keys, item_fold).tolist()) == {item_fold["item7"]}
+    assert [variant_of(k) for k in keys[:3]] == ["clean", "reencode#0", "reencode#1"]
+    counts = np.bincount(list(item_fold.values()), minlength=5)
     assert counts.min() > 340 and counts.max() < 460  # 400 expected each
 
 
@@ -59,9 +72,13 @@ def _feature_table() -> pa.Table:
     )
 
 
-def _oof_file(tmp_path, keys: list[str], values: list[float]) -> str:
-    path = tmp_path / "oof.parquet"
-    pq.write_table(pa.table({"key": keys, "fold": [0] * len(keys), "clip_b16_prob": values}), path)
+def _oof_file(tmp_path, keys: list[str], values: list[float], version: str | None = None, name: str = "oof") -> str:
+    path = tmp_path / f"{name}.parquet"
+    table = pa.table({"key": keys, "fold": [0] * len(keys), "clip_b16_prob": values})
+    if version:
+        meta = {"detector": "clip_b16", "shipped_version": version}
+        table = table.replace_schema_metadata({"imgverify_cross_fit": json.dumps(meta)})
+    pq.write_table(table, path)
     return path
 
 
@@ -76,6 +93,28 @@ def test_out_of_fold_values_replace_the_train_rows_only(tmp_path):
 def test_a_train_row_without_an_out_of_fold_value_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no cross-fitted clip_b16_prob for the train row 't2"):
         apply_cross_fitted(_feature_table(), [_oof_file(tmp_path, ["t1|reencode#0"], [0.6])])
+
+
+def test_a_file_for_another_detector_version_or_a_second_file_for_one_feature_is_refused(tmp_path):
+    outcome = json.dumps({"version": "clip_b16-1 head=sha256:new"})
+    table = _feature_table().append_column("outcome.clip_b16", pa.array([outcome] * 4))
+    keys = ["t1|reencode#0", "t2|reencode#0"]
+    stale = _oof_file(tmp_path, keys, [0.6, 0.4], version="clip_b16-1 head=sha256:old")
+    with pytest.raises(ValueError, match="made for clip_b16 .*head=sha256:old.*run `imgverify train cross-fit` again"):
+        apply_cross_fitted(table, [stale])
+    fresh = _oof_file(tmp_path, keys, [0.6, 0.4], version="clip_b16-1 head=sha256:new", name="fresh")
+    assert apply_cross_fitted(table, [fresh])[0].column("clip_b16_prob").to_pylist()[:2] == [0.6, 0.4]
+    with pytest.raises(ValueError, match="clip_b16_prob is cross-fitted by an earlier file too"):
+        apply_cross_fitted(table, [fresh, fresh])
+
+
+def test_a_trained_feature_left_in_sample_is_refused_once_any_file_is_given(tmp_path):
+    table = _feature_table().append_column("effnet_artifact_prob", pa.array([0.9, 0.1, 0.5, 0.5]))
+    path = _oof_file(tmp_path, ["t1|reencode#0", "t2|reencode#0"], [0.6, 0.4])
+    with pytest.raises(ValueError, match=r"not cross-fitted: \['effnet_artifact_prob'\]"):
+        apply_cross_fitted(table, [path], required=["clip_b16_prob", "effnet_artifact_prob"])
+    with pytest.warns(UserWarning, match="in-sample train rows of .'clip_b16_prob', 'effnet_artifact_prob'"):
+        apply_cross_fitted(table, [], required=["clip_b16_prob", "effnet_artifact_prob"])
 
 
 def test_out_of_fold_values_for_a_validation_row_are_refused(tmp_path):
@@ -110,7 +149,8 @@ def test_the_fusion_trusts_a_cross_fitted_feature_as_much_as_it_deserves(tmp_pat
     def weight_of_clip(artifact: dict) -> float:
         return abs(artifact["logistic"]["coef"][artifact["features"].index("clip_b16_prob")])
 
-    leaky = train_fusion(table, ["clip_b16"], tmp_path / "leaky.json", dropout=0.0)
+    with pytest.warns(UserWarning, match="in-sample train rows"):
+        leaky = train_fusion(table, ["clip_b16"], tmp_path / "leaky.json", dropout=0.0)
     fair = train_fusion(table, ["clip_b16"], tmp_path / "fair.json", dropout=0.0, cross_fitted=(oof,))
     assert weight_of_clip(leaky) > 3 * weight_of_clip(fair)
     assert fair["metrics"]["test"]["overall"]["auc"] > leaky["metrics"]["test"]["overall"]["auc"]

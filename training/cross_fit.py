@@ -5,24 +5,32 @@ The fusion is fitted on the train split. A detector fitted on the same split (``
 it deserves on new images (measured: the clip head's train AUC 0.996 in-sample against 0.923 out-of-fold, and its
 fusion weight 2.5x too large). Cross-fitting removes that: the train items are split into ``folds`` by their
 near-duplicate cluster (so no duplicate crosses folds); for each fold a copy of the detector is trained on the
-other folds, calibrated on val like the shipped one, and scores the held-out fold. Val and test rows keep the
-shipped detector's features: the shipped detector never saw them.
+other folds the way the shipped one was (same settings, same variants, calibrated on val), and scores the
+held-out fold. Val and test rows keep the shipped detector's features: it was never trained on them (val did
+choose its settings and fit its calibration, as for every copy).
 
     imgverify train cross-fit clip-head MANIFEST --config CFG --out runs/cross_fit/clip_b16.parquet [--folds 5]
     imgverify train cross-fit effnet-artifact MANIFEST --config CFG --out runs/cross_fit/effnet_artifact.parquet
-        [--folds 2] [-- extra training options]
+        [--folds 5] [training options of train_effnet_artifact, e.g. --epochs 3 --pool-cache DIR]
+
+With K folds each copy is trained on (K-1)/K of the train split, so its scores are a little weaker than the
+shipped detector's: the fusion then trusts the detector slightly less than it could, the safe direction.
 
 The output is a table of ``key`` (the feature row key, ``training.features.row_key``), ``fold`` and the
-detector's feature columns. ``imgverify train fusion --cross-fitted FILE`` puts those values in place of the
-in-sample ones (``apply_cross_fitted``) and refuses a train row the file does not cover.
+detector's trained features, with the detector and its shipped version in the Parquet metadata.
+``imgverify train fusion --cross-fitted FILE`` puts those values in place of the in-sample ones
+(``apply_cross_fitted``); it refuses a train row a file does not cover, a file made for another version of the
+detector than the one that made the features, and, once any file is given, a trained feature no file covers.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +42,6 @@ import pyarrow.parquet as pq
 from deployments.config import load_profile
 from models.fusion import DetectorOutcome
 from training.features import DEFAULT_CACHE
-
-CROSS_FIT_DIR = Path("runs/cross_fit")
 
 
 def fold_of(cluster: str, folds: int) -> int:
@@ -55,16 +61,39 @@ def train_item_folds(manifest: pa.Table, folds: int) -> dict[str, int]:
     return {k: fold_of(c, folds) for k, c in zip(train.column("key").to_pylist(), train.column("cluster").to_pylist())}
 
 
+def item_key(row_key: str) -> str:
+    """The manifest item a feature row belongs to (``training.features.row_key`` appends ``|variant``)."""
+    return row_key.split("|", 1)[0]
+
+
+def variant_of(row_key: str) -> str:
+    """The variant of a feature row (``reencode#0``), without the processing id ``row_key`` adds."""
+    return row_key.split("|", 1)[1].split("@", 1)[0]
+
+
+def row_folds(row_keys: list[str], item_fold: dict[str, int]) -> np.ndarray:
+    """The fold of each feature row: its item's, so every variant of an item is held out together."""
+    return np.asarray([item_fold[item_key(k)] for k in row_keys], dtype=int)
+
+
 def out_of_fold_probs(
-    X: np.ndarray, y: np.ndarray, fold: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, params: dict[str, Any]
+    X: np.ndarray,
+    y: np.ndarray,
+    fold: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    params: dict[str, Any],
+    fit: np.ndarray | None = None,
 ) -> np.ndarray:
-    """P(AI) of every row from an ``EmbeddingHead(**params)`` fitted on the other folds and calibrated on val."""
+    """P(AI) of every row from an ``EmbeddingHead(**params)`` fitted on the rows of the other folds (those in
+    ``fit`` only, when given) and calibrated on val."""
     from models.clip_b16 import EmbeddingHead
 
+    fit = np.ones(len(y), dtype=bool) if fit is None else fit
     probs = np.full(len(y), np.nan)
     for k in np.unique(fold):
         held_out = fold == k
-        head = EmbeddingHead(**params).fit(X[~held_out], y[~held_out], X_val=X_val, y_val=y_val)
+        head = EmbeddingHead(**params).fit(X[fit & ~held_out], y[fit & ~held_out], X_val=X_val, y_val=y_val)
         probs[held_out] = head.predict_proba(X[held_out])[:, 1]
     return probs
 
@@ -77,21 +106,25 @@ def cross_fit_clip_head(
     variants: list[str] = FUSION_VARIANTS,
     cache_dir: Path = DEFAULT_CACHE,
 ) -> pa.Table:
-    """Out-of-fold ``clip_b16_prob`` for the train rows, with the shipped head's settings (kind, model, C)."""
+    """Out-of-fold ``clip_b16_prob`` for the train rows of ``variants``. Each fold head has the shipped head's
+    settings (kind, model, C) and is fitted and calibrated on the same variants of train / val as it was
+    (``train_clip_head``'s report in the head file), so both give probabilities on one scale."""
     import models
-    from models.clip_b16 import EmbeddingHead
     from training.dataset import load_manifest
     from training.features import extract_features, outcome_column
     from training.train_clip_head import embedding_profile
 
+    settings = {**load_profile(config).detectors["clip_b16"].user_config.detector, "return_embedding": False}
+    detector = models.create_detector("clip_b16", settings)
+    shipped = detector.head
+    if shipped is None:
+        raise ValueError(f"{config}: clip_b16 has no head to cross-fit")
+    trained_on = list(shipped.metadata_.get("variants") or ["clean", *variants])
     manifest = load_manifest(manifest_path)
     item_fold = train_item_folds(manifest, folds)
     items = manifest.filter(pc.is_in(manifest["split"], pa.array(["train", "val"])))
-    table = extract_features(items, embedding_profile(config), variants, cache_dir, progress=False)
-    settings = {**load_profile(config).detectors["clip_b16"].user_config.detector, "return_embedding": False}
-    detector = models.create_detector("clip_b16", settings)
-    shipped: EmbeddingHead = detector.head
-    rows = {"train": ([], [], [], []), "val": ([], [], [], [])}  # keys, image embeds, cls, labels
+    table = extract_features(items, embedding_profile(config), sorted({*trained_on, *variants}), cache_dir, False)
+    rows: dict[str, dict[str, list]] = {s: {"key": [], "embedding": [], "cls": [], "y": []} for s in ("train", "val")}
     for key, split, label, text in zip(
         table.column("key").to_pylist(),
         table.column("split").to_pylist(),
@@ -101,23 +134,26 @@ def cross_fit_clip_head(
         outcome = DetectorOutcome.from_json(text) if text else None
         if outcome is None or outcome.status != "ok":
             continue  # the fusion sees this row's clip_b16 as missing either way
-        keys, embeds, cls, labels = rows[split]
-        keys.append(key)
-        embeds.append(outcome.result.details["embedding"])
-        cls.append(outcome.result.details["cls"])
-        labels.append(1 if label == "ai" else 0)
-    train_keys, train_embeds, train_cls, y = (np.asarray(v) for v in rows["train"])
-    _, val_embeds, val_cls, y_val = (np.asarray(v) for v in rows["val"])
-    kind_is_cls = shipped.embedding_kind == "cls"
-    X, X_val = (train_cls, val_cls) if kind_is_cls else (train_embeds, val_embeds)
-    fold = np.asarray([item_fold[item_key(k)] for k in train_keys])
-    probs = out_of_fold_probs(X, y, fold, X_val, y_val, shipped.get_params())
+        for name, value in (("key", key), ("y", 1 if label == "ai" else 0)):
+            rows[split][name].append(value)
+        for name in ("embedding", "cls"):
+            rows[split][name].append(outcome.result.details[name])
+    train = {name: np.asarray(values) for name, values in rows["train"].items()}
+    val = {name: np.asarray(values) for name, values in rows["val"].items()}
+    kind = "cls" if shipped.embedding_kind == "cls" else "embedding"
+    fit = np.asarray([variant_of(k) in trained_on for k in train["key"]])
+    calibrate = np.asarray([variant_of(k) in trained_on for k in val["key"]])
+    fold = row_folds(list(train["key"]), item_fold)
+    params = shipped.get_params()
+    probs = out_of_fold_probs(train[kind], train["y"], fold, val[kind][calibrate], val["y"][calibrate], params, fit)
+    wanted = np.asarray([variant_of(k) in variants for k in train["key"]])
     # Through the detector's own postprocess, so the feature is exactly what the detector would report.
-    features = []
-    for p, e, c in zip(probs, train_embeds, train_cls):
-        output = {"embedding": e, "cls": c, "prob": float(p), "pub_prob": None}
-        features.append(detector.postprocess(output, False).features)
-    return _oof_table(list(train_keys), fold.tolist(), features, TRAINED_FEATURES["clip_b16"])
+    features = [
+        detector.postprocess({"embedding": e, "cls": c, "prob": float(p), "pub_prob": None}, False).features
+        for p, e, c in zip(probs[wanted], train["embedding"][wanted], train["cls"][wanted])
+    ]
+    keys = list(train["key"][wanted])
+    return _oof_table("clip_b16", detector.version, keys, fold[wanted].tolist(), features)
 
 
 # ---- a detector with trained weights: one training run per fold, then the held-out fold scored -----------------
@@ -131,53 +167,77 @@ def cross_fit_detector(
 ) -> pa.Table:
     """Out-of-fold features of ``name`` for the train rows: fold k's items scored by the detector loaded with
     ``fold_weights[k]`` (trained without fold k), through the feature pipeline and its cache."""
+    import models
     from training.dataset import load_manifest
     from training.features import extract_features, single_detector_profile
 
+    shipped = models.create_detector(name, load_profile(config).detectors[name].user_config.detector)
     manifest = load_manifest(manifest_path)
     item_fold = train_item_folds(manifest, len(fold_weights))
     keys, folds, features = [], [], []
     for k, weights in enumerate(fold_weights):
         held_out = manifest.filter(pc.is_in(manifest["key"], pa.array([i for i, f in item_fold.items() if f == k])))
-        profile = single_detector_profile(config, name, {"weights": str(weights), "weights_sha256": None})
+        profile = single_detector_profile(config, name, {"weights": str(weights.resolve()), "weights_sha256": None})
         table = extract_features(held_out, profile, variants, cache_dir, progress=False)
         for i, key in enumerate(table.column("key").to_pylist()):
             keys.append(key)
             folds.append(k)
             features.append({f: table.column(f)[i].as_py() for f in TRAINED_FEATURES[name]})
-    return _oof_table(keys, folds, features, TRAINED_FEATURES[name])
+    return _oof_table(name, shipped.version, keys, folds, features)
 
 
-def item_key(row_key: str) -> str:
-    """The manifest item a feature row belongs to (``training.features.row_key`` appends ``|variant``)."""
-    return row_key.split("|", 1)[0]
+def check_fold_weights(path: Path, manifest: Path, folds: int, held_out: int) -> None:
+    """Refuse fold weights trained for another fold layout or another manifest (a rebuilt manifest can move
+    items between folds, and weights that saw an item must not score it); the card beside the weights says."""
+    from models.weights import file_sha256
+
+    card = json.loads(path.with_suffix(".json").read_text())
+    data = card.get("data", {})
+    if data.get("cross_fit") != {"folds": folds, "held_out": held_out}:
+        raise ValueError(f"{path}: trained as {data.get('cross_fit')}, not fold {held_out} of {folds}; delete it")
+    if data.get("manifest_sha256") != file_sha256(manifest):
+        raise ValueError(f"{path}: trained on another manifest than {manifest}; delete it to retrain")
 
 
-def _oof_table(keys: list[str], folds: list[int], features: list[dict[str, float]], names: list[str]) -> pa.Table:
+def _oof_table(
+    detector: str, shipped_version: str, keys: list[str], folds: list[int], features: list[dict[str, float]]
+) -> pa.Table:
     columns = {"key": pa.array(keys, pa.string()), "fold": pa.array(folds, pa.int32())}
-    for name in names:
+    for name in TRAINED_FEATURES[detector]:
         columns[name] = pa.array([f.get(name) for f in features], pa.float64())
-    return pa.table(columns)
+    metadata = {"detector": detector, "shipped_version": shipped_version}
+    return pa.table(columns).replace_schema_metadata({"imgverify_cross_fit": json.dumps(metadata)})
 
 
 # ---- the fusion's side --------------------------------------------------------------------------------------
-def apply_cross_fitted(table: pa.Table, paths: list[Path]) -> tuple[pa.Table, list[dict[str, Any]]]:
+def apply_cross_fitted(
+    table: pa.Table, paths: list[Path], required: list[str] = ()
+) -> tuple[pa.Table, list[dict[str, Any]]]:
     """``table`` (feature rows) with each file's out-of-fold values in place of the train rows' in-sample ones;
-    and what was replaced. Refused: a train row the detector scored that a file does not cover, and a file row
-    that is not a train row (val and test must keep the shipped detector's features)."""
+    and what was replaced. Refused: a train row the detector scored that a file does not cover; a file row that is
+    not a train row (val and test keep the shipped detector's features); a file made for another version of the
+    detector than the one in the table's outcomes; two files for one feature; and, once any file is given, a
+    ``required`` feature (trained on train, used by the fusion) that no file covers."""
     from models.weights import file_sha256
+    from training.features import outcome_column
 
-    record = []
+    record, covered = [], set()
     keys, splits = table.column("key").to_pylist(), table.column("split").to_pylist()
     split_of = dict(zip(keys, splits))
     for path in paths:
         oof = pq.read_table(path)
+        meta = json.loads((oof.schema.metadata or {}).get(b"imgverify_cross_fit", b"{}"))
+        _check_version(table, meta, path, outcome_column)
         oof_keys = oof.column("key").to_pylist()
         not_train = [k for k in oof_keys if split_of.get(k, "train") != "train"]
         if not_train:
             raise ValueError(f"{path}: {len(not_train)} rows are not train rows (first {not_train[0]!r})")
-        names = [c for c in oof.column_names if c not in ("key", "fold")]
-        for name in names:
+        for name in [c for c in oof.column_names if c not in ("key", "fold")]:
+            if name in covered:
+                raise ValueError(f"{path}: {name} is cross-fitted by an earlier file too")
+            if name not in table.column_names:
+                raise ValueError(f"{path}: the features table has no column {name!r}")
+            covered.add(name)
             values = dict(zip(oof_keys, oof.column(name).to_pylist()))
             column = table.column(name).to_pylist()
             for i, (key, split) in enumerate(zip(keys, splits)):
@@ -190,32 +250,66 @@ def apply_cross_fitted(table: pa.Table, paths: list[Path]) -> tuple[pa.Table, li
                 column[i] = values[key]
             table = table.set_column(table.column_names.index(name), name, pa.array(column, pa.float64()))
         replaced = sum(1 for k in oof_keys if k in split_of)
-        record.append({"file": str(path), "sha256": file_sha256(path), "features": names, "train_rows": replaced})
+        record.append(
+            {
+                "file": str(path),
+                "sha256": file_sha256(path),
+                **meta,
+                "features": sorted(covered),
+                "train_rows": replaced,
+            }
+        )
+    uncovered = [name for name in required if name not in covered and name in table.column_names]
+    if paths and uncovered:
+        raise ValueError(f"trained on the train split but not cross-fitted: {uncovered}; add their files")
+    if uncovered:
+        warnings.warn(f"the fusion is fitted on in-sample train rows of {uncovered} (no --cross-fitted)", stacklevel=2)
     return table, record
 
 
+def _check_version(table: pa.Table, meta: dict[str, str], path: Path, outcome_column: Any) -> None:
+    """The table's train-row outcomes of the file's detector must come from the version the file was made for."""
+    column = outcome_column(meta.get("detector", ""))
+    if not meta or column not in table.column_names:
+        return
+    train = table.filter(pc.equal(table["split"], "train"))
+    versions = {json.loads(t)["version"] for t in train.column(column).to_pylist() if t}
+    if versions - {meta["shipped_version"]}:
+        raise ValueError(
+            f"{path}: made for {meta['detector']} {meta['shipped_version']!r}, but the features come from "
+            f"{sorted(versions)}; run `imgverify train cross-fit` again"
+        )
+
+
 # ---- command line -------------------------------------------------------------------------------------------
+RESERVED = ("--manifest", "--out", "--folds", "--hold-out-fold")  # set here per fold; not passed through
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imgverify train cross-fit", description=__doc__.splitlines()[0])
     parser.add_argument("detector", choices=["clip-head", "effnet-artifact"])
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--config", type=Path, required=True, help="the Serve config the fusion is trained for")
     parser.add_argument("--out", type=Path, required=True, help="out-of-fold features (.parquet)")
-    parser.add_argument("--folds", type=int, default=None, help="default: 5 for clip-head, 2 for effnet-artifact")
+    parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args, extra = parser.parse_known_args(argv)
+    if args.detector == "clip-head" and extra:
+        parser.error(f"clip-head takes no training options: {extra}")
+    if any(e.split("=")[0] in RESERVED for e in extra):
+        parser.error(f"{RESERVED} are set by cross-fit itself: {extra}")
     started = time.perf_counter()
     if args.detector == "clip-head":
-        table = cross_fit_clip_head(args.manifest, args.config, args.folds or 5, cache_dir=args.cache)
+        table = cross_fit_clip_head(args.manifest, args.config, args.folds, cache_dir=args.cache)
     else:
-        folds = args.folds or 2
-        weights = [args.out.parent / f"effnet_artifact_fold{k}of{folds}.safetensors" for k in range(folds)]
+        weights = [args.out.parent / f"effnet_artifact_fold{k}of{args.folds}.safetensors" for k in range(args.folds)]
         for k, path in enumerate(weights):
-            if not path.exists():  # one fine-tuning run per fold (~12 min each on 2 cores); kept, so a re-run reuses it
+            if not path.exists():  # one fine-tuning per fold (~7 min each here with 5 folds), kept for a re-run
                 from training import train_effnet_artifact
 
-                fold_args = ["--manifest", str(args.manifest), "--out", str(path), "--folds", str(folds)]
+                fold_args = ["--manifest", str(args.manifest), "--out", str(path), "--folds", str(args.folds)]
                 train_effnet_artifact.main([*fold_args, "--hold-out-fold", str(k), *extra])
+            check_fold_weights(path, args.manifest, args.folds, k)
         table = cross_fit_detector("effnet_artifact", args.manifest, args.config, weights, cache_dir=args.cache)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, args.out)

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import models
 from deployments.config import load_profile
 from models.fusion import ARTIFACT_FORMAT, TrainedFusion, apply_calibration, design_matrix
-from training.cross_fit import apply_cross_fitted
+from training.cross_fit import TRAINED_FEATURES, apply_cross_fitted
 from training.dataset import check_two_classes
 from training.features import DEFAULT_CONFIG, feature_rows
 from training.metrics import binary_metrics, threshold_for_fpr
@@ -142,7 +142,8 @@ def train_fusion(
 ) -> dict[str, Any]:
     """Fit, calibrate, choose the threshold, measure, and write the artifact to ``out``. ``cross_fitted``: files
     of out-of-fold features for the train rows (``training.cross_fit``), used in place of the in-sample ones."""
-    table, replaced = apply_cross_fitted(table, list(cross_fitted))
+    trained_here = [name for d in detectors for name in TRAINED_FEATURES.get(d, [])]
+    table, replaced = apply_cross_fitted(table, list(cross_fitted), required=trained_here)
     table, splits = _usable_splits(table)
     # Container facts (size, JPEG tables, EXIF presence) are context only: see FeatureSpec.fusion_input.
     schema = {name: spec for name, spec in models.feature_schema(detectors).items() if spec.fusion_input}
