@@ -32,7 +32,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     IMGVERIFY_CACHE=/opt/imgverify/cache \
     HF_HOME=/opt/imgverify/hf \
-    HF_HUB_OFFLINE=1
+    HF_HUB_OFFLINE=1 \
+    RAY_SERVE_ENABLE_HA_PROXY=1
 
 # wget: the HEALTHCHECK and KubeRay's default pod probes use it. libgl1, libglib2.0-0, libsm6, libxext6: opencv-python
 # (pulled in by invisible-watermark) links them. libgomp1: OpenMP for xgboost and scikit-learn.

@@ -27,6 +27,14 @@ Variants (deployed one after another in the same Ray session; comma-separated):
                  (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0, RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 in the
                  application's runtime_env): two fewer thread hops per call
 
+``--no-access-log`` turns off Serve's per-request access log line in the proxy and in every replica
+(``logging_config.enable_access_log: false``); the ingress still logs its own verdict line per request.
+
+``--haproxy`` runs everything behind Ray's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, which turns on direct
+ingress; HAProxy listens on the proxy's port and balances over the ingress replicas), and ``--throughput-optimized``
+sets ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (gRPC between deployments, Serve's user code and router on each replica's
+main loop, no log copy to stderr): the two switches of Ray's documented high-throughput mode.
+
 ``--direct-ingress`` runs everything with Ray Serve's experimental direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``
 for the whole Ray session): no proxy actor, the ingress replica serves HTTP itself on a port from 30000 up, found
 here by probing. One variant per run then (each ingress replica would get its own port).
@@ -353,10 +361,23 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level")
     parser.add_argument("--bodies", default="multipart", help="comma-separated: multipart, raw")
     parser.add_argument(
-        "--variants", default="configured", help="comma-separated: configured, pillow, ingress1, ingress2, one_loop"
+        "--variants",
+        default="configured",
+        help="comma-separated: configured, pillow, ingress1, ingress2, one_loop",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--direct-ingress", action="store_true", help="no proxy: the ingress replica serves HTTP")
+    parser.add_argument(
+        "--haproxy", action="store_true", help="Ray's HAProxy ingress in front of direct-ingress replicas, on the port"
+    )
+    parser.add_argument(
+        "--throughput-optimized",
+        action="store_true",
+        help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1: gRPC between deployments, user code and router on the main loop",
+    )
+    parser.add_argument(
+        "--no-access-log", action="store_true", help="Serve's per-request access log off (proxy and replicas)"
+    )
     args = parser.parse_args()
     if args.direct_ingress and "," in args.variants:
         parser.error("--direct-ingress runs one variant (each ingress replica would listen on its own port)")
@@ -369,14 +390,23 @@ def main() -> int:
 
     from serve_app.local import deploy_apps, start_serve
 
-    if args.direct_ingress:  # read by Serve's controller and replicas, which inherit this process' environment
+    # Read by Serve's controller, proxies and replicas at import, which inherit this process' environment.
+    if args.direct_ingress:
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+    if args.haproxy:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    if args.throughput_optimized:
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    url = start_serve()
+    quiet = {"enable_access_log": False} if args.no_access_log else None
+    url = start_serve(logging_config=quiet)
     runs: dict[str, dict[str, dict[int, dict]]] = {}
     for variant in args.variants.split(","):
-        deploy_apps(variant_applications(args.config, variant))
-        if args.direct_ingress:
+        applications = variant_applications(args.config, variant)
+        for app in applications if quiet else []:
+            app["logging_config"] = {**app.get("logging_config", {}), **quiet}
+        deploy_apps(applications)
+        if args.direct_ingress and not args.haproxy:  # HAProxy listens on the proxy's port itself
             url = direct_ingress_url()
         asyncio.run(load(url, images, 4, 8, bodies[0]))  # warm-up
         runs[variant] = {
@@ -390,8 +420,10 @@ def main() -> int:
 
     slowest = max(base["alone_ms"], key=base["alone_ms"].get)
     what = f"one {args.jpeg_size} JPEG" if args.jpeg_size else f"{len(images)} images"
-    via = "direct ingress (no proxy)" if args.direct_ingress else "Serve's HTTP proxy"
-    print(f"\n{what}, config {args.config.name}, {os.cpu_count()} CPUs, HTTP via {via}\n")
+    via = "HAProxy" if args.haproxy else "direct ingress (no proxy)" if args.direct_ingress else "Serve's HTTP proxy"
+    via += ", throughput-optimized" if args.throughput_optimized else ""
+    logs = "access log off" if args.no_access_log else "access log on"
+    print(f"\n{what}, config {args.config.name}, {os.cpu_count()} CPUs, HTTP via {via}, {logs}\n")
     print("in-process, ms per image (median):")
     for name, ms in base["alone_ms"].items():
         print(f"  {name:<12} alone {ms:8.1f}")

@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 # the service below runs with HF_HUB_OFFLINE=1 and finds them in the cache. A second run fetches nothing.
 .venv/bin/imgverify weights fetch --config serve_config.local.yaml
 
-# Local Ray without token auth (the serve CLI would lack the token), and never a model hub.
-export RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1
+# Local Ray without token auth (the serve CLI would lack the token), and never a model hub. HAProxy in front of
+# the ingress replicas instead of Serve's Python proxy (Ray's documented high-throughput ingress; docs/operations.md).
+export RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 RAY_SERVE_ENABLE_HA_PROXY=1
 if [ -f .serve.pid ] && kill -0 "$(cat .serve.pid)" 2>/dev/null; then
   echo "service already running (pid $(cat .serve.pid))"
 else

@@ -193,6 +193,9 @@ def _pod_template(image: str, shape: NodeShape, *, head: bool, fetch_config: str
         {"name": "HF_HOME", "value": "/cache/hf"},
         # The production profile loads open_clip tags through the hub at replica start: online.
         {"name": "HF_HUB_OFFLINE", "value": "0"},
+        # Serve's ingress is HAProxy (bundled with ray[serve]) in front of the ingress replicas, not the Python
+        # proxy: read by Ray at start on every node (docs/operations.md, "HAProxy ingress").
+        {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
     ]
     mounts = [{"name": "weights-cache", "mountPath": "/cache"}]
     volumes: list[dict[str, Any]] = [{"name": "weights-cache", "emptyDir": {}}]

@@ -7,6 +7,7 @@ application by its ``import_path``, calls the builder with the config's ``args``
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -25,12 +26,25 @@ def config_applications(path: str | Path) -> list[dict]:
     return yaml.safe_load(Path(path).read_text())["applications"]
 
 
-def start_serve(port: int | None = None) -> str:
+def isolate_haproxy_ports() -> None:
+    """Give this process' Ray session free ports for the fixed ones of Serve's HAProxy ingress (metrics 9101,
+    stats 8404, the fallback proxy 8500 / 9500), so a test or bench session can run beside a service already
+    listening on them. Call before ``ray.init``; settings already in the environment are kept."""
+    for name in (
+        "RAY_SERVE_HAPROXY_METRICS_PORT",
+        "RAY_SERVE_HAPROXY_STATS_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+    ):
+        os.environ.setdefault(name, str(free_port()))
+
+
+def start_serve(port: int | None = None, logging_config: dict | None = None) -> str:
     """Start Serve's HTTP proxy on 127.0.0.1 (a free port by default); return its base URL."""
     from ray import serve
 
     port = port or free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=logging_config)
     return f"http://127.0.0.1:{port}"
 
 

@@ -11,13 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.local import config_applications, deploy_apps, start_serve
+from serve_app.local import config_applications, deploy_apps, isolate_haproxy_ports, start_serve
 from training import data_sources
 
 # Tests never reach a model hub: everything they load is built by the tests themselves.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The shipped ingress (quickstart, Dockerfile, KubeRay): HAProxy in front of the ingress replicas. Read by Ray's
+# processes at start, so it is set before the session's ray.init; RAY_SERVE_ENABLE_HA_PROXY=0 tests Serve's proxy.
+os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+isolate_haproxy_ports()  # a local service on the default ports does not collide with the session's
 # A Ray Data job that stops moving fails the test in minutes, not after the default half hour.
 os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "300")
 

@@ -39,12 +39,32 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
+def test_the_session_serves_through_the_shipped_ingress(client, serve_url):
+    """HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1, as the quickstart, the image and KubeRay run it) binds the session's
+    port and answers; with the variable at 0 no HAProxy binds it (Serve's Python proxy does)."""
+    import os
+    from pathlib import Path
+
+    assert client.get("/healthz").status_code == 200
+    port = serve_url.rsplit(":", 1)[1]
+    configs = []  # the config file of every running HAProxy: `haproxy ... -f CONFIG ...`
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # the process ended meanwhile
+            continue
+        if args[0].endswith("haproxy") and "-f" in args:
+            configs.append(Path(args[args.index("-f") + 1]))
+    binding = [c for c in configs if c.exists() and f"bind 127.0.0.1:{port}\n" in c.read_text()]
+    assert len(binding) == (1 if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else 0), configs
+
+
 def test_camera_photo_gets_a_full_explained_verdict(client, fixtures):
     response = post_file(client, (fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes())
     assert response.status_code == 200, response.text
     body = response.json()
     ServiceVerdict.model_validate(body)  # the declared response shape (/docs) is the one served
-    assert set(body["detectors"]) == {"provenance", "forensics", "ghostnet", "clip_b16"}
+    assert set(body["detectors"]) == {"provenance", "forensics", "effnet_artifact", "clip_b16"}
     assert all(d["status"] == "ok" and d["version"] and d["latency_ms"] > 0 for d in body["detectors"].values())
     assert body["missing"] == []
     # Features of every detector at top level, with their declared names.
@@ -54,7 +74,7 @@ def test_camera_photo_gets_a_full_explained_verdict(client, fixtures):
         "c2pa_present",
         "image_entropy",
         "compression_level",
-        "ghostnet_score",
+        "effnet_artifact_prob",
         "clip_b16_prob",
         "clip_b16_pub_prob",
     ):
@@ -191,7 +211,7 @@ def test_batch_endpoint_keeps_order_and_isolates_a_bad_file(client, fixtures):
 
 def test_detectors_endpoint_lists_features_versions_and_status(client):
     body = client.get("/v1/detectors").json()
-    assert set(body["detectors"]) == {"provenance", "forensics", "ghostnet", "clip_b16"}
+    assert set(body["detectors"]) == {"provenance", "forensics", "effnet_artifact", "clip_b16"}
     for info in body["detectors"].values():
         assert info["status"] == "ready" and info["version"] and info["features"]
         assert {"name", "low", "high", "direction", "description"} <= set(info["features"][0])
