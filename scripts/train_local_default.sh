@@ -18,19 +18,18 @@ HF_HUB_OFFLINE=0 $IMGVERIFY weights fetch --config serve_config.local.yaml || tr
 $IMGVERIFY train clip-head runs/manifest_local.parquet --out models/weights/clip_b16_head.npz \
   --config serve_config.local.yaml
 sed -i "s|head_sha256: .*|head_sha256: $(sha256sum models/weights/clip_b16_head.npz | cut -d' ' -f1)|" serve_config.local.yaml
-# Out-of-fold features for the train rows of the two detectors fitted on train (training/cross_fit.py): the
-# clip head refitted per fold on its cached embeddings (seconds); effnet_artifact fine-tuned once per fold
-# (5 folds, ~7 min each here; kept in runs/cross_fit/ and reused by a re-run of the same manifest). The shipped
-# effnet_artifact weights come from `imgverify train effnet-artifact` (models/weights/effnet_artifact.json).
+# Out-of-fold clip_b16_prob for the train rows (training/cross_fit.py): the head refitted per fold on its cached
+# embeddings, so the fusion weighs it by what it does on images it never saw. A profile with effnet_artifact adds
+#   $IMGVERIFY train cross-fit effnet-artifact runs/manifest_local.parquet --config CFG \
+#     --out runs/cross_fit/effnet_artifact.parquet --pool-cache runs/effnet_pool --epochs 3 --time-limit-min 24
+# (one fine-tuning per fold, ~7 min each here) and passes that file to `train fusion --cross-fitted` too.
 $IMGVERIFY train cross-fit clip-head runs/manifest_local.parquet --config serve_config.local.yaml \
   --out runs/cross_fit/clip_b16.parquet
-$IMGVERIFY train cross-fit effnet-artifact runs/manifest_local.parquet --config serve_config.local.yaml \
-  --out runs/cross_fit/effnet_artifact.parquet --pool-cache runs/effnet_pool --epochs 3 --time-limit-min 24
 # Both classes through the same random crop / resize / JPEG re-encode, two copies per item.
 $IMGVERIFY features extract runs/manifest_local.parquet --variant reencode --copies 2 \
   --config serve_config.local.yaml --out runs/features_local_reencode.parquet
 $IMGVERIFY train fusion runs/features_local_reencode.parquet --model logistic \
   --config serve_config.local.yaml --out models/weights/fusion_local.json \
-  --cross-fitted runs/cross_fit/clip_b16.parquet runs/cross_fit/effnet_artifact.parquet
+  --cross-fitted runs/cross_fit/clip_b16.parquet
 $IMGVERIFY evaluate runs/manifest_local.parquet --config serve_config.local.yaml --split test --robustness \
   --out reports/local
