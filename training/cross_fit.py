@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from deployments.config import load_profile
 from models.fusion import DetectorOutcome
-from training.features import DEFAULT_CACHE
+from training.features import DEFAULT_CACHE, outcome_column
 
 
 def fold_of(cluster: str, folds: int) -> int:
@@ -49,8 +49,9 @@ def fold_of(cluster: str, folds: int) -> int:
     return int.from_bytes(hashlib.sha256(f"cross-fit:{cluster}".encode()).digest()[:8], "big") % folds
 
 
-# The features of each detector that a model fitted on the train split produces (the published CLIP probe and the
-# hand-made features were never fitted here, so their train rows are not in-sample).
+# The features this module can cross-fit: those of the detectors fitted here on the train split. The published
+# CLIP probe and the hand-made features were never fitted here. ghostnet_score is (training/train_ghostnet.py, same
+# splits) but has no cross-fit yet: its train rows stay in-sample, a known gap (it is a weak feature, AUC ~0.68).
 TRAINED_FEATURES = {"clip_b16": ["clip_b16_prob"], "effnet_artifact": ["effnet_artifact_prob"]}
 FUSION_VARIANTS = ["reencode#0", "reencode#1"]  # what `features extract --variant reencode --copies 2` makes
 
@@ -111,7 +112,7 @@ def cross_fit_clip_head(
     (``train_clip_head``'s report in the head file), so both give probabilities on one scale."""
     import models
     from training.dataset import load_manifest
-    from training.features import extract_features, outcome_column
+    from training.features import extract_features
     from training.train_clip_head import embedding_profile
 
     settings = {**load_profile(config).detectors["clip_b16"].user_config.detector, "return_embedding": False}
@@ -219,7 +220,6 @@ def apply_cross_fitted(
     detector than the one in the table's outcomes; two files for one feature; and, once any file is given, a
     ``required`` feature (trained on train, used by the fusion) that no file covers."""
     from models.weights import file_sha256
-    from training.features import outcome_column
 
     record, covered = [], set()
     keys, splits = table.column("key").to_pylist(), table.column("split").to_pylist()
@@ -227,7 +227,7 @@ def apply_cross_fitted(
     for path in paths:
         oof = pq.read_table(path)
         meta = json.loads((oof.schema.metadata or {}).get(b"imgverify_cross_fit", b"{}"))
-        _check_version(table, meta, path, outcome_column)
+        _check_version(table, meta, path)
         oof_keys = oof.column("key").to_pylist()
         not_train = [k for k in oof_keys if split_of.get(k, "train") != "train"]
         if not_train:
@@ -267,7 +267,7 @@ def apply_cross_fitted(
     return table, record
 
 
-def _check_version(table: pa.Table, meta: dict[str, str], path: Path, outcome_column: Any) -> None:
+def _check_version(table: pa.Table, meta: dict[str, str], path: Path) -> None:
     """The table's train-row outcomes of the file's detector must come from the version the file was made for."""
     column = outcome_column(meta.get("detector", ""))
     if not meta or column not in table.column_names:

@@ -286,18 +286,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--hold-out-fold", type=int, default=None, help="train without this fold of the train clusters (fold_of)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.hold_out_fold is None and args.folds != 1:
+        parser.error("--folds needs --hold-out-fold")
+    if args.hold_out_fold is not None and not (args.folds >= 2 and 0 <= args.hold_out_fold < args.folds):
+        parser.error(f"--hold-out-fold {args.hold_out_fold} --folds {args.folds}: need folds >= 2, 0 <= k < folds")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if (args.hold_out_fold is None) != (args.folds == 1) or (
-        args.hold_out_fold is not None and not (args.folds >= 2 and 0 <= args.hold_out_fold < args.folds)
-    ):
-        raise SystemExit(
-            f"--folds {args.folds} --hold-out-fold {args.hold_out_fold}: give both, folds >= 2, 0 <= k < folds"
-        )
     if args.fetch_imagenet:
         resolved = fetch_weights(IMAGENET_SOURCE.location, IMAGENET_SOURCE.sha256, IMAGENET_SOURCE.archive_sha256)
         print(f"{IMAGENET_SOURCE.location}  {resolved.path}  {resolved.status}")
