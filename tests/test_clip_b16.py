@@ -262,6 +262,59 @@ def test_nothing_to_give_is_refused(tiny_clip):
         )
 
 
+# ---- intermediate layers (cls_layers) -----------------------------------------------------------------------------
+def test_cls_layers_are_the_encoder_layers_cls_tokens(tiny_clip, images, no_network):
+    """HF path: each listed layer's CLS token (hidden_states[i + 1]), unit-normalised, concatenated in order; the
+    last layer's is the ``cls`` embedding itself."""
+    from transformers import CLIPVisionModelWithProjection
+
+    detector = create_detector(
+        "clip_b16", {"backbone": tiny_clip, "return_embedding": True, "cls_layers": [1, 0], **NO_PUBLISHED}
+    )
+    results = detector.predict(images)
+    layers = _embeddings(results, "cls_layers")
+    assert layers.shape == (len(images), 2 * 64) and detector.embedding_sizes["cls_layers"] == 128
+    model = CLIPVisionModelWithProjection.from_pretrained(tiny_clip).eval()
+    with torch.no_grad():
+        hidden = model(pixel_values=torch.from_numpy(_pixels(images)), output_hidden_states=True).hidden_states
+    for slot, layer in enumerate([1, 0]):
+        expected = torch.nn.functional.normalize(hidden[layer + 1][:, 0], dim=-1)
+        np.testing.assert_allclose(layers[:, slot * 64 : (slot + 1) * 64], expected, atol=1e-5)
+    np.testing.assert_allclose(layers[:, :64], _embeddings(results, "cls"), atol=1e-6)
+    assert "cls_layers=1,0" in detector.version
+    with pytest.raises(ValueError, match=r"cls_layers \[0, 2\] outside the backbone's 2 layers"):
+        create_detector("clip_b16", {"backbone": tiny_clip, "return_embedding": True, "cls_layers": [0, 2]})
+
+
+def test_cls_layers_from_the_onnx_graph_match_the_rebuild(tiny_onnx, images, no_network):
+    """onnxruntime reads the layers' outputs out of the graph (extra outputs, same numbers); the rebuild computes
+    them in torch: the two agree as closely as their last-layer CLS tokens do."""
+    config = {"backbone": str(tiny_onnx["int8"]), "return_embedding": True, "cls_layers": [0, 1], **NO_PUBLISHED}
+    fast = create_detector("clip_b16", {**config, "runtime": "onnxruntime"})
+    rebuilt = create_detector("clip_b16", {**config, "runtime": "torch"})
+    a, b = _embeddings(fast.predict(images), "cls_layers"), _embeddings(rebuilt.predict(images), "cls_layers")
+    assert a.shape == b.shape == (len(images), 128)
+    for slot in range(2):
+        assert _cos(a[:, slot * 64 : (slot + 1) * 64], b[:, slot * 64 : (slot + 1) * 64]).min() > 0.95
+    plain = create_detector("clip_b16", {**config, "cls_layers": [], "runtime": "onnxruntime"})
+    np.testing.assert_array_equal(_embeddings(plain.predict(images)), _embeddings(fast.predict(images)))
+    with pytest.raises(ValueError, match="has no node '/vision_model/encoder/layers.5/Add_1'"):
+        create_detector("clip_b16", {**config, "cls_layers": [5], "runtime": "onnxruntime"})
+
+
+def test_a_cls_layers_head_is_tied_to_its_layers(tiny_clip, images, tmp_path, no_network):
+    config = {"backbone": tiny_clip, **NO_PUBLISHED}
+    embedder = create_detector("clip_b16", {**config, "return_embedding": True, "cls_layers": [0, 1]})
+    X = _embeddings(embedder.predict(images), "cls_layers")
+    head = EmbeddingHead(cv=2, backbone_id=tiny_clip, embedding_kind="cls_layers", layers=[0, 1])
+    path = head.fit(X, np.array([0, 0, 1, 1, 0])).save(tmp_path / "layers.npz")
+    detector = create_detector("clip_b16", {**config, "head": str(path), "cls_layers": [0, 1]})
+    got = [r.features["clip_b16_prob"] for r in detector.predict(images)]
+    np.testing.assert_allclose(got, head.predict_proba(X)[:, 1], atol=1e-6)
+    with pytest.raises(ValueError, match=r"CLS tokens of layers \[0, 1\] \(configured: \[1, 0\]\)"):
+        create_detector("clip_b16", {**config, "head": str(path), "cls_layers": [1, 0]})
+
+
 # ---- heads -----------------------------------------------------------------------------------------------------
 def test_published_head_is_sigmoid_of_the_normalised_embedding(tiny_clip, embedder, images, tmp_path, no_network):
     rng = np.random.default_rng(0)
@@ -433,7 +486,7 @@ def test_real_int8_file_reproduces_its_reference(runtime, no_network):
     detector = _real_detector(runtime)
     reference = json.loads(REFERENCE.read_text())[runtime]
     image = decode_image(REAL_IMAGE.read_bytes())
-    embeds, _ = detector._embed(detector.preprocess(image))
+    embeds = detector._embed(detector.preprocess(image))["image_embeds"]
     # Integer matmuls are exact, but float ops around them differ by CPU kernel (AVX2 / AVX-512 / ARM) and
     # library version: 1e-3 on unit-norm 512-d vectors is far below the 0.01-0.04 batch effects it guards.
     np.testing.assert_allclose(np.linalg.norm(embeds[0]), reference["image_embeds_norm"], rtol=1e-3)
@@ -460,7 +513,7 @@ def write_reference(path: Path = REFERENCE) -> None:
     }
     for runtime in ("onnxruntime", "torch"):
         detector = create_detector("clip_b16", {**OFFLINE_CONFIG, "runtime": runtime, "return_embedding": True})
-        embeds, _ = detector._embed(detector.preprocess(image))
+        embeds = detector._embed(detector.preprocess(image))["image_embeds"]
         result = detector.predict([image])[0]
         reference[runtime] = {
             "image_embeds_norm": float(np.linalg.norm(embeds[0])),

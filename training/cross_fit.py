@@ -111,6 +111,7 @@ def cross_fit_clip_head(
     settings (kind, model, C) and is fitted and calibrated on the same variants of train / val as it was
     (``train_clip_head``'s report in the head file), so both give probabilities on one scale."""
     import models
+    from models.clip_b16 import DETAIL_OF_KIND
     from training.dataset import load_manifest
     from training.features import extract_features
     from training.train_clip_head import embedding_profile
@@ -125,7 +126,8 @@ def cross_fit_clip_head(
     item_fold = train_item_folds(manifest, folds)
     items = manifest.filter(pc.is_in(manifest["split"], pa.array(["train", "val"])))
     table = extract_features(items, embedding_profile(config), sorted({*trained_on, *variants}), cache_dir, False)
-    rows: dict[str, dict[str, list]] = {s: {"key": [], "embedding": [], "cls": [], "y": []} for s in ("train", "val")}
+    detail = DETAIL_OF_KIND[shipped.embedding_kind]  # only the embedding the head reads is kept
+    rows: dict[str, dict[str, list]] = {s: {"key": [], "X": [], "y": []} for s in ("train", "val")}
     for key, split, label, text in zip(
         table.column("key").to_pylist(),
         table.column("split").to_pylist(),
@@ -135,23 +137,20 @@ def cross_fit_clip_head(
         outcome = DetectorOutcome.from_json(text) if text else None
         if outcome is None or outcome.status != "ok":
             continue  # the fusion sees this row's clip_b16 as missing either way
-        for name, value in (("key", key), ("y", 1 if label == "ai" else 0)):
+        for name, value in (("key", key), ("y", 1 if label == "ai" else 0), ("X", outcome.result.details[detail])):
             rows[split][name].append(value)
-        for name in ("embedding", "cls"):
-            rows[split][name].append(outcome.result.details[name])
     train = {name: np.asarray(values) for name, values in rows["train"].items()}
     val = {name: np.asarray(values) for name, values in rows["val"].items()}
-    kind = "cls" if shipped.embedding_kind == "cls" else "embedding"
     fit = np.asarray([variant_of(k) in trained_on for k in train["key"]])
     calibrate = np.asarray([variant_of(k) in trained_on for k in val["key"]])
     fold = row_folds(list(train["key"]), item_fold)
     params = shipped.get_params()
-    probs = out_of_fold_probs(train[kind], train["y"], fold, val[kind][calibrate], val["y"][calibrate], params, fit)
+    probs = out_of_fold_probs(train["X"], train["y"], fold, val["X"][calibrate], val["y"][calibrate], params, fit)
     wanted = np.asarray([variant_of(k) in variants for k in train["key"]])
     # Through the detector's own postprocess, so the feature is exactly what the detector would report.
     features = [
-        detector.postprocess({"embedding": e, "cls": c, "prob": float(p), "pub_prob": None}, False).features
-        for p, e, c in zip(probs[wanted], train["embedding"][wanted], train["cls"][wanted])
+        detector.postprocess({"embeddings": {}, "prob": float(p), "pub_prob": None}, False).features
+        for p in probs[wanted]
     ]
     keys = list(train["key"][wanted])
     return _oof_table("clip_b16", detector.version, keys, fold[wanted].tolist(), features)

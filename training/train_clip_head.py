@@ -1,8 +1,8 @@
 """Train the ``clip_b16`` detector's head: cached CLIP ViT-B/16 embeddings -> calibrated linear head.
 
     imgverify train clip-head MANIFEST --out models/weights/clip_b16_head.npz
-        [--config serve_config.local.yaml] [--copies 2] [--kinds image_embeds cls] [--models logreg linear_svm]
-        [--C 0.001 0.002 0.005 0.02] [--cache cache/features]
+        [--config serve_config.local.yaml] [--copies 2] [--kinds image_embeds cls cls_layers]
+        [--models logreg linear_svm] [--C 0.001 0.002 0.005 0.02] [--cache cache/features]
 
 The embeddings come through the feature-extraction pipeline (``training.features.extract_features``: Ray Data,
 the detector's own preprocessing, a cache keyed by detector version), with ``clip_b16`` configured as in the
@@ -14,8 +14,9 @@ every embedded row go into the feature cache (``cache_head_features``), so the f
 does not run the backbone a second time on the same re-encoded copies.
 
 Every combination of embedding kind (``image_embeds``: the projected 512-d embedding; ``cls``: the 768-d CLS
-token of the last hidden state), linear model and ``C`` is fitted on ``train`` and calibrated on ``val``; the one
-with the best val AUC is saved (plain arrays, ``models.clip_b16.EmbeddingHead``) with every candidate's val AUC.
+token of the last hidden state; ``cls_layers``: the CLS tokens of the configured encoder layers), linear model
+and ``C`` is fitted on ``train`` and calibrated on ``val``; the one with the best val AUC is saved (plain
+arrays, ``models.clip_b16.EmbeddingHead``) with every candidate's val AUC.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deployments.config import Profile, load_profile
-from models.clip_b16 import EmbeddingHead
+from models.clip_b16 import DETAIL_OF_KIND, EmbeddingHead
 from models.fusion import DetectorOutcome
 from training.dataset import check_two_classes, load_manifest
 from training.features import (
@@ -43,8 +44,6 @@ from training.features import (
     update_cache,
 )
 from training.train_fusion import training_data_hash
-
-DETAIL_OF_KIND = {"image_embeds": "embedding", "cls": "cls"}  # where the detector puts each embedding
 
 
 def embedding_profile(config: Path) -> Profile:
@@ -71,7 +70,13 @@ def auc(y: np.ndarray, p: np.ndarray) -> float | None:
 
 
 def fit_candidates(
-    train: pa.Table, val: pa.Table, kinds: list[str], linear_models: list[str], Cs: list[float], backbone_id: str
+    train: pa.Table,
+    val: pa.Table,
+    kinds: list[str],
+    linear_models: list[str],
+    Cs: list[float],
+    backbone_id: str,
+    layers: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit every (kind, model, C) on train, calibrate on val; each candidate with its head and val AUC."""
     candidates = []
@@ -80,7 +85,13 @@ def fit_candidates(
         X_val, y_val = embeddings(val, kind)
         for linear in linear_models:
             for C in Cs:
-                head = EmbeddingHead(model=linear, C=C, backbone_id=backbone_id, embedding_kind=kind)
+                head = EmbeddingHead(
+                    model=linear,
+                    C=C,
+                    backbone_id=backbone_id,
+                    embedding_kind=kind,
+                    layers=layers if kind == "cls_layers" else None,
+                )
                 head.fit(X_train, y_train, X_val=X_val, y_val=y_val)
                 candidates.append(
                     {
@@ -111,7 +122,7 @@ def train_clip_head(
     out: Path,
     config: Path = DEFAULT_CONFIG,
     copies: int = 2,
-    kinds: tuple[str, ...] = ("image_embeds", "cls"),
+    kinds: tuple[str, ...] | None = None,
     linear_models: tuple[str, ...] = ("logreg", "linear_svm"),
     Cs: tuple[float, ...] = (0.001, 0.002, 0.005, 0.02),
     cache_dir: Path = DEFAULT_CACHE,
@@ -127,8 +138,9 @@ def train_clip_head(
     table = table.filter(pc.equal(pc.fill_null(table["error"], ""), ""))
     train = table.filter(pc.equal(table["split"], "train"))
     val = table.filter(pc.equal(table["split"], "val"))
-    backbone_id = _backbone_id(profile)
-    candidates = fit_candidates(train, val, list(kinds), list(linear_models), list(Cs), backbone_id)
+    backbone_id, layers = _backbone(profile)
+    kinds = kinds or ("image_embeds", "cls", *(("cls_layers",) if layers else ()))
+    candidates = fit_candidates(train, val, list(kinds), list(linear_models), list(Cs), backbone_id, layers)
     best = max(candidates, key=lambda c: c["val_auc"] or 0.0)
     report = {
         "manifest": str(manifest_path),
@@ -167,11 +179,14 @@ def cache_head_features(table: pa.Table, config: Path, head: Path, cache_dir: Pa
             embedded.append(outcome)
     if not embedded:
         return 0
-    embeds = np.asarray([o.result.details["embedding"] for o in embedded], dtype=np.float32)
-    cls = np.asarray([o.result.details["cls"] for o in embedded], dtype=np.float32)
+    embeddings = {
+        kind: np.asarray([o.result.details[detail] for o in embedded], dtype=np.float32)
+        for kind, detail in DETAIL_OF_KIND.items()
+        if detail in embedded[0].result.details
+    }
     outcomes = [
         DetectorOutcome.from_result("clip_b16", detector.postprocess(output, False), detector.version, o.latency_ms)
-        for output, o in zip(detector.apply_heads(embeds, cls), embedded)
+        for output, o in zip(detector.apply_heads(embeddings), embedded)
     ]
     update_cache(
         pa.table({"key": keys, outcome_column("clip_b16"): [o.to_json() for o in outcomes]}), ["clip_b16"], cache_dir
@@ -179,12 +194,13 @@ def cache_head_features(table: pa.Table, config: Path, head: Path, cache_dir: Pa
     return len(outcomes)
 
 
-def _backbone_id(profile: Profile) -> str:
-    """The backbone id the detector reports, so the saved head matches the detector that will load it."""
+def _backbone(profile: Profile) -> tuple[str, list[int]]:
+    """The backbone id the detector reports and its ``cls_layers``, so the saved head matches the detector that
+    will load it."""
     import models
 
     detector = models.create_detector("clip_b16", profile.detectors["clip_b16"].user_config.detector)
-    return detector.backbone_id
+    return detector.backbone_id, detector.cls_layers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where to write the head (.npz)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="Serve config naming clip_b16's backbone")
     parser.add_argument("--copies", type=int, default=2, help="re-encoded copies per item, besides the stored file")
-    parser.add_argument("--kinds", nargs="+", default=["image_embeds", "cls"], choices=list(DETAIL_OF_KIND))
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=list(DETAIL_OF_KIND),
+        help="embeddings to try (default: all the configured detector gives; cls_layers needs cls_layers set)",
+    )
     parser.add_argument("--models", nargs="+", default=["logreg", "linear_svm"], choices=["logreg", "linear_svm"])
     parser.add_argument(
         "--C",
@@ -210,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         args.config,
         args.copies,
-        tuple(args.kinds),
+        tuple(args.kinds) if args.kinds else None,
         tuple(args.models),
         tuple(args.C),
         args.cache,
