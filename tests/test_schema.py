@@ -16,7 +16,7 @@ from models import registry, schema
 from models.base import Detector, DetectorResult
 from models.schema import DETECTORS, DetectorEntry, FeatureSpec
 
-LOCAL_DETECTORS = ["provenance", "forensics", "ghostnet", "clip_b16"]  # serve_config.local.yaml, in its order
+LOCAL_DETECTORS = ["provenance", "forensics", "effnet_artifact", "clip_b16"]  # serve_config.local.yaml, in its order
 
 # Run in a fresh interpreter: this test process has long imported torch through other tests.
 SCHEMA_ONLY = textwrap.dedent(
@@ -59,7 +59,7 @@ def test_schema_and_verdict_need_no_torch_nor_any_detector_module():
     expected = [spec.name for name in LOCAL_DETECTORS for spec in DETECTORS[name].features]
     assert out["schema"] == out["feature_schema"] == expected
     assert out["schema"][:3] == ["exif_score", "has_exif", "software_flag"]
-    assert out["schema"][-3:] == ["ghostnet_score", "clip_b16_prob", "clip_b16_pub_prob"]
+    assert out["schema"][-3:] == ["effnet_artifact_prob", "clip_b16_prob", "clip_b16_pub_prob"]
     assert len(out["schema"]) == 11 + 15 + 1 + 2
     # The committed fusion model of the local profile, with its features in its own order.
     artifact = json.loads((REPO / "models" / "weights" / "fusion_local.json").read_text())

@@ -64,7 +64,7 @@ def test_camera_photo_gets_a_full_explained_verdict(client, fixtures):
     assert response.status_code == 200, response.text
     body = response.json()
     ServiceVerdict.model_validate(body)  # the declared response shape (/docs) is the one served
-    assert set(body["detectors"]) == {"provenance", "forensics", "ghostnet", "clip_b16"}
+    assert set(body["detectors"]) == {"provenance", "forensics", "effnet_artifact", "clip_b16"}
     assert all(d["status"] == "ok" and d["version"] and d["latency_ms"] > 0 for d in body["detectors"].values())
     assert body["missing"] == []
     # Features of every detector at top level, with their declared names.
@@ -74,7 +74,7 @@ def test_camera_photo_gets_a_full_explained_verdict(client, fixtures):
         "c2pa_present",
         "image_entropy",
         "compression_level",
-        "ghostnet_score",
+        "effnet_artifact_prob",
         "clip_b16_prob",
         "clip_b16_pub_prob",
     ):
@@ -211,7 +211,7 @@ def test_batch_endpoint_keeps_order_and_isolates_a_bad_file(client, fixtures):
 
 def test_detectors_endpoint_lists_features_versions_and_status(client):
     body = client.get("/v1/detectors").json()
-    assert set(body["detectors"]) == {"provenance", "forensics", "ghostnet", "clip_b16"}
+    assert set(body["detectors"]) == {"provenance", "forensics", "effnet_artifact", "clip_b16"}
     for info in body["detectors"].values():
         assert info["status"] == "ready" and info["version"] and info["features"]
         assert {"name", "low", "high", "direction", "description"} <= set(info["features"][0])

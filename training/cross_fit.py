@@ -51,7 +51,8 @@ def fold_of(cluster: str, folds: int) -> int:
 
 # The features this module can cross-fit: those of the detectors fitted here on the train split. The published
 # CLIP probe and the hand-made features were never fitted here. ghostnet_score is (training/train_ghostnet.py, same
-# splits) but has no cross-fit yet: its train rows stay in-sample, a known gap (it is a weak feature, AUC ~0.68).
+# splits) but has no cross-fit: a fusion reading it has in-sample train rows for it (the local profile no longer
+# runs ghostnet; effnet_artifact replaced it).
 TRAINED_FEATURES = {"clip_b16": ["clip_b16_prob"], "effnet_artifact": ["effnet_artifact_prob"]}
 FUSION_VARIANTS = ["reencode#0", "reencode#1"]  # what `features extract --variant reencode --copies 2` makes
 
