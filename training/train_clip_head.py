@@ -133,13 +133,15 @@ def train_clip_head(
     items = manifest.filter(pc.is_in(manifest["split"], pa.array(["train", "val"])))
     check_two_classes(items.filter(pc.equal(items["split"], "train")), "the train split")
     profile = embedding_profile(config)
+    backbone_id, layers = _backbone(profile)
+    kinds = kinds or ("image_embeds", "cls", *(("cls_layers",) if layers else ()))
+    if "cls_layers" in kinds and not layers:  # before the (long) embedding run, not after it
+        raise ValueError(f"{config}: clip_b16 sets no cls_layers, so there is no cls_layers embedding to train on")
     variants = ["clean", *(f"reencode#{i}" for i in range(copies))]
     table = extract_features(items, profile, variants, cache_dir)
     table = table.filter(pc.equal(pc.fill_null(table["error"], ""), ""))
     train = table.filter(pc.equal(table["split"], "train"))
     val = table.filter(pc.equal(table["split"], "val"))
-    backbone_id, layers = _backbone(profile)
-    kinds = kinds or ("image_embeds", "cls", *(("cls_layers",) if layers else ()))
     candidates = fit_candidates(train, val, list(kinds), list(linear_models), list(Cs), backbone_id, layers)
     best = max(candidates, key=lambda c: c["val_auc"] or 0.0)
     report = {
@@ -179,6 +181,7 @@ def cache_head_features(table: pa.Table, config: Path, head: Path, cache_dir: Pa
             embedded.append(outcome)
     if not embedded:
         return 0
+    # One detector version made every row, so the first row says which embeddings they all carry.
     embeddings = {
         kind: np.asarray([o.result.details[detail] for o in embedded], dtype=np.float32)
         for kind, detail in DETAIL_OF_KIND.items()
