@@ -232,7 +232,8 @@ def apply_cross_fitted(
         not_train = [k for k in oof_keys if split_of.get(k, "train") != "train"]
         if not_train:
             raise ValueError(f"{path}: {len(not_train)} rows are not train rows (first {not_train[0]!r})")
-        for name in [c for c in oof.column_names if c not in ("key", "fold")]:
+        names = [c for c in oof.column_names if c not in ("key", "fold")]
+        for name in names:
             if name in covered:
                 raise ValueError(f"{path}: {name} is cross-fitted by an earlier file too")
             if name not in table.column_names:
@@ -255,7 +256,7 @@ def apply_cross_fitted(
                 "file": str(path),
                 "sha256": file_sha256(path),
                 **meta,
-                "features": sorted(covered),
+                "features": sorted(names),  # this file's, not those of the files before it
                 "train_rows": replaced,
             }
         )
