@@ -150,7 +150,7 @@ def test_shipped_weights_separate_the_held_out_test_split(shared_data, shipped):
     images). The bars leave a margin for numeric differences only: the inputs are the same files.
     """
     from training.dataset import DATASET_LIMITS, item_bytes
-    from training.train_ghostnet import auc
+    from training.patch_training import auc
 
     card = json.loads(PACKAGED_WEIGHTS.with_suffix(".json").read_text())
     items = card["data"]["test_items"]

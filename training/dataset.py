@@ -286,6 +286,12 @@ def load_manifest(path: Path, check_files: bool = True) -> pa.Table:
     return table
 
 
+def training_data_hash(table: pa.Table) -> str:
+    """sha256 over the sorted (key, label, split) of every row used."""
+    triples = sorted(zip(*(table.column(c).to_pylist() for c in ("key", "label", "split"))))
+    return hashlib.sha256("\n".join("|".join(t) for t in triples).encode()).hexdigest()
+
+
 def check_two_classes(table: pa.Table, what: str) -> None:
     """Refuse a split that cannot train or evaluate a detector: an empty or single-class table."""
     labels = set(table.column("label").to_pylist())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import pyarrow.compute as pc
 from deployments.config import Profile, load_profile
 from models.clip_b16 import DETAIL_OF_KIND, EmbeddingHead
 from models.fusion import DetectorOutcome
-from training.dataset import check_two_classes, load_manifest
+from training.dataset import check_two_classes, load_manifest, training_data_hash
 from training.features import (
     DEFAULT_CACHE,
     DEFAULT_CONFIG,
@@ -43,7 +44,7 @@ from training.features import (
     single_detector_profile,
     update_cache,
 )
-from training.train_fusion import training_data_hash
+from training.folds import variant_of
 
 
 def embedding_profile(config: Path) -> Profile:
@@ -52,15 +53,43 @@ def embedding_profile(config: Path) -> Profile:
     return single_detector_profile(config, "clip_b16", settings)
 
 
+@dataclass
+class EmbeddingRows:
+    """The feature rows whose clip_b16 outcome is ok: their key, split, source, label (1 = AI) and embedding."""
+
+    key: np.ndarray
+    split: np.ndarray
+    source: np.ndarray
+    y: np.ndarray
+    X: np.ndarray
+
+    @classmethod
+    def from_table(cls, table: pa.Table, kind: str) -> EmbeddingRows:
+        detail = DETAIL_OF_KIND[kind]
+        rows: dict[str, list] = {name: [] for name in ("key", "split", "source", "y", "X")}
+        columns = [table.column(c).to_pylist() for c in ("key", "split", "source", "label", outcome_column("clip_b16"))]
+        for key, split, source, label, text in zip(*columns):
+            outcome = json.loads(text) if text else None
+            if outcome and outcome["status"] == "ok":  # otherwise the fusion sees clip_b16 as missing on this row
+                for name, value in zip(
+                    rows, (key, split, source, int(label == "ai"), outcome["result"]["details"][detail])
+                ):
+                    rows[name].append(value)
+        X = np.asarray(rows.pop("X"), dtype=np.float64).reshape(len(rows["key"]), -1)
+        return cls(**{name: np.asarray(values) for name, values in rows.items()}, X=X)
+
+    def where(self, mask: np.ndarray) -> EmbeddingRows:
+        return EmbeddingRows(self.key[mask], self.split[mask], self.source[mask], self.y[mask], self.X[mask])
+
+    @property
+    def variant(self) -> np.ndarray:
+        return np.asarray([variant_of(k) for k in self.key])
+
+
 def embeddings(table: pa.Table, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(X, y) of the rows whose clip_b16 outcome is ok; labels 1 = AI."""
-    X, y = [], []
-    for text, label in zip(table.column(outcome_column("clip_b16")).to_pylist(), table.column("label").to_pylist()):
-        outcome = json.loads(text) if text else None
-        if outcome and outcome["status"] == "ok":
-            X.append(outcome["result"]["details"][DETAIL_OF_KIND[kind]])
-            y.append(1 if label == "ai" else 0)
-    return np.asarray(X, dtype=np.float64), np.asarray(y, dtype=int)
+    rows = EmbeddingRows.from_table(table, kind)
+    return rows.X, rows.y
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float | None:

@@ -40,7 +40,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,21 +64,26 @@ from models.ghostnet import patches_to_tensor
 from models.image_input import DecodedImage, decode_image
 from models.weights import fetch_weights, file_sha256
 from training.augment import FUSION_PROCESSING, Reencode
-from training.cross_fit import fold_of
 from training.dataset import check_two_classes, clean_manifest, load_manifest
-from training.train_ghostnet import Item, auc, fit_platt, load_item, log, per_source, reencode_ranges, usable_items
+from training.folds import fold_of
+from training.patch_training import (
+    MODERN_MATCHED,
+    Item,
+    auc,
+    fit_platt,
+    items_hash,
+    load_item,
+    log,
+    per_source,
+    reencode_ranges,
+    timm_version,
+    usable_items,
+)
 
-MODERN_MATCHED = "modern-matched"
 DEFAULT_MANIFEST = Path("runs/manifest_local.parquet")
 
 
 # ---- data -----------------------------------------------------------------------------------------------------
-def items_hash(items: list[Item]) -> str:
-    """sha256 over the sorted ``key, label, split`` lines of the items used (train and val only)."""
-    lines = sorted(f"{item.key}\t{'ai' if item.label else 'real'}\t{item.split}" for item in items)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
 def subset(items: list[Item], limit: int | None, seed: int) -> list[Item]:
     """At most ``limit`` items, drawn at random within each (source, label) stratum in proportion; all if None."""
     if not limit or limit >= len(items):
@@ -295,17 +300,61 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Steps 1-5 of the module docstring: manifest, patch pool, training, calibration, validation; then the card."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.fetch_imagenet:
-        resolved = fetch_weights(IMAGENET_SOURCE.location, IMAGENET_SOURCE.sha256, IMAGENET_SOURCE.archive_sha256)
-        print(f"{IMAGENET_SOURCE.location}  {resolved.path}  {resolved.status}")
-        return 0
+        return fetch_imagenet()
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    # 1. manifest: train and val only
+    splits = load_splits(args, started)
+    prepared = build_pool(args, splits, started)
+    if args.prepare_only:
+        return 0
+    model, imagenet_path = initial_model(args)
+    model, run = train(args, model, prepared, started)
+    calibration, val_mean = calibrate_and_save(args, model, prepared.val_tiled)
+    training_wall_s = time.perf_counter() - started
+    validation = validate_written(args, splits.val, prepared.val_tiled, val_mean, started)
+    card = model_card(args, argv, splits, prepared, model, imagenet_path, run, calibration, validation, training_wall_s)
+    write_card(args, card, started)
+    return 0
+
+
+def fetch_imagenet() -> int:
+    """``--fetch-imagenet``: fetch and verify the ImageNet checkpoint, say where it is."""
+    resolved = fetch_weights(IMAGENET_SOURCE.location, IMAGENET_SOURCE.sha256, IMAGENET_SOURCE.archive_sha256)
+    print(f"{IMAGENET_SOURCE.location}  {resolved.path}  {resolved.status}")
+    return 0
+
+
+def tiled_labels(tiled: list[TiledImage]) -> np.ndarray:
+    """The label (1 = ai) of each tiled image."""
+    return np.asarray([t.item.label for t in tiled])
+
+
+def tiled_sources(tiled: list[TiledImage]) -> list[str]:
+    """The source of each tiled image."""
+    return [t.item.source for t in tiled]
+
+
+# ---- 1. manifest ------------------------------------------------------------------------------------------------
+@dataclass
+class Splits:
+    """The train and val items used (the test split is never read), and what was left out."""
+
+    train: list[Item]  # without the held-out fold when cross-fitting, then cut to --train-limit
+    val: list[Item]
+    train_usable: int  # usable train items before --train-limit (without the held-out fold when cross-fitting)
+    dropped: int  # rows clean_manifest removed
+    too_small: dict[str, int]  # per source: items whose short side holds no patch
+
+
+def load_splits(args: argparse.Namespace, started: float) -> Splits:
+    """Step 1: the manifest, cleaned, cut to items that hold one patch; train (less a held-out fold, at most
+    ``--train-limit``) and val, each with both classes."""
     table = load_manifest(args.manifest)
     kept, dropped = clean_manifest(table)
     items, too_small = usable_items(kept, args.patch)
@@ -322,112 +371,228 @@ def main(argv: list[str] | None = None) -> int:
         f"manifest {args.manifest}: {table.num_rows} rows; train {len(train)} of {len(train_all)} usable, "
         f"val {len(val)}; test split not read",
     )
+    return Splits(train, val, len(train_all), int(dropped.num_rows), too_small)
 
-    # 2. patch pool and validation tiles (the input transform runs in the model, so one pool serves every input)
-    pool, val_tiled, val_left_out = prepared_data(args, train, val)
+
+# ---- 2. patch pool ----------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """The training patch pool and the processed validation tiles."""
+
+    pool: PatchPool
+    val_tiled: list[TiledImage]
+    val_left_out: int  # val images smaller than a patch after processing
+
+
+def build_pool(args: argparse.Namespace, splits: Splits, started: float) -> Prepared:
+    """Step 2: the patch pool and the validation tiles (the input transform runs in the model, so one pool serves
+    every input); with ``--prepare-only`` nothing more is done with them."""
+    pool, val_tiled, val_left_out = prepared_data(args, splits.train, splits.val)
     if args.prepare_only:
         log(started, f"pool: {len(pool.labels)} train patches, {len(val_tiled)} val images; --prepare-only: done")
-        return 0
-    val_labels = np.asarray([t.item.label for t in val_tiled])
-    val_sources = [t.item.source for t in val_tiled]
-    log(
-        started,
-        f"pool: {len(pool.labels)} train patches ({int(pool.labels.sum())} ai); {len(val_tiled)} val images "
-        f"({val_left_out} left out after processing)",
-    )
+    else:
+        log(
+            started,
+            f"pool: {len(pool.labels)} train patches ({int(pool.labels.sum())} ai); {len(val_tiled)} val images "
+            f"({val_left_out} left out after processing)",
+        )
+    return Prepared(pool, val_tiled, val_left_out)
 
-    # 3. training
+
+# ---- 3. training ------------------------------------------------------------------------------------------------
+def initial_model(args: argparse.Namespace) -> tuple[EffNetArtifactNet, Path]:
+    """The network, its backbone filled from the ImageNet checkpoint, channels-last; and the checkpoint's path."""
     model = build_model(args.input, seed=args.seed)
     imagenet_path = load_imagenet_backbone(
         model, IMAGENET_SOURCE.location, IMAGENET_SOURCE.sha256, IMAGENET_SOURCE.archive_sha256
     )
-    model = model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last), imagenet_path
+
+
+def make_optimiser(args: argparse.Namespace, model: EffNetArtifactNet) -> torch.optim.AdamW:
+    """AdamW: the backbone at ``--lr`` x ``--backbone-lr-factor``, the new head at ``--lr``."""
     head = list(model.backbone.get_classifier().parameters())
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]
-    optimiser = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": body, "lr": args.lr * args.backbone_lr_factor}, {"params": head, "lr": args.lr}],
         weight_decay=args.weight_decay,
     )
+
+
+@dataclass
+class Schedule:
+    """Linear warm-up, then cosine decay over ``progress``: max(step / planned, elapsed / time limit)."""
+
+    optimiser: torch.optim.Optimizer
+    base_lrs: list[float]
+    planned: int  # steps: batches per epoch x epochs
+    warmup_steps: int
+    budget_s: float  # --time-limit-min in seconds
+    started: float  # time.perf_counter() when training started
+
+    def progress(self, step: int) -> float:
+        return max(step / self.planned, (time.perf_counter() - self.started) / self.budget_s)
+
+    def set_lr(self, step: int, progress: float) -> None:
+        warm = min(1.0, (step + 1) / self.warmup_steps)
+        for group, base in zip(self.optimiser.param_groups, self.base_lrs):
+            group["lr"] = base * warm * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainingRun:
+    """What training did: one history entry per validated epoch, the best epoch (with its weights), steps taken."""
+
+    planned: int  # steps: batches per epoch x epochs
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    step: int = 0
+    out_of_time: bool = False
+
+
+def train(
+    args: argparse.Namespace, model: EffNetArtifactNet, prepared: Prepared, started: float
+) -> tuple[EffNetArtifactNet, TrainingRun]:
+    """Step 3: train until the planned epochs or the time limit end, validating after each epoch; the model comes
+    back with the best epoch's weights, in the contiguous memory format."""
+    pool = prepared.pool
+    optimiser = make_optimiser(args, model)
     base_lrs = [group["lr"] for group in optimiser.param_groups]
-    steps_per_epoch = math.ceil(len(pool.labels) / args.batch_size)
-    planned = steps_per_epoch * args.epochs
-    budget_s = args.time_limit_min * 60
-    train_started = time.perf_counter()
+    planned = math.ceil(len(pool.labels) / args.batch_size) * args.epochs
+    schedule = Schedule(optimiser, base_lrs, planned, args.warmup_steps, args.time_limit_min * 60, time.perf_counter())
     generator = torch.Generator().manual_seed(args.seed)
-    n_ai = float(pool.labels.sum())
-    weight_ai, weight_real = len(pool.labels) / (2 * n_ai), len(pool.labels) / (2 * (len(pool.labels) - n_ai))
-    history, best, step, out_of_time = [], None, 0, False
+    run = TrainingRun(planned)
     for epoch in range(1, args.epochs + 1):
-        model.train()
-        order = torch.randperm(len(pool.labels), generator=generator).numpy()
-        losses = []
-        for start in range(0, len(order), args.batch_size):
-            progress = max(step / planned, (time.perf_counter() - train_started) / budget_s)
-            if progress >= 1.0:
-                out_of_time = True
-                break
-            warm = min(1.0, (step + 1) / args.warmup_steps)
-            for group, base in zip(optimiser.param_groups, base_lrs):
-                group["lr"] = base * warm * 0.5 * (1 + math.cos(math.pi * progress))
-            index = order[start : start + args.batch_size]
-            x = patches_to_tensor(pool.patches[index], "cpu", torch.float32)
-            flips = torch.rand(2, len(index), generator=generator) < 0.5
-            x = torch.where(flips[0, :, None, None, None], x.flip(3), x)
-            x = torch.where(flips[1, :, None, None, None], x.flip(2), x)
-            y = torch.from_numpy(pool.labels[index])
-            weight = torch.where(y > 0.5, weight_ai, weight_real)
-            loss = F.binary_cross_entropy_with_logits(
-                model(x.contiguous(memory_format=torch.channels_last)), y, weight=weight
-            )
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.item())
-            step += 1
-            if step % 10 == 0:
-                log(
-                    started,
-                    f"epoch {epoch} step {step}/{planned}: loss(last 10) {np.mean(losses[-10:]):.4f} "
-                    f"progress {progress:.2f} load {os.getloadavg()[0]:.1f}",
-                )
+        losses = train_one_epoch(model, schedule, pool, args.batch_size, generator, run, epoch, started)
         if not losses:
             break
-        val_mean = image_logits(model, val_tiled)
-        val_auc = auc(val_labels, val_mean)
-        history.append(
-            {
-                "epoch": epoch,
-                "steps": step,
-                "complete": not out_of_time,
-                "train_loss": round(float(np.mean(losses)), 4),
-                "last_batches_loss": round(float(np.mean(losses[-10:])), 4),
-                "val_auc_reencoded": summary_auc(val_labels, val_mean, val_sources),
-                "elapsed_s": round(time.perf_counter() - train_started, 1),
-            }
-        )
-        log(started, f"epoch {epoch}: {history[-1]}")
-        if best is None or val_auc > best["val_auc"]:
-            best = {
-                "epoch": epoch,
-                "val_auc": val_auc,
-                "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            }
-        if out_of_time:
+        validate_epoch(model, prepared.val_tiled, schedule, run, epoch, losses, started)
+        if run.out_of_time:
             log(started, "time limit reached")
             break
-    model.load_state_dict(best["state"])
-    model = model.to(memory_format=torch.contiguous_format)
+    model.load_state_dict(run.best["state"])
+    return model.to(memory_format=torch.contiguous_format), run
 
-    # 4. calibration on the re-encoded validation images
+
+def train_one_epoch(
+    model: EffNetArtifactNet,
+    schedule: Schedule,
+    pool: PatchPool,
+    batch_size: int,
+    generator: torch.Generator,
+    run: TrainingRun,
+    epoch: int,
+    started: float,
+) -> list[float]:
+    """One pass over the shuffled pool, stopped early when the schedule's progress reaches 1 (``run.out_of_time``);
+    the batch losses. Counts the steps in ``run.step``."""
+    n_ai = float(pool.labels.sum())
+    class_weight = (len(pool.labels) / (2 * n_ai), len(pool.labels) / (2 * (len(pool.labels) - n_ai)))
+    model.train()
+    order = torch.randperm(len(pool.labels), generator=generator).numpy()
+    losses = []
+    for start in range(0, len(order), batch_size):
+        progress = schedule.progress(run.step)
+        if progress >= 1.0:
+            run.out_of_time = True
+            break
+        schedule.set_lr(run.step, progress)
+        index = order[start : start + batch_size]
+        losses.append(train_step(model, schedule.optimiser, pool, index, generator, class_weight))
+        run.step += 1
+        if run.step % 10 == 0:
+            log(
+                started,
+                f"epoch {epoch} step {run.step}/{run.planned}: loss(last 10) {np.mean(losses[-10:]):.4f} "
+                f"progress {progress:.2f} load {os.getloadavg()[0]:.1f}",
+            )
+    return losses
+
+
+def train_step(
+    model: EffNetArtifactNet,
+    optimiser: torch.optim.Optimizer,
+    pool: PatchPool,
+    index: np.ndarray,
+    generator: torch.Generator,
+    class_weight: tuple[float, float],
+) -> float:
+    """One batch of the pool with random flips and class-balanced BCE (``class_weight``: ai, real); its loss."""
+    x = patches_to_tensor(pool.patches[index], "cpu", torch.float32)
+    flips = torch.rand(2, len(index), generator=generator) < 0.5
+    x = torch.where(flips[0, :, None, None, None], x.flip(3), x)
+    x = torch.where(flips[1, :, None, None, None], x.flip(2), x)
+    y = torch.from_numpy(pool.labels[index])
+    weight = torch.where(y > 0.5, class_weight[0], class_weight[1])
+    loss = F.binary_cross_entropy_with_logits(model(x.contiguous(memory_format=torch.channels_last)), y, weight=weight)
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+    return loss.item()
+
+
+def validate_epoch(
+    model: EffNetArtifactNet,
+    val_tiled: list[TiledImage],
+    schedule: Schedule,
+    run: TrainingRun,
+    epoch: int,
+    losses: list[float],
+    started: float,
+) -> None:
+    """The epoch's image-level val AUC into ``run.history`` (and the log); its weights kept if the AUC is the best."""
+    val_labels = tiled_labels(val_tiled)
     val_mean = image_logits(model, val_tiled)
-    calibration = fit_platt(val_mean, val_labels)
+    val_auc = auc(val_labels, val_mean)
+    run.history.append(
+        {
+            "epoch": epoch,
+            "steps": run.step,
+            "complete": not run.out_of_time,
+            "train_loss": round(float(np.mean(losses)), 4),
+            "last_batches_loss": round(float(np.mean(losses[-10:])), 4),
+            "val_auc_reencoded": summary_auc(val_labels, val_mean, tiled_sources(val_tiled)),
+            "elapsed_s": round(time.perf_counter() - schedule.started, 1),
+        }
+    )
+    log(started, f"epoch {epoch}: {run.history[-1]}")
+    if run.best is None or val_auc > run.best["val_auc"]:
+        run.best = {
+            "epoch": epoch,
+            "val_auc": val_auc,
+            "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        }
+
+
+# ---- 4. calibration ---------------------------------------------------------------------------------------------
+def calibrate_and_save(
+    args: argparse.Namespace, model: EffNetArtifactNet, val_tiled: list[TiledImage]
+) -> tuple[dict, np.ndarray]:
+    """Step 4: Platt calibration on the re-encoded validation images, written into the model and its weights file;
+    with the val images' mean logits."""
+    val_mean = image_logits(model, val_tiled)
+    calibration = fit_platt(val_mean, tiled_labels(val_tiled))
     model.calibration_scale.fill_(calibration["scale"])
     model.calibration_bias.fill_(calibration["bias"])
     save_weights(model, args.out, {"patch": str(args.patch), "max_patches": str(args.max_patches)})
-    training_wall_s = time.perf_counter() - started
+    return calibration, val_mean
 
-    # 5. validation through the detector, loading the written file
+
+# ---- 5. validation through the detector -------------------------------------------------------------------------
+@dataclass
+class Validation:
+    """The written file scored through the detector on the val images."""
+
+    metrics: dict  # "reencoded" (as in training) and "as_is" (as stored): per_source metrics
+    fp16_diff: float  # largest change of a val image's mean logit from storing the weights in fp16
+    as_is_left_out: int  # val images as stored that are smaller than a patch
+
+
+def validate_written(
+    args: argparse.Namespace, val: list[Item], val_tiled: list[TiledImage], val_mean: np.ndarray, started: float
+) -> Validation:
+    """Step 5: the written file, loaded through ``create_detector``, on the val images re-encoded and as stored."""
     from models.registry import create_detector
 
     detector = create_detector(
@@ -436,106 +601,50 @@ def main(argv: list[str] | None = None) -> int:
     )
     fp16_diff = float(np.abs(image_logits(detector.model, val_tiled) - val_mean).max())
     detector.model = detector.model.to(memory_format=torch.channels_last)
-    metrics = {"reencoded": per_source(val_labels, np.asarray([detector.score(v) for v in val_mean]), val_sources)}
+    reencoded_prob = np.asarray([detector.score(v) for v in val_mean])
+    metrics = {"reencoded": per_source(tiled_labels(val_tiled), reencoded_prob, tiled_sources(val_tiled))}
     as_is, as_is_left_out = tiled_images(val, args.patch, args.max_patches, args.source_cap, args.seed, False)
     as_is_prob = np.asarray([detector.score(v) for v in image_logits(detector.model, as_is)])
-    metrics["as_is"] = per_source(np.asarray([t.item.label for t in as_is]), as_is_prob, [t.item.source for t in as_is])
+    metrics["as_is"] = per_source(tiled_labels(as_is), as_is_prob, tiled_sources(as_is))
     for condition, m in metrics.items():
         log(
             started,
             f"val {condition}: all AUC {m['all']['auc']}, {MODERN_MATCHED} AUC {m.get(MODERN_MATCHED, {}).get('auc')}",
         )
+    return Validation(metrics, fp16_diff, as_is_left_out)
 
-    def counts(split: list[Item]) -> dict:
-        out: dict = {}
-        for item in split:
-            out.setdefault(item.source, {"ai": 0, "real": 0})["ai" if item.label else "real"] += 1
-        return {"ai": sum(i.label for i in split), "real": sum(1 - i.label for i in split), "per_source": out}
 
-    card = {
+# ---- the model card ---------------------------------------------------------------------------------------------
+def model_card(
+    args: argparse.Namespace,
+    argv: list[str],
+    splits: Splits,
+    prepared: Prepared,
+    model: EffNetArtifactNet,
+    imagenet_path: Path,
+    run: TrainingRun,
+    calibration: dict,
+    validation: Validation,
+    training_wall_s: float,
+) -> dict:
+    """The card written beside the weights: what was trained, on what, how, and how well (on validation)."""
+    return {
         "name": "effnet_artifact",
         "detector": "effnet_artifact (models/effnet_artifact.py), feature effnet_artifact_prob",
-        "weights": {
-            "file": args.out.name,
-            "sha256": file_sha256(args.out),
-            "bytes": args.out.stat().st_size,
-            "dtype": "float16 weights; float32 BatchNorm statistics and calibration",
-            "fp16_max_abs_val_logit_change": round(fp16_diff, 5),
-        },
-        "architecture": {
-            "variant": VARIANT,
-            "input": args.input,
-            "patch": args.patch,
-            "max_patches": args.max_patches,
-            "parameters": int(sum(p.numel() for p in model.parameters())),
-            "tiling": "models.ghostnet.tile_grid, offsets rounded down to even; native resolution, never resized; "
-            "images with a side < patch are skipped",
-            "aggregate": "mean of patch logits, then Platt calibration",
-            "initialised_from": {
-                "location": IMAGENET_SOURCE.location,
-                "sha256": IMAGENET_SOURCE.sha256,
-                "wheel_sha256": IMAGENET_SOURCE.archive_sha256,
-                "license": "Apache-2.0",
-                "path_at_training": str(imagenet_path),
-            },
-        },
+        "weights": card_weights(args, validation.fp16_diff),
+        "architecture": card_architecture(args, model, imagenet_path),
         "calibration": {
             **calibration,
             "method": "Platt (logistic on the image-level mean logit), class-balanced",
             "fitted_on": "validation split, each image processed once like training (seeded)",
         },
-        "training": {
-            "command": "python -m training.train_effnet_artifact " + " ".join(argv),
-            "wall_s": round(training_wall_s, 1),
-            "wall_s_covers": "manifest, patch pool, training, validation, calibration",
-            "threads": args.threads,
-            "seed": args.seed,
-            "epochs_planned": args.epochs,
-            "epochs_run": len(history),
-            "steps_run": step,
-            "steps_planned": planned,
-            "stopped_by_time_limit": out_of_time,
-            "time_limit_min": args.time_limit_min,
-            "best_epoch": best["epoch"],
-            "history": history,
-            "rounds": args.rounds,
-            "patches_per_image": args.patches_per_image,
-            "source_cap": args.source_cap,
-            "batch_size": args.batch_size,
-            "lr_head": args.lr,
-            "lr_backbone": args.lr * args.backbone_lr_factor,
-            "warmup_steps": args.warmup_steps,
-            "weight_decay": args.weight_decay,
-            "schedule": "linear warm-up, cosine decay over max(step / planned, elapsed / time limit)",
-            "train_patches": len(pool.labels),
-            "train_patches_ai": int(pool.labels.sum()),
-            "train_patches_per_source": {s: pool.sources.count(s) for s in sorted(set(pool.sources))},
-            "processing": "native window <= source_cap px; training.augment.Reencode with FUSION_PROCESSING's formats "
-            "(JPEG q65-97 0.6, PNG 0.2, WEBP 0.2), crop 0.6-1.0 of the window; even rounds keep the "
-            "native scale, odd rounds resize 0.5-1.0; identical for both classes; random flips",
-            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-        },
-        "data": {
-            "manifest": str(args.manifest),
-            "manifest_sha256": file_sha256(args.manifest),
-            "items_sha256": items_hash(train + val),
-            "items_sha256_of": "sorted lines 'key<TAB>label<TAB>split' of the train and val items used",
-            "train": counts(train),
-            "train_usable_before_limit": len(train_all),
-            "train_limit": args.train_limit,
-            "cross_fit": None if args.hold_out_fold is None else {"folds": args.folds, "held_out": args.hold_out_fold},
-            "val": counts(val),
-            "val_left_out_after_processing": val_left_out,
-            "val_left_out_as_is": as_is_left_out,
-            "test": "not read",
-            "dropped_by_clean_manifest": int(dropped.num_rows),
-            "left_out_smaller_than_patch": too_small,
-        },
+        "training": card_training(args, argv, training_wall_s, run, prepared.pool),
+        "data": card_data(args, splits, prepared.val_left_out, validation.as_is_left_out),
         "metrics": {
-            "val": metrics,
+            "val": validation.metrics,
             "val_auc": {
                 c: {"all": m["all"]["auc"], MODERN_MATCHED: m.get(MODERN_MATCHED, {}).get("auc")}
-                for c, m in metrics.items()
+                for c, m in validation.metrics.items()
             },
         },
         "notes": [
@@ -546,19 +655,113 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
-        "timm_version": _timm_version(),
+        "timm_version": timm_version(),
         "python": platform.python_version(),
     }
+
+
+def card_weights(args: argparse.Namespace, fp16_diff: float) -> dict:
+    """The card's ``weights``: the written file and what storing it in fp16 changed."""
+    return {
+        "file": args.out.name,
+        "sha256": file_sha256(args.out),
+        "bytes": args.out.stat().st_size,
+        "dtype": "float16 weights; float32 BatchNorm statistics and calibration",
+        "fp16_max_abs_val_logit_change": round(fp16_diff, 5),
+    }
+
+
+def card_architecture(args: argparse.Namespace, model: EffNetArtifactNet, imagenet_path: Path) -> dict:
+    """The card's ``architecture``: network, input, tiling, aggregation and the checkpoint it started from."""
+    return {
+        "variant": VARIANT,
+        "input": args.input,
+        "patch": args.patch,
+        "max_patches": args.max_patches,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "tiling": "models.ghostnet.tile_grid, offsets rounded down to even; native resolution, never resized; "
+        "images with a side < patch are skipped",
+        "aggregate": "mean of patch logits, then Platt calibration",
+        "initialised_from": {
+            "location": IMAGENET_SOURCE.location,
+            "sha256": IMAGENET_SOURCE.sha256,
+            "wheel_sha256": IMAGENET_SOURCE.archive_sha256,
+            "license": "Apache-2.0",
+            "path_at_training": str(imagenet_path),
+        },
+    }
+
+
+def card_training(
+    args: argparse.Namespace, argv: list[str], training_wall_s: float, run: TrainingRun, pool: PatchPool
+) -> dict:
+    """The card's ``training``: command, settings, schedule, history and the patch pool."""
+    return {
+        "command": "python -m training.train_effnet_artifact " + " ".join(argv),
+        "wall_s": round(training_wall_s, 1),
+        "wall_s_covers": "manifest, patch pool, training, validation, calibration",
+        "threads": args.threads,
+        "seed": args.seed,
+        "epochs_planned": args.epochs,
+        "epochs_run": len(run.history),
+        "steps_run": run.step,
+        "steps_planned": run.planned,
+        "stopped_by_time_limit": run.out_of_time,
+        "time_limit_min": args.time_limit_min,
+        "best_epoch": run.best["epoch"],
+        "history": run.history,
+        "rounds": args.rounds,
+        "patches_per_image": args.patches_per_image,
+        "source_cap": args.source_cap,
+        "batch_size": args.batch_size,
+        "lr_head": args.lr,
+        "lr_backbone": args.lr * args.backbone_lr_factor,
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "schedule": "linear warm-up, cosine decay over max(step / planned, elapsed / time limit)",
+        "train_patches": len(pool.labels),
+        "train_patches_ai": int(pool.labels.sum()),
+        "train_patches_per_source": {s: pool.sources.count(s) for s in sorted(set(pool.sources))},
+        "processing": "native window <= source_cap px; training.augment.Reencode with FUSION_PROCESSING's formats "
+        "(JPEG q65-97 0.6, PNG 0.2, WEBP 0.2), crop 0.6-1.0 of the window; even rounds keep the "
+        "native scale, odd rounds resize 0.5-1.0; identical for both classes; random flips",
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def card_data(args: argparse.Namespace, splits: Splits, val_left_out: int, as_is_left_out: int) -> dict:
+    """The card's ``data``: the manifest, the items used and their hash, cross-fitting, and what was left out."""
+    return {
+        "manifest": str(args.manifest),
+        "manifest_sha256": file_sha256(args.manifest),
+        "items_sha256": items_hash(splits.train + splits.val),
+        "items_sha256_of": "sorted lines 'key<TAB>label<TAB>split' of the train and val items used",
+        "train": split_counts(splits.train),
+        "train_usable_before_limit": splits.train_usable,
+        "train_limit": args.train_limit,
+        "cross_fit": None if args.hold_out_fold is None else {"folds": args.folds, "held_out": args.hold_out_fold},
+        "val": split_counts(splits.val),
+        "val_left_out_after_processing": val_left_out,
+        "val_left_out_as_is": as_is_left_out,
+        "test": "not read",
+        "dropped_by_clean_manifest": splits.dropped,
+        "left_out_smaller_than_patch": splits.too_small,
+    }
+
+
+def split_counts(split: list[Item]) -> dict:
+    """Items per class, overall and per source."""
+    out: dict = {}
+    for item in split:
+        out.setdefault(item.source, {"ai": 0, "real": 0})["ai" if item.label else "real"] += 1
+    return {"ai": sum(i.label for i in split), "real": sum(1 - i.label for i in split), "per_source": out}
+
+
+def write_card(args: argparse.Namespace, card: dict, started: float) -> None:
+    """The card as ``.json`` beside the weights."""
     card_path = args.out.with_suffix(".json")
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     log(started, f"wrote {args.out} ({args.out.stat().st_size} bytes) and {card_path}")
-    return 0
-
-
-def _timm_version() -> str:
-    import timm
-
-    return timm.__version__
 
 
 if __name__ == "__main__":

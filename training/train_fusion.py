@@ -41,7 +41,7 @@ import models
 from deployments.config import load_profile
 from models.fusion import ARTIFACT_FORMAT, TrainedFusion, apply_calibration, design_matrix
 from training.cross_fit import TRAINED_FEATURES, apply_cross_fitted
-from training.dataset import check_two_classes
+from training.dataset import check_two_classes, training_data_hash
 from training.features import DEFAULT_CONFIG, feature_rows
 from training.metrics import binary_metrics, threshold_for_fpr
 
@@ -116,12 +116,6 @@ def uncertain_range(threshold: float, confidence: float, confident_ai_from: floa
     """[low, high) of calibrated P(AI) reported as uncertain, always holding the threshold. ``confident_ai_from``
     raises the upper end further: an AI verdict is confident only where almost no validation photo scores."""
     return [min(1.0 - confidence, threshold), max(confidence, threshold, confident_ai_from)]
-
-
-def training_data_hash(table: pa.Table) -> str:
-    """sha256 over the sorted (key, label, split) of every row used."""
-    triples = sorted(zip(*(table.column(c).to_pylist() for c in ("key", "label", "split"))))
-    return hashlib.sha256("\n".join("|".join(t) for t in triples).encode()).hexdigest()
 
 
 # ---- the whole step ------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import datetime
-import hashlib
 import io
 import itertools
 import json
@@ -61,89 +60,24 @@ from models.ghostnet import (
 from models.image_input import DecodedImage, decode_image
 from models.weights import file_sha256
 from training.augment import Reencode
-from training.dataset import (
-    DATASET_LIMITS,
-    build_manifest,
-    check_two_classes,
-    clean_manifest,
-    item_bytes,
-    load_manifest,
+from training.dataset import build_manifest, check_two_classes, clean_manifest, load_manifest
+from training.patch_training import (
+    MODERN_MATCHED,
+    Item,
+    auc,
+    fit_platt,
+    items_hash,
+    load_item,
+    log,
+    per_source,
+    reencode_ranges,
+    summarise,
+    timm_version,
+    usable_items,
 )
-
-MODERN_MATCHED = "modern-matched"  # the one format-controlled modern pair; reported on its own
-# Reencode's default ranges, applied to the native-resolution window.
-CROP_FRACTION = (0.6, 1.0)
-SCALE = (0.5, 1.0)
-
-
-@dataclass
-class Item:
-    key: str
-    filepath: str
-    crop: str
-    label: int  # 1 = ai, 0 = real
-    source: str
-    split: str
-    width: int
-    height: int
 
 
 # ---- data -----------------------------------------------------------------------------------------------------
-def usable_items(table: pa.Table, patch: int) -> tuple[list[Item], dict[str, int]]:
-    """Items of a cleaned manifest whose short side holds one patch, sorted by key; and what was left out."""
-    items, too_small = [], {}
-    for row in table.to_pylist():
-        if min(row["width"], row["height"]) < patch:
-            too_small[row["source"]] = too_small.get(row["source"], 0) + 1
-            continue
-        items.append(
-            Item(
-                key=row["key"],
-                filepath=row["filepath"],
-                crop=row["crop"] or "",
-                label=1 if row["label"] == "ai" else 0,
-                source=row["source"],
-                split=row["split"],
-                width=row["width"],
-                height=row["height"],
-            )
-        )
-    items.sort(key=lambda item: item.key)
-    return items, too_small
-
-
-def data_hash(items: list[Item]) -> str:
-    """sha256 over the sorted ``key, label, split`` lines of the items used (train, val and test)."""
-    lines = sorted(f"{item.key}\t{'ai' if item.label else 'real'}\t{item.split}" for item in items)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def load_item(item: Item) -> DecodedImage:
-    return decode_image(item_bytes(item.filepath, item.crop), DATASET_LIMITS)
-
-
-def reencode_ranges(
-    width: int, height: int, patch: int, source_cap: int
-) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """Crop-fraction and scale ranges for ``Reencode`` on a ``width`` x ``height`` image.
-
-    The crop is at most ``source_cap`` pixels on its long side (native-resolution window); the ranges are
-    Reencode's defaults except where the result could fall below one patch: then the scale floor (and if
-    needed the crop floor) is raised. None when even the largest window is smaller than a patch.
-    """
-    long_side, short_side = max(width, height), min(width, height)
-    need = patch + 2  # Reencode rounds sizes; keep a margin so the short side stays >= patch
-    top = min(1.0, source_cap / long_side)
-    if short_side * top < need:
-        return None
-    crop_low, scale_low = CROP_FRACTION[0] * top, SCALE[0]
-    if short_side * crop_low * scale_low < need:
-        scale_low = min(1.0, need / (short_side * crop_low))
-        if short_side * crop_low * scale_low < need:
-            crop_low = need / short_side
-    return (crop_low, top * CROP_FRACTION[1]), (scale_low, SCALE[1])
-
-
 def reencode(image: DecodedImage, patch: int, source_cap: int, rng: np.random.Generator) -> DecodedImage | None:
     """The shared training processing of one image, decoded again like any upload."""
     ranges = reencode_ranges(image.width, image.height, patch, source_cap)
@@ -234,47 +168,6 @@ def tile_images(prepared: list[tuple[Item, DecodedImage]], patch: int, max_patch
     return tiled
 
 
-# ---- metrics --------------------------------------------------------------------------------------------------
-def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """ROC AUC (ties count half); None without both classes."""
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    positives, negatives = scores[labels == 1], scores[labels == 0]
-    if len(positives) == 0 or len(negatives) == 0:
-        return None
-    greater = (positives[:, None] > negatives[None, :]).sum()
-    ties = (positives[:, None] == negatives[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
-
-
-def summarise(labels: np.ndarray, probabilities: np.ndarray) -> dict:
-    """Counts, accuracy at 0.5, AUC and mean P(AI) per class."""
-    labels, probabilities = np.asarray(labels), np.asarray(probabilities, dtype=np.float64)
-    out = {
-        "n": len(labels),
-        "n_ai": int(labels.sum()),
-        "n_real": int(len(labels) - labels.sum()),
-        "accuracy": round(float(((probabilities > 0.5) == (labels == 1)).mean()), 4) if len(labels) else None,
-        "auc": None,
-        "mean_score_ai": None,
-        "mean_score_real": None,
-    }
-    roc = auc(labels, probabilities)
-    out["auc"] = None if roc is None else round(roc, 4)
-    if out["n_ai"]:
-        out["mean_score_ai"] = round(float(probabilities[labels == 1].mean()), 4)
-    if out["n_real"]:
-        out["mean_score_real"] = round(float(probabilities[labels == 0].mean()), 4)
-    return out
-
-
-def per_source(labels: np.ndarray, probabilities: np.ndarray, sources: list[str]) -> dict:
-    sources_arr = np.asarray(sources)
-    return {
-        "all": summarise(labels, probabilities),
-        **{s: summarise(labels[sources_arr == s], probabilities[sources_arr == s]) for s in sorted(set(sources))},
-    }
-
-
 # ---- model ----------------------------------------------------------------------------------------------------
 def patch_logits(model: GhostNoiseNet, patches: np.ndarray, chunk: int = 256) -> np.ndarray:
     model.eval()
@@ -290,18 +183,6 @@ def image_logits(model: GhostNoiseNet, tiled: list[TiledImage]) -> tuple[np.ndar
     flat = patch_logits(model, np.concatenate([t.patches for t in tiled]))
     counts = np.cumsum([0] + [len(t.boxes) for t in tiled])
     return np.asarray([flat[a:b].mean() for a, b in itertools.pairwise(counts)]), flat
-
-
-def fit_platt(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """Class-balanced logistic regression of the label on the logit: P(AI) for equal class priors."""
-    from sklearn.linear_model import LogisticRegression
-
-    fit = LogisticRegression(C=np.inf, class_weight="balanced").fit(logits.reshape(-1, 1), labels)
-    scale, bias = float(fit.coef_[0, 0]), float(fit.intercept_[0])
-    if scale <= 0:
-        # The model ranks validation images backwards: a calibration would invert it. Say so, keep identity.
-        return {"fitted": False, "reason": f"fitted slope {scale:.4f} <= 0 on validation", "scale": 1.0, "bias": 0.0}
-    return {"fitted": True, "scale": scale, "bias": bias}
 
 
 def save_weights(model: GhostNoiseNet, out: Path, metadata: dict[str, str]) -> None:
@@ -335,10 +216,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args(argv)
-
-
-def log(started: float, message: str) -> None:
-    print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -628,7 +505,7 @@ def model_card(
         "notes": caveats(metrics, side_auc),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
-        "timm_version": _timm_version(),
+        "timm_version": timm_version(),
         "python": platform.python_version(),
     }
 
@@ -712,7 +589,7 @@ def card_data(args: argparse.Namespace, splits: Splits) -> dict:
     return {
         "roots": [str(p) for p in (args.data or [])],
         "manifest": str(args.manifest) if args.manifest else None,
-        "items_sha256": data_hash(splits.items),
+        "items_sha256": items_hash(splits.items),
         "items_sha256_of": "sorted lines 'key<TAB>label<TAB>split' of the items used",
         "items_per_split": {
             s: {"ai": sum(i.label for i in v), "real": sum(1 - i.label for i in v)} for s, v in splits.by_split.items()
@@ -796,12 +673,6 @@ def _relative(filepath: str, roots: list[Path] | None) -> str:
         except ValueError:
             continue
     return filepath
-
-
-def _timm_version() -> str:
-    import timm
-
-    return timm.__version__
 
 
 if __name__ == "__main__":
