@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from training.cross_fit import apply_cross_fitted, fold_of, out_of_fold_probs, row_folds, train_item_folds, variant_of
+from training.cross_fit import apply_cross_fitted, out_of_fold_probs
 from training.features import row_key
+from training.folds import fold_of, row_folds, train_item_folds, variant_of
 from training.train_fusion import train_fusion
 
 HEAD = {"model": "logreg", "C": 100.0, "backbone_id": "test", "embedding_kind": "cls"}
@@ -56,7 +57,12 @@ def test_out_of_fold_probabilities_score_the_train_rows_as_unseen_images():
     head = EmbeddingHead(**HEAD).fit(X, y, X_val=X_val, y_val=y_val)
     in_sample = roc_auc_score(y, head.predict_proba(X)[:, 1])
     unseen = roc_auc_score(y_new, head.predict_proba(X_new)[:, 1])
-    oof = roc_auc_score(y, out_of_fold_probs(X, y, fold, X_val, y_val, HEAD))
+    rows_X, rows_y = np.vstack([X, X_val]), np.concatenate([y, y_val])
+    group = np.concatenate([fold, np.full(len(y_val), -1)])  # val rows only calibrate
+    role = np.asarray(["fit"] * len(y) + ["calibrate"] * len(y_val))
+    probs = out_of_fold_probs(rows_X, rows_y, group, role, HEAD)
+    assert np.isnan(probs[len(y) :]).all()  # never held out, never scored
+    oof = roc_auc_score(y, probs[: len(y)])
     assert in_sample > unseen + 0.15
     assert abs(oof - unseen) < 0.08
 
@@ -72,11 +78,13 @@ def _feature_table() -> pa.Table:
     )
 
 
-def _oof_file(tmp_path, keys: list[str], values: list[float], version: str | None = None, name: str = "oof") -> str:
+def _oof_file(
+    tmp_path, keys: list[str], values: list[float], version: str | None = None, name: str = "oof", by: str = ""
+) -> str:
     path = tmp_path / f"{name}.parquet"
     table = pa.table({"key": keys, "fold": [0] * len(keys), "clip_b16_prob": values})
-    if version:
-        meta = {"detector": "clip_b16", "shipped_version": version}
+    if version or by:
+        meta = {"detector": "clip_b16", "shipped_version": version, "by": by} if version else {"by": by}
         table = table.replace_schema_metadata({"imgverify_cross_fit": json.dumps(meta)})
     pq.write_table(table, path)
     return path
@@ -86,7 +94,7 @@ def test_out_of_fold_values_replace_the_train_rows_only(tmp_path):
     path = _oof_file(tmp_path, ["t1|reencode#0", "t2|reencode#0"], [0.6, 0.4])
     table, record = apply_cross_fitted(_feature_table(), [path])
     assert table.column("clip_b16_prob").to_pylist() == [0.6, 0.4, None, 0.7]  # t3 unscored stays missing
-    assert record[0]["features"] == ["clip_b16_prob"] and record[0]["train_rows"] == 2
+    assert record[0]["features"] == ["clip_b16_prob"] and record[0]["rows"] == {"train": 2}
     assert len(record[0]["sha256"]) == 64
 
 
@@ -117,10 +125,34 @@ def test_a_trained_feature_left_in_sample_is_refused_once_any_file_is_given(tmp_
         apply_cross_fitted(table, [], required=["clip_b16_prob", "effnet_artifact_prob"])
 
 
-def test_out_of_fold_values_for_a_validation_row_are_refused(tmp_path):
-    path = _oof_file(tmp_path, ["t1|reencode#0", "t2|reencode#0", "v1|reencode#0"], [0.6, 0.4, 0.5])
+def test_out_of_fold_values_for_a_validation_row_are_refused_unless_whole_sources_were_held_out(tmp_path):
+    keys = ["t1|reencode#0", "t2|reencode#0", "v1|reencode#0"]
     with pytest.raises(ValueError, match="1 rows are not train rows"):
-        apply_cross_fitted(_feature_table(), [path])
+        apply_cross_fitted(_feature_table(), [_oof_file(tmp_path, keys, [0.6, 0.4, 0.5])])
+    # By source: a val row's source was held out as a whole, so its score is an unseen-source score: used too.
+    table, record = apply_cross_fitted(_feature_table(), [_oof_file(tmp_path, keys, [0.6, 0.4, 0.5], by="source")])
+    assert table.column("clip_b16_prob").to_pylist() == [0.6, 0.4, None, 0.5]
+    assert record[0]["rows"] == {"train": 2, "val": 1}
+    with pytest.raises(ValueError, match="no cross-fitted clip_b16_prob for the val row 'v1"):
+        apply_cross_fitted(_feature_table(), [_oof_file(tmp_path, keys[:2], [0.6, 0.4], by="source")])
+
+
+def test_source_folds_hold_out_a_source_whole_and_cluster_folds_hold_out_train_rows_only():
+    from training.cross_fit import fold_groups
+    from training.train_clip_head import EmbeddingRows
+
+    keys = np.asarray([row_key(k, "clean") for k in ("a", "b", "c", "d")])
+    rows = EmbeddingRows(
+        key=keys,
+        split=np.asarray(["train", "val", "train", "val"]),
+        source=np.asarray(["s1", "s1", "s2", "s2"]),
+        y=np.asarray([0, 0, 1, 1]),
+        X=np.zeros((4, 2)),
+    )
+    assert fold_groups(rows, "source", {}).tolist() == [0, 0, 1, 1]
+    assert fold_groups(rows, "cluster", {"a": 3, "c": 1}).tolist() == [3, -1, 1, -1]
+    with pytest.raises(ValueError, match="use 'cluster' or 'source'"):
+        fold_groups(rows, "family", {})
 
 
 def test_the_fusion_trusts_a_cross_fitted_feature_as_much_as_it_deserves(tmp_path):
@@ -155,4 +187,4 @@ def test_the_fusion_trusts_a_cross_fitted_feature_as_much_as_it_deserves(tmp_pat
     assert weight_of_clip(leaky) > 3 * weight_of_clip(fair)
     assert fair["metrics"]["test"]["overall"]["auc"] > leaky["metrics"]["test"]["overall"]["auc"]
     saved = json.loads((tmp_path / "fair.json").read_text())
-    assert saved["training"]["cross_fitted"][0]["train_rows"] == int(train.sum())
+    assert saved["training"]["cross_fitted"][0]["rows"] == {"train": int(train.sum())}

@@ -26,7 +26,6 @@ detector than the one that made the features, and, once any file is given, a tra
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -40,14 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from deployments.config import load_profile
-from models.fusion import DetectorOutcome
 from training.features import DEFAULT_CACHE, outcome_column
-
-
-def fold_of(cluster: str, folds: int) -> int:
-    """The fold of a near-duplicate cluster: a hash, so reproducible and the same for every detector."""
-    return int.from_bytes(hashlib.sha256(f"cross-fit:{cluster}".encode()).digest()[:8], "big") % folds
-
+from training.folds import item_key, train_item_folds
+from training.train_clip_head import EmbeddingRows, embedding_profile
 
 # The features this module can cross-fit: those of the detectors fitted here on the train split. The published
 # CLIP probe and the hand-made features were never fitted here. ghostnet_score is (training/train_ghostnet.py, same
@@ -57,47 +51,33 @@ TRAINED_FEATURES = {"clip_b16": ["clip_b16_prob"], "effnet_artifact": ["effnet_a
 FUSION_VARIANTS = ["reencode#0", "reencode#1"]  # what `features extract --variant reencode --copies 2` makes
 
 
-def train_item_folds(manifest: pa.Table, folds: int) -> dict[str, int]:
-    """Item key -> fold, for the train split's items."""
-    train = manifest.filter(pc.equal(manifest["split"], "train"))
-    return {k: fold_of(c, folds) for k, c in zip(train.column("key").to_pylist(), train.column("cluster").to_pylist())}
-
-
-def item_key(row_key: str) -> str:
-    """The manifest item a feature row belongs to (``training.features.row_key`` appends ``|variant``)."""
-    return row_key.split("|", 1)[0]
-
-
-def variant_of(row_key: str) -> str:
-    """The variant of a feature row (``reencode#0``), without the processing id ``row_key`` adds."""
-    return row_key.split("|", 1)[1].split("@", 1)[0]
-
-
-def row_folds(row_keys: list[str], item_fold: dict[str, int]) -> np.ndarray:
-    """The fold of each feature row: its item's, so every variant of an item is held out together."""
-    return np.asarray([item_fold[item_key(k)] for k in row_keys], dtype=int)
-
-
 def out_of_fold_probs(
-    X: np.ndarray,
-    y: np.ndarray,
-    fold: np.ndarray,
-    X_val: np.ndarray,
-    y_val: np.ndarray,
-    params: dict[str, Any],
-    fit: np.ndarray | None = None,
+    X: np.ndarray, y: np.ndarray, group: np.ndarray, role: np.ndarray, params: dict[str, Any]
 ) -> np.ndarray:
-    """P(AI) of every row from an ``EmbeddingHead(**params)`` fitted on the rows of the other folds (those in
-    ``fit`` only, when given) and calibrated on val."""
+    """P(AI) of every row in a held-out group, from an ``EmbeddingHead(**params)`` that never saw the group: fitted
+    on the rows of the other groups whose ``role`` is ``"fit"`` and calibrated on those whose role is
+    ``"calibrate"``. Rows of group ``-1`` are never held out (NaN); a group is held out whole, whatever its rows' roles.
+    Cluster folds: train rows are fitted and held out by fold, val rows only calibrate (group -1). Source folds: a
+    source's train and val rows are held out together, so its val rows get unseen-source scores too."""
     from models.clip_b16 import EmbeddingHead
 
-    fit = np.ones(len(y), dtype=bool) if fit is None else fit
     probs = np.full(len(y), np.nan)
-    for k in np.unique(fold):
-        held_out = fold == k
-        head = EmbeddingHead(**params).fit(X[fit & ~held_out], y[fit & ~held_out], X_val=X_val, y_val=y_val)
+    for k in np.unique(group[group >= 0]):
+        held_out = group == k
+        fit, calibrate = (role == "fit") & ~held_out, (role == "calibrate") & ~held_out
+        head = EmbeddingHead(**params).fit(X[fit], y[fit], X_val=X[calibrate], y_val=y[calibrate])
         probs[held_out] = head.predict_proba(X[held_out])[:, 1]
     return probs
+
+
+def fold_groups(rows: EmbeddingRows, by: str, item_fold: dict[str, int]) -> np.ndarray:
+    """Each row's held-out group: its item's cluster fold (train rows; val rows -1), or its source's index."""
+    if by == "cluster":
+        return np.asarray([item_fold[item_key(k)] if s == "train" else -1 for k, s in zip(rows.key, rows.split)])
+    if by == "source":
+        sources = sorted(set(rows.source.tolist()))
+        return np.asarray([sources.index(s) for s in rows.source])
+    raise ValueError(f"cross-fit by {by!r}: use 'cluster' or 'source'")
 
 
 # ---- clip_b16's head: refitted per fold on the cached embeddings (no backbone runs) -------------------------
@@ -107,15 +87,15 @@ def cross_fit_clip_head(
     folds: int = 5,
     variants: list[str] = FUSION_VARIANTS,
     cache_dir: Path = DEFAULT_CACHE,
+    by: str = "cluster",
 ) -> pa.Table:
-    """Out-of-fold ``clip_b16_prob`` for the train rows of ``variants``. Each fold head has the shipped head's
-    settings (kind, model, C) and is fitted and calibrated on the same variants of train / val as it was
-    (``train_clip_head``'s report in the head file), so both give probabilities on one scale."""
+    """Out-of-fold ``clip_b16_prob`` for the rows of ``variants``: the train rows (``by="cluster"``: ``folds`` folds of
+    near-duplicate clusters) or the train and val rows (``by="source"``: one fold per source). Each fold head has the
+    shipped head's settings (kind, model, C, layers) and is fitted and calibrated on the same variants of train / val
+    as it was (``train_clip_head``'s report in the head file), so both give probabilities on one scale."""
     import models
-    from models.clip_b16 import DETAIL_OF_KIND
     from training.dataset import load_manifest
     from training.features import extract_features
-    from training.train_clip_head import embedding_profile
 
     settings = {**load_profile(config).detectors["clip_b16"].user_config.detector, "return_embedding": False}
     detector = models.create_detector("clip_b16", settings)
@@ -124,37 +104,19 @@ def cross_fit_clip_head(
         raise ValueError(f"{config}: clip_b16 has no head to cross-fit")
     trained_on = list(shipped.metadata_.get("variants") or ["clean", *variants])
     manifest = load_manifest(manifest_path)
-    item_fold = train_item_folds(manifest, folds)
     items = manifest.filter(pc.is_in(manifest["split"], pa.array(["train", "val"])))
     table = extract_features(items, embedding_profile(config), sorted({*trained_on, *variants}), cache_dir, False)
-    detail = DETAIL_OF_KIND[shipped.embedding_kind]  # only the embedding the head reads is kept
-    rows: dict[str, dict[str, list]] = {s: {"key": [], "X": [], "y": []} for s in ("train", "val")}
-    for key, split, label, text in zip(
-        table.column("key").to_pylist(),
-        table.column("split").to_pylist(),
-        table.column("label").to_pylist(),
-        table.column(outcome_column("clip_b16")).to_pylist(),
-    ):
-        outcome = DetectorOutcome.from_json(text) if text else None
-        if outcome is None or outcome.status != "ok":
-            continue  # the fusion sees this row's clip_b16 as missing either way
-        for name, value in (("key", key), ("y", 1 if label == "ai" else 0), ("X", outcome.result.details[detail])):
-            rows[split][name].append(value)
-    train = {name: np.asarray(values) for name, values in rows["train"].items()}
-    val = {name: np.asarray(values) for name, values in rows["val"].items()}
-    fit = np.asarray([variant_of(k) in trained_on for k in train["key"]])
-    calibrate = np.asarray([variant_of(k) in trained_on for k in val["key"]])
-    fold = row_folds(list(train["key"]), item_fold)
-    params = shipped.get_params()
-    probs = out_of_fold_probs(train["X"], train["y"], fold, val["X"][calibrate], val["y"][calibrate], params, fit)
-    wanted = np.asarray([variant_of(k) in variants for k in train["key"]])
+    rows = EmbeddingRows.from_table(table, shipped.embedding_kind)
+    group = fold_groups(rows, by, train_item_folds(manifest, folds))
+    role = np.where(np.isin(rows.variant, trained_on), np.where(rows.split == "train", "fit", "calibrate"), "")
+    probs = out_of_fold_probs(rows.X, rows.y, group, role, shipped.get_params())
+    wanted = np.isin(rows.variant, variants) & (group >= 0)
     # Through the detector's own postprocess, so the feature is exactly what the detector would report.
     features = [
         detector.postprocess({"embeddings": {}, "prob": float(p), "pub_prob": None}, False).features
         for p in probs[wanted]
     ]
-    keys = list(train["key"][wanted])
-    return _oof_table("clip_b16", detector.version, keys, fold[wanted].tolist(), features)
+    return _oof_table("clip_b16", detector.version, list(rows.key[wanted]), group[wanted].tolist(), features, by)
 
 
 # ---- a detector with trained weights: one training run per fold, then the held-out fold scored -----------------
@@ -201,12 +163,17 @@ def check_fold_weights(path: Path, manifest: Path, folds: int, held_out: int) ->
 
 
 def _oof_table(
-    detector: str, shipped_version: str, keys: list[str], folds: list[int], features: list[dict[str, float]]
+    detector: str,
+    shipped_version: str,
+    keys: list[str],
+    folds: list[int],
+    features: list[dict[str, float]],
+    by: str = "cluster",
 ) -> pa.Table:
     columns = {"key": pa.array(keys, pa.string()), "fold": pa.array(folds, pa.int32())}
     for name in TRAINED_FEATURES[detector]:
         columns[name] = pa.array([f.get(name) for f in features], pa.float64())
-    metadata = {"detector": detector, "shipped_version": shipped_version}
+    metadata = {"detector": detector, "shipped_version": shipped_version, "by": by}
     return pa.table(columns).replace_schema_metadata({"imgverify_cross_fit": json.dumps(metadata)})
 
 
@@ -214,24 +181,28 @@ def _oof_table(
 def apply_cross_fitted(
     table: pa.Table, paths: list[Path], required: list[str] = ()
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """``table`` (feature rows) with each file's out-of-fold values in place of the train rows' in-sample ones;
-    and what was replaced. Refused: a train row the detector scored that a file does not cover; a file row that is
-    not a train row (val and test keep the shipped detector's features); a file made for another version of the
-    detector than the one in the table's outcomes; two files for one feature; and, once any file is given, a
-    ``required`` feature (trained on train, used by the fusion) that no file covers."""
+    """``table`` (feature rows) with each file's out-of-fold values in place of the shipped detector's; and what was
+    replaced. A file made by cluster folds covers the train rows (val and test keep the shipped detector's features);
+    one made by source folds covers the train and val rows (so the fusion's calibration sees unseen-source scores
+    too). Refused: a row of those splits the detector scored that the file does not cover; a file row of another
+    split; a file made for another version of the detector than the one in the table's outcomes; two files for one
+    feature; and, once any file is given, a ``required`` feature (trained on train, used by the fusion) that no file
+    covers."""
     from models.weights import file_sha256
 
     record, covered = [], set()
-    keys, splits = table.column("key").to_pylist(), table.column("split").to_pylist()
-    split_of = dict(zip(keys, splits))
+    split_of = dict(zip(table.column("key").to_pylist(), table.column("split").to_pylist()))
     for path in paths:
         oof = pq.read_table(path)
         meta = json.loads((oof.schema.metadata or {}).get(b"imgverify_cross_fit", b"{}"))
         _check_version(table, meta, path)
+        splits = ("train", "val") if meta.get("by") == "source" else ("train",)
         oof_keys = oof.column("key").to_pylist()
-        not_train = [k for k in oof_keys if split_of.get(k, "train") != "train"]
-        if not_train:
-            raise ValueError(f"{path}: {len(not_train)} rows are not train rows (first {not_train[0]!r})")
+        elsewhere = [k for k in oof_keys if split_of.get(k, "train") not in splits]
+        if elsewhere:
+            raise ValueError(
+                f"{path}: {len(elsewhere)} rows are not {' or '.join(splits)} rows (first {elsewhere[0]!r})"
+            )
         names = [c for c in oof.column_names if c not in ("key", "fold")]
         for name in names:
             if name in covered:
@@ -239,25 +210,14 @@ def apply_cross_fitted(
             if name not in table.column_names:
                 raise ValueError(f"{path}: the features table has no column {name!r}")
             covered.add(name)
-            values = dict(zip(oof_keys, oof.column(name).to_pylist()))
-            column = table.column(name).to_pylist()
-            for i, (key, split) in enumerate(zip(keys, splits)):
-                if split != "train":
-                    continue
-                if key not in values:
-                    if column[i] is not None:
-                        raise ValueError(f"{path}: no cross-fitted {name} for the train row {key!r}")
-                    continue  # the detector did not score this row: it stays missing
-                column[i] = values[key]
-            table = table.set_column(table.column_names.index(name), name, pa.array(column, pa.float64()))
-        replaced = sum(1 for k in oof_keys if k in split_of)
+            table = _replace_values(table, name, dict(zip(oof_keys, oof.column(name).to_pylist())), splits, path)
         record.append(
             {
                 "file": str(path),
                 "sha256": file_sha256(path),
                 **meta,
                 "features": sorted(names),  # this file's, not those of the files before it
-                "train_rows": replaced,
+                "rows": {split: sum(1 for k in oof_keys if split_of.get(k) == split) for split in splits},
             }
         )
     uncovered = [name for name in required if name not in covered and name in table.column_names]
@@ -266,6 +226,23 @@ def apply_cross_fitted(
     if uncovered:
         warnings.warn(f"the fusion is fitted on in-sample train rows of {uncovered} (no --cross-fitted)", stacklevel=2)
     return table, record
+
+
+def _replace_values(
+    table: pa.Table, name: str, values: dict[str, float | None], splits: tuple[str, ...], path: Path
+) -> pa.Table:
+    """Column ``name`` with ``values`` in place of the rows of ``splits``; every such row the detector scored must
+    have one (a row it did not score stays missing)."""
+    column = table.column(name).to_pylist()
+    for i, (key, split) in enumerate(zip(table.column("key").to_pylist(), table.column("split").to_pylist())):
+        if split not in splits:
+            continue
+        if key not in values:
+            if column[i] is not None:
+                raise ValueError(f"{path}: no cross-fitted {name} for the {split} row {key!r}")
+            continue
+        column[i] = values[key]
+    return table.set_column(table.column_names.index(name), name, pa.array(column, pa.float64()))
 
 
 def _check_version(table: pa.Table, meta: dict[str, str], path: Path) -> None:
@@ -292,16 +269,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--config", type=Path, required=True, help="the Serve config the fusion is trained for")
     parser.add_argument("--out", type=Path, required=True, help="out-of-fold features (.parquet)")
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=5, help="cluster folds (not used with --by source)")
+    parser.add_argument(
+        "--by",
+        choices=["cluster", "source"],
+        default="cluster",
+        help="clip-head: hold out near-duplicate clusters (train rows), or whole sources (train and val rows)",
+    )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args, extra = parser.parse_known_args(argv)
     if args.detector == "clip-head" and extra:
         parser.error(f"clip-head takes no training options: {extra}")
+    if args.detector == "effnet-artifact" and args.by != "cluster":
+        parser.error("effnet-artifact is cross-fitted by cluster folds only (one fine-tuning per fold)")
     if any(e.split("=")[0] in RESERVED for e in extra):
         parser.error(f"{RESERVED} are set by cross-fit itself: {extra}")
     started = time.perf_counter()
     if args.detector == "clip-head":
-        table = cross_fit_clip_head(args.manifest, args.config, args.folds, cache_dir=args.cache)
+        table = cross_fit_clip_head(args.manifest, args.config, args.folds, cache_dir=args.cache, by=args.by)
     else:
         weights = [args.out.parent / f"effnet_artifact_fold{k}of{args.folds}.safetensors" for k in range(args.folds)]
         for k, path in enumerate(weights):
@@ -314,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         table = cross_fit_detector("effnet_artifact", args.manifest, args.config, weights, cache_dir=args.cache)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, args.out)
-    print(f"{table.num_rows} out-of-fold train rows -> {args.out} in {time.perf_counter() - started:.1f} s")
+    print(f"{table.num_rows} out-of-fold rows -> {args.out} in {time.perf_counter() - started:.1f} s")
     return 0
 
 
