@@ -6,8 +6,9 @@
 Each enabled detector runs as an actor pool (``deployments.data.DetectorStage``: the same class and
 config as its Serve deployment). A *variant* says what happens to an image before it is decoded the
 service's way: ``clean`` (as stored), ``reencode`` (``training.augment.Reencode``, seeded per item, the
-same processing for both classes: ``training.augment.FUSION_PROCESSING``), or one of
-``training.augment.ROBUSTNESS``. Outcomes are cached per
+same processing for both classes: ``training.augment.FUSION_PROCESSING``), ``launder`` (one laundering route per
+item: screenshot, social re-encode, thumbnail, crop or padding; ``training.augment.Launder``, seeded per item), or one
+of ``training.augment.ROBUSTNESS``. Outcomes are cached per
 detector version under ``--cache`` keyed by ``row_key(item key, variant)``, so a re-run computes only what is
 missing, and a new detector version recomputes only that detector.
 
@@ -33,7 +34,7 @@ from deployments.config import Profile, load_profile
 from deployments.data import cache_path, load_outcome_cache, outcome_column
 from models.fusion import DetectorOutcome
 from models.image_input import ImageInputError, decode_image, images_to_columns
-from training.augment import FUSION_PROCESSING, ROBUSTNESS
+from training.augment import FUSION_PROCESSING, LAUNDERING, LAUNDERING_ID, ROBUSTNESS, Launder
 from training.dataset import DATASET_LIMITS, item_bytes, load_manifest
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.local.yaml"
@@ -47,24 +48,34 @@ CACHE_FLUSH_ROWS = 200  # outcomes are written to the cache every this many rows
 PROCESSING_ID = hashlib.sha256(repr(FUSION_PROCESSING).encode()).hexdigest()[:8]
 
 
+LAUNDER = Launder()
+
+
 def row_key(key: str, variant: str) -> str:
     """The feature row's (and cache's) key for one item under one variant."""
-    return f"{key}|{variant}@{PROCESSING_ID}" if variant.startswith("reencode") else f"{key}|{variant}"
+    if variant.startswith("reencode"):
+        return f"{key}|{variant}@{PROCESSING_ID}"
+    if variant.startswith("launder") or variant in LAUNDERING:
+        return f"{key}|{variant}@{LAUNDERING_ID}"
+    return f"{key}|{variant}"
 
 
 def variant_bytes(filepath: str, crop: str, key: str, variant: str) -> bytes:
-    """The bytes a detector sees for one item under ``variant`` (``reencode`` may carry a copy index:
+    """The bytes a detector sees for one item under ``variant`` (``reencode`` and ``launder`` may carry a copy index:
     ``reencode#1``); every random choice is seeded by the item key, so a variant is reproducible."""
     data = item_bytes(filepath, crop)
     if variant == "clean":
         return data
     original = decode_image(data, DATASET_LIMITS)
-    if variant.startswith("reencode"):
+    if variant.startswith(("reencode", "launder")):
         seed = int.from_bytes(hashlib.sha256(f"{key}|{variant}".encode()).digest()[:8], "big")
-        return FUSION_PROCESSING(original, np.random.default_rng(seed))
+        processing = FUSION_PROCESSING if variant.startswith("reencode") else LAUNDER
+        return processing(original, np.random.default_rng(seed))
     if variant in ROBUSTNESS:
         return ROBUSTNESS[variant](original)
-    raise ValueError(f"unknown variant {variant!r}; use clean, reencode[#n] or one of {sorted(ROBUSTNESS)}")
+    raise ValueError(
+        f"unknown variant {variant!r}; use clean, reencode[#n], launder[#n] or one of {sorted(ROBUSTNESS)}"
+    )
 
 
 def load_stage(batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -239,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="features .parquet")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--variant", default="clean", help="clean, reencode, or a robustness name")
-    parser.add_argument("--copies", type=int, default=1, help="reencode: this many random copies per item")
+    parser.add_argument("--variant", default="clean", help="clean, reencode, launder, or a robustness name")
+    parser.add_argument("--copies", type=int, default=1, help="reencode / launder: this many random copies per item")
     parser.add_argument("--split", action="append", help="only these splits (repeatable)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args(argv)
