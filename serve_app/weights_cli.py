@@ -5,7 +5,10 @@
 Each enabled detector's config (its ``user_config.detector`` over the class's ``default_config``) gives its
 ``weight_sources``; each is resolved through :func:`models.weights.fetch_weights`, pins checked. One line per
 source: detector, location, local path, short sha256, and ``fetched`` / ``cached`` / ``local`` / ``FAILED: reason``.
-Exit 0 only when every source resolved. Idempotent: a second run finds everything cached and downloads nothing.
+A file a detector derives from a source (``WeightSource.derived``: clip_b16's fp32 export of its INT8 ONNX file) is
+made here too, one line each (``LOCATION => RECIPE``, ``made`` or ``cached``), so the service's first load does not
+make it. Exit 0 only when every source resolved. Idempotent: a second run finds everything cached and downloads
+nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +16,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deployments.config import Profile, load_profile
-from models.weights import WeightSource, WeightsUnavailable, cache_dir, fetch_weights, file_sha256
+from models.weights import (
+    Derivation,
+    WeightSource,
+    WeightsUnavailable,
+    cache_dir,
+    derive_weights,
+    fetch_weights,
+    file_sha256,
+)
 
 
 @dataclass(frozen=True)
@@ -28,8 +39,9 @@ class Outcome:
     source: WeightSource | None
     path: Path | None = None
     sha256: str | None = None
-    status: str = ""  # "fetched", "cached" or "local" when resolved
+    status: str = ""  # "fetched", "cached" or "local" when resolved; a derived file "made" or "cached"
     error: str | None = None
+    derivation: Derivation | None = None  # set for a file derived from ``source``
 
     @property
     def ok(self) -> bool:
@@ -63,18 +75,38 @@ def fetch_source(detector: str, source: WeightSource) -> Outcome:
     return Outcome(detector, source, resolved.path, sha256, resolved.status)
 
 
+def derive_source(fetched: Outcome, derivation: Derivation) -> Outcome:
+    """Make (or find) one file derived from a resolved source (``fetched``: its path and sha256 known); a failure
+    is an outcome with the reason, never an exception."""
+    failed = Outcome(fetched.detector, fetched.source, derivation=derivation)
+    if fetched.path is None or fetched.sha256 is None:
+        return replace(failed, error="its source did not resolve to a file")
+    try:
+        resolved = derive_weights(fetched.path, fetched.sha256, derivation)
+    except Exception as err:  # noqa: BLE001 - an export can fail many ways; reported as this file's failure
+        return replace(failed, error=f"{type(err).__name__}: {err}")
+    return replace(failed, path=resolved.path, sha256=file_sha256(resolved.path), status=resolved.status)
+
+
 def fetch_all(sources: list[tuple[str, WeightSource]]) -> list[Outcome]:
-    """Resolve every source in order, printing each line as soon as it is known (fetches can take minutes)."""
+    """Resolve every source in order, then make what is derived from it, printing each line as soon as it is known
+    (fetches and exports can take minutes)."""
     outcomes = []
     for detector, source in sources:
         outcome = fetch_source(detector, source)
         print(format_outcome(outcome), flush=True)
         outcomes.append(outcome)
+        for derivation in source.derived if outcome.ok else ():
+            derived = derive_source(outcome, derivation)
+            print(format_outcome(derived), flush=True)
+            outcomes.append(derived)
     return outcomes
 
 
 def format_outcome(outcome: Outcome) -> str:
     location = outcome.source.location if outcome.source else "-"
+    if outcome.derivation is not None:
+        location += f" => {outcome.derivation.name}"
     if not outcome.ok:
         return f"{outcome.detector}  {location}  FAILED: {outcome.error}"
     sha = f"sha256:{outcome.sha256[:12]}" if outcome.sha256 else "sha256:-"
@@ -83,11 +115,15 @@ def format_outcome(outcome: Outcome) -> str:
 
 def summary(outcomes: list[Outcome]) -> str:
     """The closing line(s): counts per status, then each failure's first line again."""
-    counts = {s: sum(o.status == s for o in outcomes if o.ok) for s in ("fetched", "cached", "local")}
+    counts = {s: sum(o.status == s for o in outcomes if o.ok) for s in ("fetched", "cached", "local", "made")}
+    if not any(o.derivation for o in outcomes):
+        del counts["made"]  # the line other configs have always had
     failed = [o for o in outcomes if not o.ok]
     text = f"{len(outcomes)} sources: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f", {len(failed)} failed"
     for outcome in failed:
         location = outcome.source.location if outcome.source else "(no sources listed)"
+        if outcome.derivation is not None:
+            location += f" => {outcome.derivation.name}"
         text += f"\n  FAILED {outcome.detector} {location}: {(outcome.error or '').splitlines()[0]}"
     return text
 

@@ -10,8 +10,10 @@ has cached it.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ import torch
 
 from models import create_detector
 from models.clip_b16 import (
+    FP32_EXPORT,
     HF_ID,
     OFFLINE_CONFIG,
     ONNX_LOCATION,
@@ -27,10 +30,11 @@ from models.clip_b16 import (
     EmbeddingHead,
     clip_from_onnx,
     clip_pixels,
+    current_backbone_id,
     native_crops,
 )
 from models.image_input import DecodedImage, decode_image
-from models.weights import WeightsUnavailable
+from models.weights import WeightsUnavailable, derive_weights, file_sha256
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_IMAGE = FIXTURES / "clip_b16_real_0010.jpg"
@@ -152,6 +156,8 @@ def test_rebuild_of_the_fp32_export_is_the_torch_model(tiny_onnx, images):
 
 
 def test_rebuild_of_the_int8_export_matches_torch_and_onnxruntime(tiny_onnx, images):
+    """De-quantised weights, fp32 activations: the fp32 model to within weight rounding, and the INT8 graph in
+    onnxruntime to within its activation rounding besides."""
     import onnxruntime as ort
 
     x = _pixels(images)
@@ -161,9 +167,7 @@ def test_rebuild_of_the_int8_export_matches_torch_and_onnxruntime(tiny_onnx, ima
         fp32 = tiny_model()(pixel_values=torch.from_numpy(x))
     session = ort.InferenceSession(str(tiny_onnx["int8"]), providers=["CPUExecutionProvider"])
     runs = [session.run(None, {"pixel_values": x[i : i + 1]}) for i in range(len(x))]
-    ort_embeds = np.concatenate([r[0] for r in runs])
-    ort_cls = np.concatenate([r[1][:, 0] for r in runs])
-    # Per-channel int8 weights only: the rebuild is the fp32 model to within weight rounding.
+    ort_embeds, ort_cls = np.concatenate([r[0] for r in runs]), np.concatenate([r[1][:, 0] for r in runs])
     assert _cos(ours.image_embeds.numpy(), fp32.image_embeds.numpy()).min() > 0.999
     # onnxruntime also rounds activations to uint8 per tensor: looser (the real ViT-B/16 gives 0.96-0.99).
     assert _cos(ours.image_embeds.numpy(), ort_embeds).min() > 0.98
@@ -189,18 +193,120 @@ def test_rebuild_refuses_a_graph_it_cannot_map_completely(tiny_onnx, tmp_path):
         clip_from_onnx(tmp_path / "missing.onnx")
 
 
-def test_onnx_backbone_in_both_runtimes(tiny_onnx, images, no_network):
-    config = {"backbone": str(tiny_onnx["int8"]), "return_embedding": True, **NO_PUBLISHED}
+# ---- precision: fp32 in both runtimes, int8 in onnxruntime -----------------------------------------------------
+KINDS = {"image_embeds": "embedding", "cls": "cls", "cls_layers": "cls_layers"}
+
+
+def _all_kinds(results) -> dict[str, np.ndarray]:
+    return {kind: _embeddings(results, key) for kind, key in KINDS.items()}
+
+
+def test_fp32_runtimes_agree_to_float_precision(tiny_onnx, images, no_network):
+    """precision fp32: onnxruntime on the fp32 export and torch on the rebuild give one function, to float
+    rounding, for every kind (cls_layers from the export's graph outputs and from torch's hidden states), in one
+    backbone_id; onnxruntime runs the whole batch at once."""
+    config = {"backbone": str(tiny_onnx["int8"]), "return_embedding": True, "cls_layers": [0, 1], **NO_PUBLISHED}
     fast = create_detector("clip_b16", {**config, "runtime": "onnxruntime"})
     rebuilt = create_detector("clip_b16", {**config, "runtime": "torch"})
-    assert fast.backbone_id.endswith(":onnxruntime") and rebuilt.backbone_id.endswith(":torch")
-    assert create_detector("clip_b16", config).runtime == "onnxruntime"  # auto, on CPU
-    a, b = _embeddings(fast.predict(images)), _embeddings(rebuilt.predict(images))
-    assert a.shape == (len(images), 16) and _cos(a, b).min() > 0.98
-    # onnxruntime runs one image at a time: a batch neighbour never changes an image's embedding.
-    np.testing.assert_array_equal(a[:1], _embeddings(fast.predict(images[:1])))
-    with pytest.raises(ValueError, match="runs on CPU only"):
-        ClipB16Detector({**config, "runtime": "onnxruntime"}, device="cuda")
+    assert fast.backbone_id == rebuilt.backbone_id and fast.backbone_id.endswith(":fp32")
+    assert "runtime=onnxruntime/fp32" in fast.version and "runtime=torch/fp32" in rebuilt.version
+    auto = create_detector("clip_b16", config)  # auto on CPU: onnxruntime, at the default precision fp32
+    assert (auto.runtime, auto.precision, auto.backbone_id) == ("onnxruntime", "fp32", fast.backbone_id)
+    a, b = _all_kinds(fast.predict(images)), _all_kinds(rebuilt.predict(images))
+    assert {k: v.shape for k, v in a.items()} == {"image_embeds": (5, 16), "cls": (5, 64), "cls_layers": (5, 128)}
+    for kind in KINDS:
+        np.testing.assert_allclose(a[kind], b[kind], atol=1e-5, err_msg=kind)
+    np.testing.assert_allclose(a["cls_layers"][:, 64:], a["cls"], atol=1e-6)  # layer 1 is the last
+    # A whole batch per run: an image alone gives its batch numbers to float rounding.
+    np.testing.assert_allclose(_embeddings(fast.predict(images[:1])), a["image_embeds"][:1], atol=1e-6)
+    with pytest.raises(ValueError, match="has no node '/vision_model/encoder/layers.5/Add_1'"):
+        create_detector("clip_b16", {**config, "cls_layers": [5], "runtime": "onnxruntime"})
+
+
+def test_int8_is_the_graph_as_built_in_onnxruntime_on_cpu(tiny_onnx, images, no_network):
+    """precision int8: the INT8 graph in onnxruntime, one image per run (a batch neighbour never changes an
+    image's embedding), close to fp32 (activation rounding) but not the same backbone; refused where it cannot run."""
+    config = {"backbone": str(tiny_onnx["int8"]), "return_embedding": True, "cls_layers": [0, 1], **NO_PUBLISHED}
+    int8 = create_detector("clip_b16", {**config, "precision": "int8"})
+    fp32 = create_detector("clip_b16", {**config, "runtime": "torch"})
+    assert int8.backbone_id == fp32.backbone_id.removesuffix(":fp32") + ":int8"
+    assert (int8.runtime, int8.precision) == ("onnxruntime", "int8") and "runtime=onnxruntime/int8" in int8.version
+    a, b = _all_kinds(int8.predict(images)), _all_kinds(fp32.predict(images))
+    np.testing.assert_array_equal(a["image_embeds"][:1], _embeddings(int8.predict(images[:1])))
+    # Each layer's output read out of the INT8 graph: close to the rebuild's, as its last-layer CLS token is.
+    assert _cos(a["cls_layers"].reshape(5, 2, 64), b["cls_layers"].reshape(5, 2, 64)).min() > 0.95
+    assert _cos(a["image_embeds"], b["image_embeds"]).min() > 0.98
+    assert np.abs(a["image_embeds"] - b["image_embeds"]).max() > 1e-3  # not the same function
+    plain = create_detector("clip_b16", {**config, "precision": "int8", "cls_layers": []})
+    np.testing.assert_array_equal(_embeddings(plain.predict(images)), a["image_embeds"])
+
+    refusals = [
+        ({"precision": "int8", "runtime": "torch"}, "cpu", "precision 'int8' is the ONNX graph as built"),
+        ({"precision": "int8"}, "cuda", "precision 'int8' is the ONNX graph as built"),
+        ({"runtime": "onnxruntime"}, "cuda", "runtime 'onnxruntime' runs on CPU only"),
+        ({"precision": "fp16"}, "cpu", "precision must be one of"),
+    ]
+    for settings, device, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            ClipB16Detector({**config, **settings}, device=device)
+
+
+def _tiny_int8_copy(tiny_onnx, folder: Path) -> Path:
+    """The tiny INT8 file alone in ``folder``: its derived fp32 export is made there afresh."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(tiny_onnx["int8"], folder / "clip.int8.onnx"))
+
+
+def test_fp32_export_is_made_once_recorded_and_reused(tiny_onnx, tmp_path, no_network):
+    """The export is cached beside the INT8 file, named by its sha256, with a record; a second load finds it
+    (same file, not written again); a truncated or unrecorded file is made again, never read."""
+    source = _tiny_int8_copy(tiny_onnx, tmp_path / "cache")
+    sha = file_sha256(source)
+    target = source.parent / f"{FP32_EXPORT.name}-{sha[:16]}.onnx"
+    config = {"backbone": str(source), "return_embedding": True, **NO_PUBLISHED}
+    first = create_detector("clip_b16", config)
+    record = json.loads(target.with_name(target.name + ".json").read_text())
+    assert (record["recipe"], record["source_sha256"]) == (FP32_EXPORT.name, sha)
+    assert (record["sha256"], record["bytes"]) == (file_sha256(target), target.stat().st_size)
+    assert record["made_with"]["torch"] == torch.__version__
+    made = target.stat()
+
+    second = create_detector("clip_b16", config)
+    assert (target.stat().st_ino, target.stat().st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
+    assert derive_weights(source, sha, FP32_EXPORT).status == "cached"
+    np.testing.assert_array_equal(
+        second._embed(np.zeros((1, 3, 32, 32), np.float32))["cls"],
+        first._embed(np.zeros((1, 3, 32, 32), np.float32))["cls"],
+    )
+
+    whole = target.read_bytes()
+    target.write_bytes(whole[: len(whole) // 2])  # truncated: the record's size and sha256 no longer match
+    assert derive_weights(source, sha, FP32_EXPORT).status == "made"
+    assert target.stat().st_size == record["bytes"]
+    target.with_name(target.name + ".json").unlink()  # a file without its record is not trusted either
+    assert derive_weights(source, sha, FP32_EXPORT).status == "made"
+    assert derive_weights(source, sha, FP32_EXPORT).status == "cached"
+    assert [p.name for p in source.parent.iterdir() if p.name.endswith(".part")] == []  # no temporary file left
+
+
+def test_weights_fetch_makes_the_fp32_export(tiny_onnx, tmp_path, capsys, no_network):
+    """``imgverify weights fetch`` makes the export for a config at precision fp32 in onnxruntime (or auto), so
+    the service's first load finds it; none at int8 or in torch."""
+    from serve_app import weights_cli
+
+    source = _tiny_int8_copy(tiny_onnx, tmp_path / "cache")
+    config = {"backbone": str(source), **NO_PUBLISHED}
+    sources = [("clip_b16", s) for s in ClipB16Detector.weight_sources(config)]
+    outcomes = weights_cli.fetch_all(sources)
+    assert [(o.status, o.derivation) for o in outcomes] == [("local", None), ("made", FP32_EXPORT)]
+    export = outcomes[1].path
+    assert export.parent == source.parent and outcomes[1].sha256 == file_sha256(export)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"clip_b16  {source} => {FP32_EXPORT.name}  {export}  sha256:{file_sha256(export)[:12]}  made"
+    assert weights_cli.summary(outcomes).splitlines()[0] == "2 sources: 0 fetched, 0 cached, 1 local, 1 made, 0 failed"
+    assert [o.status for o in weights_cli.fetch_all(sources)] == ["local", "cached"]
+    for settings in ({"precision": "int8"}, {"runtime": "torch"}):
+        assert [s.derived for s in ClipB16Detector.weight_sources({**config, **settings})] == [()]
 
 
 # ---- the production path (HF folder) -----------------------------------------------------------------------------
@@ -260,6 +366,8 @@ def test_nothing_to_give_is_refused(tiny_clip):
         create_detector(
             "clip_b16", {"backbone": tiny_clip, "backbone_sha256": "0" * 64, "return_embedding": True, **NO_PUBLISHED}
         )
+    with pytest.raises(ValueError, match="an HF backbone is fp32; precision 'int8' is for an ONNX file"):
+        create_detector("clip_b16", {"backbone": tiny_clip, "precision": "int8", "return_embedding": True})
 
 
 # ---- intermediate layers (cls_layers) -----------------------------------------------------------------------------
@@ -292,22 +400,6 @@ def test_cls_layers_are_the_encoder_layers_cls_tokens(tiny_clip, images, no_netw
     assert not np.allclose(averaged[:, 0], layers[:2, :64], atol=1e-3)  # the crops did change the tokens
     with pytest.raises(ValueError, match=r"cls_layers \[0, 2\] outside the backbone's 2 layers"):
         create_detector("clip_b16", {"backbone": tiny_clip, "return_embedding": True, "cls_layers": [0, 2]})
-
-
-def test_cls_layers_from_the_onnx_graph_match_the_rebuild(tiny_onnx, images, no_network):
-    """onnxruntime reads the layers' outputs out of the graph (extra outputs, same numbers); the rebuild computes
-    them in torch: the two agree as closely as their last-layer CLS tokens do."""
-    config = {"backbone": str(tiny_onnx["int8"]), "return_embedding": True, "cls_layers": [0, 1], **NO_PUBLISHED}
-    fast = create_detector("clip_b16", {**config, "runtime": "onnxruntime"})
-    rebuilt = create_detector("clip_b16", {**config, "runtime": "torch"})
-    a, b = _embeddings(fast.predict(images), "cls_layers"), _embeddings(rebuilt.predict(images), "cls_layers")
-    assert a.shape == b.shape == (len(images), 128)
-    for slot in range(2):
-        assert _cos(a[:, slot * 64 : (slot + 1) * 64], b[:, slot * 64 : (slot + 1) * 64]).min() > 0.95
-    plain = create_detector("clip_b16", {**config, "cls_layers": [], "runtime": "onnxruntime"})
-    np.testing.assert_array_equal(_embeddings(plain.predict(images)), _embeddings(fast.predict(images)))
-    with pytest.raises(ValueError, match="has no node '/vision_model/encoder/layers.5/Add_1'"):
-        create_detector("clip_b16", {**config, "cls_layers": [5], "runtime": "onnxruntime"})
 
 
 def test_a_cls_layers_head_is_tied_to_its_layers(tiny_clip, images, tmp_path, no_network):
@@ -448,6 +540,56 @@ def test_head_features_from_cached_embeddings_equal_the_detectors_own(tiny_clip,
         assert outcome.result.evidence == result.evidence
 
 
+def test_a_head_belongs_to_its_precision_not_its_runtime(tiny_onnx, images, tmp_path, no_network):
+    """A head trained on fp32 embeddings scores in both fp32 runtimes, with the same probabilities, and is refused
+    at int8, and the other way round, naming both ids. Heads from before ``precision`` named the runtime, which
+    fixed the arithmetic: ``:onnxruntime`` loads at int8 only, ``:torch`` at fp32 only."""
+    config = {"backbone": str(tiny_onnx["int8"]), **NO_PUBLISHED}
+    runs = {
+        "onnxruntime/fp32": {"runtime": "onnxruntime"},
+        "torch/fp32": {"runtime": "torch"},
+        "onnxruntime/int8": {"precision": "int8"},
+    }
+    embedders = {
+        name: create_detector("clip_b16", {**config, **s, "return_embedding": True}) for name, s in runs.items()
+    }
+    labels = np.array([0, 0, 1, 1, 0])
+
+    def head_for(name: str, backbone_id: str | None = None) -> Path:
+        X = _embeddings(embedders[name].predict(images))
+        head = EmbeddingHead(cv=2, backbone_id=backbone_id or embedders[name].backbone_id).fit(X, labels)
+        return head.save(tmp_path / f"{len(list(tmp_path.iterdir()))}.npz")
+
+    def probs(name: str, head: Path) -> np.ndarray:
+        detector = create_detector("clip_b16", {**config, **runs[name], "head": str(head)})
+        return np.array([r.features["clip_b16_prob"] for r in detector.predict(images)])
+
+    def refused(name: str, head: Path) -> str:
+        with pytest.raises(ValueError, match="trained for a different embedding") as refusal:
+            create_detector("clip_b16", {**config, **runs[name], "head": str(head)})
+        return str(refusal.value)
+
+    fp32_id, int8_id = embedders["torch/fp32"].backbone_id, embedders["onnxruntime/int8"].backbone_id
+    fp32_head = head_for("torch/fp32")
+    expected = EmbeddingHead.load(fp32_head).predict_proba(_embeddings(embedders["torch/fp32"].predict(images)))
+    np.testing.assert_allclose(probs("torch/fp32", fp32_head), expected[:, 1], atol=1e-6)
+    np.testing.assert_allclose(probs("onnxruntime/fp32", fp32_head), expected[:, 1], atol=1e-5)
+    assert f"backbone '{fp32_id}' (configured: '{int8_id}')" in refused("onnxruntime/int8", fp32_head)
+    int8_head = head_for("onnxruntime/int8")
+    assert 0 <= probs("onnxruntime/int8", int8_head).min()
+    for name in ("onnxruntime/fp32", "torch/fp32"):
+        assert f"backbone '{int8_id}' (configured: '{fp32_id}')" in refused(name, int8_head)
+
+    stem = fp32_id.removesuffix(":fp32")
+    legacy_int8 = head_for("onnxruntime/int8", f"{stem}:onnxruntime")
+    assert current_backbone_id(f"{stem}:onnxruntime") == int8_id
+    np.testing.assert_allclose(probs("onnxruntime/int8", legacy_int8), probs("onnxruntime/int8", int8_head))
+    assert f"backbone '{stem}:onnxruntime' (configured: '{fp32_id}')" in refused("torch/fp32", legacy_int8)
+    legacy_fp32 = head_for("torch/fp32", f"{stem}:torch")
+    np.testing.assert_allclose(probs("onnxruntime/fp32", legacy_fp32), expected[:, 1], atol=1e-5)
+    assert f"backbone '{stem}:torch' (configured: '{int8_id}')" in refused("onnxruntime/int8", legacy_fp32)
+
+
 def test_detector_refuses_a_head_for_another_embedding(tiny_clip, tiny_onnx, tmp_path, no_network):
     y = separable(n=20)[1]
     onnx_id = create_detector(
@@ -476,13 +618,19 @@ def test_weight_sources(tiny_clip):
         ("/models/h.npz", True, False),
         (PUBLISHED_HEAD_LOCATION, True, True),
     ]
+    assert [s.derived for s in offline] == [(FP32_EXPORT,), (), ()]  # precision fp32, runtime auto: the export
     assert ClipB16Detector.weight_sources({"backbone": tiny_clip, **NO_PUBLISHED}) == []
 
 
 # ---- the real INT8 file ----------------------------------------------------------------------------------------
-def _real_detector(runtime: str) -> ClipB16Detector:
+REAL_LAYERS = [3, 5, 7, 9, 11]  # the local profile's cls_layers
+
+
+def _real_detector(**settings: Any) -> ClipB16Detector:
+    """The real file's detector (fp32 in onnxruntime unless ``settings`` say otherwise); the test is skipped when the
+    file is not cached. The first fp32 onnxruntime load makes its fp32 export (about a minute), later ones find it."""
     try:
-        return create_detector("clip_b16", {**OFFLINE_CONFIG, "runtime": runtime, "return_embedding": True})
+        return create_detector("clip_b16", {**OFFLINE_CONFIG, "return_embedding": True, **settings})
     except WeightsUnavailable as err:
         pytest.skip(
             f"real clip_b16 weights not cached ({err}); run "
@@ -490,14 +638,15 @@ def _real_detector(runtime: str) -> ClipB16Detector:
         )
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
-def test_real_int8_file_reproduces_its_reference(runtime, no_network):
-    detector = _real_detector(runtime)
-    reference = json.loads(REFERENCE.read_text())[runtime]
+@pytest.mark.parametrize("runtime,precision", [("onnxruntime", "int8"), ("onnxruntime", "fp32"), ("torch", "fp32")])
+def test_real_file_reproduces_its_reference(runtime, precision, no_network):
+    """Against numbers written by ``python tests/test_clip_b16.py`` (int8: onnxruntime; fp32: torch)."""
+    detector = _real_detector(runtime=runtime, precision=precision)
+    reference = json.loads(REFERENCE.read_text())[precision]
     image = decode_image(REAL_IMAGE.read_bytes())
     embeds = detector._embed(detector.preprocess(image))["image_embeds"]
-    # Integer matmuls are exact, but float ops around them differ by CPU kernel (AVX2 / AVX-512 / ARM) and
-    # library version: 1e-3 on unit-norm 512-d vectors is far below the 0.01-0.04 batch effects it guards.
+    # Float ops differ by CPU kernel (AVX2 / AVX-512 / ARM) and library version; in INT8 they can flip a rounding
+    # tie: 1e-3 on unit-norm 512-d vectors is far below the 0.01-0.04 batch effects it guards.
     np.testing.assert_allclose(np.linalg.norm(embeds[0]), reference["image_embeds_norm"], rtol=1e-3)
     np.testing.assert_allclose(embeds[0][:16], reference["image_embeds_first16"], atol=2e-3)
     result = detector.predict([image])[0]
@@ -505,18 +654,43 @@ def test_real_int8_file_reproduces_its_reference(runtime, no_network):
     assert result.features["clip_b16_pub_prob"] == pytest.approx(reference["clip_b16_pub_prob"], abs=2e-3)
 
 
-def test_real_file_cls_layers_agree_across_runtimes(no_network):
-    """The shipped head reads layers 3, 5, 7, 9, 11: onnxruntime (extra graph outputs) and the rebuild (torch
-    hidden states) give the same tokens up to activation rounding (measured per layer 0.97-0.998)."""
-    _real_detector("onnxruntime")  # skips when the real file is not cached
-    image = decode_image(REAL_IMAGE.read_bytes())
-    layers = [3, 5, 7, 9, 11]
-    tokens = {}
+def test_real_file_fp32_runtimes_agree(images, no_network):
+    """The two fp32 runtimes on the real file: the same embeddings, every kind and each of the local profile's
+    cls_layers (cosine > 0.9999; measured 1.0000 on 60 test items, bench/clip_b16_runtimes.py), on real images."""
+    items = [decode_image(REAL_IMAGE.read_bytes()), images[2]]  # a photo and an AI image
+    found = {}
     for runtime in ("onnxruntime", "torch"):
-        config = {**OFFLINE_CONFIG, "runtime": runtime, "return_embedding": True, "cls_layers": layers}
-        tokens[runtime] = np.array(create_detector("clip_b16", config).predict([image])[0].details["cls_layers"])
-    a, b = (tokens[r].reshape(len(layers), -1) for r in ("onnxruntime", "torch"))
-    assert a.shape == (5, 768) and _cos(a, b).min() > 0.95
+        detector = _real_detector(runtime=runtime, cls_layers=REAL_LAYERS)
+        found[runtime] = _all_kinds(detector.predict(items))
+    a, b = found["onnxruntime"], found["torch"]
+    assert a["cls_layers"].shape == (2, 5 * 768)
+    for kind in ("image_embeds", "cls"):
+        assert _cos(a[kind], b[kind]).min() > 0.9999, kind
+    per_layer = _cos(a["cls_layers"].reshape(2, 5, 768), b["cls_layers"].reshape(2, 5, 768))
+    assert per_layer.min() > 0.9999, per_layer
+
+
+def test_real_file_committed_head_keeps_to_its_precision(images, no_network):
+    """The committed head (models/weights/clip_b16_head.npz) scores at the precision it was trained for and is
+    refused at the other. Trained on INT8 embeddings (id ``...:onnxruntime``), it loads at int8 only; once
+    retrained on fp32 embeddings, in both fp32 runtimes, with the same probabilities."""
+    head = Path(__file__).resolve().parents[1] / "models" / "weights" / "clip_b16_head.npz"
+    if not head.exists():
+        pytest.skip(f"{head} not here")
+    trained = current_backbone_id(EmbeddingHead.load(head).backbone_id).rpartition(":")[2]
+    other = {"int8": "fp32", "fp32": "int8"}[trained]
+    items = [decode_image(REAL_IMAGE.read_bytes()), *images[:2]]
+    settings = {"cls_layers": REAL_LAYERS, "head": str(head), "return_embedding": False, **NO_PUBLISHED}
+    runtimes = ["onnxruntime"] if trained == "int8" else ["onnxruntime", "torch"]
+    probs = {}
+    for runtime in runtimes:
+        detector = _real_detector(runtime=runtime, precision=trained, **settings)
+        probs[runtime] = np.array([r.features["clip_b16_prob"] for r in detector.predict(items)])
+    assert all(((0 <= p) & (p <= 1)).all() for p in probs.values())
+    if len(probs) == 2:
+        assert np.abs(probs["onnxruntime"] - probs["torch"]).max() < 1e-3
+    with pytest.raises(ValueError, match=f"backbone '[^']*' \\(configured: 'onnx:sha256:[0-9a-f]{{16}}:{other}'\\)"):
+        _real_detector(precision=other, **settings)
 
 
 def write_reference(path: Path = REFERENCE) -> None:
@@ -534,11 +708,13 @@ def write_reference(path: Path = REFERENCE) -> None:
             "transformers": transformers.__version__,
         },
     }
-    for runtime in ("onnxruntime", "torch"):
-        detector = create_detector("clip_b16", {**OFFLINE_CONFIG, "runtime": runtime, "return_embedding": True})
+    for precision, runtime in (("int8", "onnxruntime"), ("fp32", "torch")):
+        config = {**OFFLINE_CONFIG, "precision": precision, "runtime": runtime, "return_embedding": True}
+        detector = create_detector("clip_b16", config)
         embeds = detector._embed(detector.preprocess(image))["image_embeds"]
         result = detector.predict([image])[0]
-        reference[runtime] = {
+        reference[precision] = {
+            "runtime": runtime,
             "image_embeds_norm": float(np.linalg.norm(embeds[0])),
             "image_embeds_first16": [float(v) for v in embeds[0][:16]],
             "embedding": [round(v, 7) for v in result.details["embedding"]],
