@@ -7,17 +7,47 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 
-def threshold_for_fpr(p_real: np.ndarray, target_fpr: float) -> float:
-    """The smallest threshold whose false-positive rate on real images (share of them with p >= t)
-    is at most ``target_fpr``."""
-    scores = np.sort(np.asarray(p_real, dtype=np.float64))
+def threshold_for_fpr(p_real: np.ndarray, target_fpr: float, weights: np.ndarray | None = None) -> float:
+    """The smallest threshold whose false-positive rate on real images (share of them with p >= t) is at most
+    ``target_fpr``; just above the highest score when none is. With ``weights``, the share is weighted
+    (``source_weights``: every source of photos counts alike). Tied scores fall on one side together."""
+    values, share = _weighted_levels(p_real, weights, "real images to choose a threshold on")
+    at_or_above = np.cumsum(share[::-1])[::-1]  # share of real weight at or above each distinct score
+    allowed = np.flatnonzero(at_or_above <= target_fpr + 1e-12)
+    return float(values[allowed[0]]) if allowed.size else float(np.nextafter(values[-1], np.inf))
+
+
+def bound_for_miss(p_ai: np.ndarray, miss: float, weights: np.ndarray | None = None) -> float:
+    """The largest bound below which at most ``miss`` of the AI images score (share with p < bound), weighted like
+    :func:`threshold_for_fpr`: a confident "not AI" only below it misses at most that share of AI images."""
+    values, share = _weighted_levels(p_ai, weights, "AI images to choose a bound on")
+    below = np.concatenate([[0.0], np.cumsum(share)[:-1]])  # share strictly under each distinct score
+    return float(values[np.flatnonzero(below <= miss + 1e-12)[-1]])
+
+
+def _weighted_levels(scores: np.ndarray, weights: np.ndarray | None, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct scores, ascending, and the share of the total weight at each."""
+    scores = np.asarray(scores, dtype=np.float64)
     if scores.size == 0:
-        raise ValueError("no real images to choose a threshold on")
-    allowed = int(np.floor(target_fpr * scores.size))  # real images allowed at or above the threshold
-    if allowed == 0:
-        return float(np.nextafter(scores[-1], np.inf))
-    # Any t in (scores[-allowed-1], scores[-allowed]] flags exactly `allowed` reals; take the upper end.
-    return float(scores[-allowed])
+        raise ValueError(f"no {what}")
+    weights = np.ones_like(scores) if weights is None else np.asarray(weights, dtype=np.float64)
+    values, index = np.unique(scores, return_inverse=True)
+    share = np.bincount(index, weights=weights, minlength=values.size) / weights.sum()
+    return values, share
+
+
+def source_weights(sources: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Row weights under which every (source, label) group weighs the same within its label: a source with many
+    images (one generator, one collection) counts as one source, like every other, in a threshold or calibration."""
+    sources, labels = np.asarray(sources), np.asarray(labels)
+    weights = np.zeros(len(sources), dtype=np.float64)
+    for label in np.unique(labels):
+        in_label = labels == label
+        groups = np.unique(sources[in_label])
+        for group in groups:
+            rows = in_label & (sources == group)
+            weights[rows] = in_label.sum() / (len(groups) * rows.sum())
+    return weights
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:

@@ -30,6 +30,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,37 @@ from models.fusion import ARTIFACT_FORMAT, TrainedFusion, apply_calibration, des
 from training.cross_fit import TRAINED_FEATURES, apply_cross_fitted
 from training.dataset import check_two_classes, training_data_hash
 from training.features import DEFAULT_CONFIG, feature_rows
-from training.metrics import binary_metrics, threshold_for_fpr
+from training.folds import variant_of
+from training.metrics import binary_metrics, bound_for_miss, source_weights, threshold_for_fpr
 
 MODEL_TYPES = ("logistic", "xgboost", "mlp")
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """How a fusion is fitted and tuned. Saved in the artifact (``training.settings``), so that
+    ``imgverify evaluate --leave-out`` refits each leave-out fold exactly as the shipped artifact was trained."""
+
+    kind: str = "logistic"
+    # The features it reads; empty: every fusion-input feature of the detectors that varies on the train split.
+    features: tuple[str, ...] = ()
+    calibration: str = "auto"  # auto | isotonic | platt
+    target_fpr: float = 0.05  # the threshold flags at most this share of the validation photos
+    confidence: float = 0.8  # confident only below 1 - confidence or at / above confidence ...
+    confident_fpr: float = 0.01  # ... and an AI verdict only above the score this share of validation photos reach ...
+    confident_miss: float = 1.0  # ... and a NON-AI verdict only below the score this share of validation AI reach
+    # "rows": every validation row weighs the same; "sources": every source (one generator family or photo
+    # collection) weighs the same within its class, in calibration, threshold and bounds alike.
+    weighting: str = "rows"
+    dropout: float = 0.15  # per-detector drop rate in the training copies
+    dropout_copies: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_TYPES:
+            raise ValueError(f"unknown model {self.kind!r}; use one of {MODEL_TYPES}")
+        if self.weighting not in ("rows", "sources"):
+            raise ValueError(f"weighting must be 'rows' or 'sources', got {self.weighting!r}")
 
 
 # ---- pieces, each testable on its own ------------------------------------------------------------
@@ -61,20 +90,27 @@ def detector_dropout(
     return out
 
 
-def fit_calibration(raw: np.ndarray, y: np.ndarray, method: str) -> dict[str, Any]:
+def fit_calibration(raw: np.ndarray, y: np.ndarray, method: str, weights: np.ndarray | None = None) -> dict[str, Any]:
     """Map raw scores to probabilities on held-out data: isotonic (monotone steps) or Platt (a logistic
-    curve on the score's logit, better when there are few held-out images)."""
+    curve on the score's logit, better when there are few held-out images); ``weights`` per row. Both are
+    non-decreasing: a higher score never means a lower P(AI)."""
     if method == "isotonic":
         from sklearn.isotonic import IsotonicRegression
 
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y)
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y, sample_weight=weights)
         return {"method": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
     if method == "platt":
         from sklearn.linear_model import LogisticRegression
 
         logit = np.log(np.clip(raw, 1e-9, 1 - 1e-9) / np.clip(1 - raw, 1e-9, 1)).reshape(-1, 1)
-        platt = LogisticRegression(C=1e6).fit(logit, y)
-        return {"method": "platt", "a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0])}
+        platt = LogisticRegression(C=1e6).fit(logit, y, sample_weight=weights)
+        a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+        if a <= 0:
+            # Higher scores are not more often AI on this data: a calibration must never turn the model round, so
+            # every score gets the base rate (and the verdict is as uncertain as the data says it should be).
+            share = float(np.average(y, weights=weights))
+            a, b = 0.0, float(np.log(max(share, 1e-9) / max(1 - share, 1e-9)))
+        return {"method": "platt", "a": a, "b": b}
     raise ValueError(f"unknown calibration {method!r}; use isotonic or platt")
 
 
@@ -112,10 +148,13 @@ def fit_model(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, A
     raise ValueError(f"unknown model {kind!r}; use one of {MODEL_TYPES}")
 
 
-def uncertain_range(threshold: float, confidence: float, confident_ai_from: float = 0.0) -> list[float]:
+def uncertain_range(
+    threshold: float, confidence: float, confident_ai_from: float = 0.0, confident_real_below: float = 1.0
+) -> list[float]:
     """[low, high) of calibrated P(AI) reported as uncertain, always holding the threshold. ``confident_ai_from``
-    raises the upper end further: an AI verdict is confident only where almost no validation photo scores."""
-    return [min(1.0 - confidence, threshold), max(confidence, threshold, confident_ai_from)]
+    raises the upper end further (an AI verdict is confident only where almost no validation photo scores);
+    ``confident_real_below`` lowers the lower end (a NON-AI verdict is confident only where few AI images score)."""
+    return [min(1.0 - confidence, threshold, confident_real_below), max(confidence, threshold, confident_ai_from)]
 
 
 # ---- the whole step ------------------------------------------------------------------------------
@@ -123,47 +162,70 @@ def train_fusion(
     table: pa.Table,
     detectors: list[str],
     out: Path,
-    kind: str = "logistic",
-    calibration: str = "auto",
-    target_fpr: float = 0.05,
-    confidence: float = 0.8,
-    confident_fpr: float = 0.01,
-    dropout: float = 0.15,
-    dropout_copies: int = 3,
-    seed: int = 0,
+    settings: FusionSettings | None = None,
     command: str = "",
     cross_fitted: tuple[Path, ...] = (),
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Fit, calibrate, choose the threshold, measure, and write the artifact to ``out``. ``cross_fitted``: files
-    of out-of-fold features for the train rows (``training.cross_fit``), used in place of the in-sample ones."""
-    trained_here = [name for d in detectors for name in TRAINED_FEATURES.get(d, [])]
+    of out-of-fold features (``training.cross_fit``), used in place of the in-sample ones. ``overrides`` replace
+    fields of ``settings`` (``kind="xgboost"``, ``dropout=0.3``, ...)."""
+    settings = replace_settings(settings or FusionSettings(), overrides)
+    read = _fusion_schema(detectors, settings.features)
+    trained_here = [name for d in detectors for name in TRAINED_FEATURES.get(d, []) if name in read]
     table, replaced = apply_cross_fitted(table, list(cross_fitted), required=trained_here)
+    artifact = fit_fusion(table, detectors, settings, out, command)
+    artifact["training"]["cross_fitted"] = replaced
+    write_artifact(artifact, settings.kind, out)
+    return artifact
+
+
+def replace_settings(settings: FusionSettings, overrides: dict[str, Any]) -> FusionSettings:
+    """``settings`` with some fields replaced; an unknown name is refused, naming the known ones."""
+    known = {f.name for f in fields(FusionSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown fusion settings {unknown}; known: {sorted(known)}")
+    return FusionSettings(**{**asdict(settings), **overrides})
+
+
+def fit_fusion(
+    table: pa.Table, detectors: list[str], settings: FusionSettings, out: Path, command: str = ""
+) -> dict[str, Any]:
+    """The calibrated artifact of ``settings`` fitted on ``table``'s train rows and tuned on its val rows (XGBoost's
+    booster is written beside ``out``; nothing else is written)."""
     table, splits = _usable_splits(table)
-    # Container facts (size, JPEG tables, EXIF presence) are context only: see FeatureSpec.fusion_input.
-    schema = {name: spec for name, spec in models.feature_schema(detectors).items() if spec.fusion_input}
+    schema = _fusion_schema(detectors, settings.features)
     train_rows = feature_rows(splits["train"], list(schema))
     features, constant = _informative_features(train_rows, schema)
     preprocessing = _preprocessing(train_rows, features)
-    x_train, y_train = _training_set(
-        splits["train"], train_rows, detectors, features, preprocessing, dropout, dropout_copies, seed
-    )
-    fitted = fit_model(kind, x_train, y_train, seed)
+    x_train, y_train = _training_set(splits["train"], train_rows, detectors, features, preprocessing, settings)
+    fitted = fit_model(settings.kind, x_train, y_train, settings.seed)
     booster = fitted.pop("_booster", None)
-    training = {**_training_record(table, splits, dropout, dropout_copies, seed, command), "cross_fitted": replaced}
-    artifact = _untuned_artifact(
-        kind, schema, features, constant, detectors, table, preprocessing, fitted, confidence, target_fpr, training
-    )
+    training = _training_record(table, splits, settings, command)
+    artifact = _untuned_artifact(schema, features, constant, detectors, table, preprocessing, fitted, training)
     if booster is not None:
         _save_booster(artifact, booster, out)
-    _calibrate(artifact, splits["val"], out.parent, calibration, target_fpr, confidence, confident_fpr)
+    _calibrate(artifact, splits["val"], out.parent, settings)
     model = TrainedFusion(artifact, out.parent)
     artifact["metrics"] = {
-        split: _split_metrics(model, t, features, artifact["threshold"], target_fpr)
+        split: _split_metrics(model, t, features, artifact["threshold"], settings.target_fpr)
         for split, t in splits.items()
         if t.num_rows
     }
-    _write_artifact(artifact, kind, out)
     return artifact
+
+
+def _fusion_schema(detectors: list[str], wanted: tuple[str, ...]) -> dict[str, Any]:
+    """The features the fusion may read: the detectors' fusion inputs (container facts such as size, JPEG tables or
+    EXIF presence are context only: ``FeatureSpec.fusion_input``), or those of ``wanted`` (refused if not one)."""
+    schema = {name: spec for name, spec in models.feature_schema(detectors).items() if spec.fusion_input}
+    if not wanted:
+        return schema
+    unknown = [name for name in wanted if name not in schema]
+    if unknown:
+        raise ValueError(f"fusion features {unknown} are not fusion inputs of {detectors}; choose from {list(schema)}")
+    return {name: schema[name] for name in wanted}
 
 
 def _usable_splits(table: pa.Table) -> tuple[pa.Table, dict[str, pa.Table]]:
@@ -207,35 +269,32 @@ def _training_set(
     detectors: list[str],
     features: list[str],
     preprocessing: Preprocessing,
-    dropout: float,
-    dropout_copies: int,
-    seed: int,
+    settings: FusionSettings,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Design matrix and labels of the train rows followed by their detector-dropout copies."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(settings.seed)
     groups = {d: [name for name in models.feature_schema([d]) if name in features] for d in detectors}
-    augmented = train_rows + detector_dropout(train_rows, groups, dropout, dropout_copies, rng)
-    y_augmented = np.concatenate([_labels(train)] * (1 + dropout_copies))
+    copies = settings.dropout_copies
+    augmented = train_rows + detector_dropout(train_rows, groups, settings.dropout, copies, rng)
+    y_augmented = np.concatenate([_labels(train)] * (1 + copies))
     return design_matrix(augmented, features, *preprocessing), y_augmented
 
 
 def _training_record(
-    table: pa.Table, splits: dict[str, pa.Table], dropout: float, dropout_copies: int, seed: int, command: str
+    table: pa.Table, splits: dict[str, pa.Table], settings: FusionSettings, command: str
 ) -> dict[str, Any]:
     """The artifact's ``training`` entry: what it was trained on, and how."""
     return {
         "data_sha256": training_data_hash(table),
         "rows": {s: t.num_rows for s, t in splits.items()},
-        "dropout": dropout,
-        "dropout_copies": dropout_copies,
-        "seed": seed,
+        "variants": sorted({variant_of(k) for k in table.column("key").to_pylist() if "|" in k}),
+        "settings": {**asdict(settings), "features": list(settings.features)},
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
 def _untuned_artifact(
-    kind: str,
     schema: dict[str, Any],
     features: list[str],
     constant: list[str],
@@ -243,8 +302,6 @@ def _untuned_artifact(
     table: pa.Table,
     preprocessing: Preprocessing,
     fitted: dict[str, Any],
-    confidence: float,
-    target_fpr: float,
     training: dict[str, Any],
 ) -> dict[str, Any]:
     """The artifact before calibration: identity calibration, threshold 0.5 (``_calibrate`` replaces them)."""
@@ -253,7 +310,7 @@ def _untuned_artifact(
     return {
         "format": ARTIFACT_FORMAT,
         "version": "",
-        "model_type": kind,
+        "model_type": training["settings"]["kind"],
         "features": features,
         "dropped_constant_features": constant,
         "feature_specs": specs,
@@ -264,8 +321,8 @@ def _untuned_artifact(
         **fitted,
         "calibration": {"method": "none"},
         "threshold": 0.5,
-        "uncertain_range": uncertain_range(0.5, confidence),
-        "target_fpr": target_fpr,
+        "uncertain_range": uncertain_range(0.5, training["settings"]["confidence"]),
+        "target_fpr": training["settings"]["target_fpr"],
         "training": training,
     }
 
@@ -278,32 +335,38 @@ def _save_booster(artifact: dict[str, Any], booster: Any, out: Path) -> None:
     artifact["xgboost"] = {"model_file": model_file.name}
 
 
-def _calibrate(
-    artifact: dict[str, Any],
-    val: pa.Table,
-    folder: Path,
-    calibration: str,
-    target_fpr: float,
-    confidence: float,
-    confident_fpr: float,
-) -> None:
-    """Calibration, threshold and uncertain range, set in ``artifact`` from the val split."""
+def _calibrate(artifact: dict[str, Any], val: pa.Table, folder: Path, settings: FusionSettings) -> None:
+    """Calibration, threshold and uncertain range, set in ``artifact`` from the val split (with every detector
+    present: the live situation). Under ``weighting="sources"`` every source weighs the same within its class."""
     model = TrainedFusion(artifact, folder)
-    # Calibration and threshold on val, with every detector present (the live situation).
     y_val = _labels(val)
+    weights = None
+    if settings.weighting == "sources":
+        weights = source_weights(np.asarray(val.column("source").to_pylist()), y_val)
     raw_val = model.raw_scores(model.design_matrix(feature_rows(val, artifact["features"])))
-    method = calibration if calibration != "auto" else ("isotonic" if len(y_val) >= 500 else "platt")
-    artifact["calibration"] = fit_calibration(raw_val, y_val, method)
+    method = settings.calibration
+    if method == "auto":
+        method = "isotonic" if len(y_val) >= 500 else "platt"
+    artifact["calibration"] = fit_calibration(raw_val, y_val, method, weights)
     p_val = apply_calibration(artifact["calibration"], raw_val)
-    artifact["threshold"] = threshold_for_fpr(p_val[y_val == 0], target_fpr)
+    real, ai = y_val == 0, y_val == 1
+    w_real, w_ai = (None, None) if weights is None else (weights[real], weights[ai])
+    artifact["threshold"] = threshold_for_fpr(p_val[real], settings.target_fpr, w_real)
     # A confident AI verdict on a real photo is the worst failure: confident only above the score that at most
-    # ``confident_fpr`` of the validation photos reach (with 1% of ~170 photos: above the highest one).
-    confident_ai_from = threshold_for_fpr(p_val[y_val == 0], confident_fpr)
-    artifact["uncertain_range"] = uncertain_range(artifact["threshold"], confidence, confident_ai_from)
-    artifact["confident_fpr"] = confident_fpr
+    # ``confident_fpr`` of the validation photos reach (with 1% of ~170 photos: above the highest one). A confident
+    # NON-AI verdict on an AI image is the next worst: confident only below the score that at most
+    # ``confident_miss`` of the validation AI images fall under.
+    confident_ai_from = threshold_for_fpr(p_val[real], settings.confident_fpr, w_real)
+    confident_real_below = (
+        bound_for_miss(p_val[ai], settings.confident_miss, w_ai) if settings.confident_miss < 1 else 1
+    )
+    artifact["uncertain_range"] = uncertain_range(
+        artifact["threshold"], settings.confidence, confident_ai_from, confident_real_below
+    )
+    artifact["confident_fpr"] = settings.confident_fpr
 
 
-def _write_artifact(artifact: dict[str, Any], kind: str, out: Path) -> None:
+def write_artifact(artifact: dict[str, Any], kind: str, out: Path) -> None:
     """Version the artifact by the hash of its content and write it to ``out``."""
     digest = hashlib.sha256(json.dumps(artifact, sort_keys=True).encode()).hexdigest()[:12]
     artifact["version"] = f"fusion-{kind}-{digest}"
@@ -346,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("features", type=Path, nargs="+", help="features .parquet file(s) with train/val/test rows")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", choices=MODEL_TYPES, default="logistic")
+    parser.add_argument(
+        "--features", dest="fusion_features", nargs="+", default=[], help="only these fusion inputs (default: all)"
+    )
     parser.add_argument("--calibration", choices=("auto", "isotonic", "platt"), default="auto")
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--confidence", type=float, default=0.8, help="confident only below 1-c or at/above c")
@@ -354,6 +420,18 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.01,
         help="a confident AI verdict only above the score this share of val photos reach",
+    )
+    parser.add_argument(
+        "--confident-miss",
+        type=float,
+        default=1.0,
+        help="a confident NON-AI verdict only below the score this share of val AI images fall under (1: no bound)",
+    )
+    parser.add_argument(
+        "--weighting",
+        choices=("rows", "sources"),
+        default="rows",
+        help="calibration, threshold and bounds: every val row alike, or every source alike within its class",
     )
     parser.add_argument("--dropout", type=float, default=0.15, help="per-detector drop rate in training copies")
     parser.add_argument(
@@ -365,26 +443,25 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         nargs="*",
         default=[],
-        help="out-of-fold train-row features from `imgverify train cross-fit` (for detectors trained on train)",
+        help="out-of-fold features from `imgverify train cross-fit` (for detectors trained on train)",
     )
     args = parser.parse_args(argv)
+    settings = FusionSettings(
+        kind=args.model,
+        features=tuple(args.fusion_features),
+        calibration=args.calibration,
+        target_fpr=args.target_fpr,
+        confidence=args.confidence,
+        confident_fpr=args.confident_fpr,
+        confident_miss=args.confident_miss,
+        weighting=args.weighting,
+        dropout=args.dropout,
+        seed=args.seed,
+    )
     table = pa.concat_tables([pq.read_table(p) for p in args.features], promote_options="default")
     detectors = load_profile(args.config).args.detector_names()
     command = "imgverify train fusion " + " ".join(sys.argv[3:] if argv is None else argv)
-    artifact = train_fusion(
-        table,
-        detectors,
-        args.out,
-        args.model,
-        args.calibration,
-        args.target_fpr,
-        args.confidence,
-        args.confident_fpr,
-        args.dropout,
-        seed=args.seed,
-        command=command,
-        cross_fitted=tuple(args.cross_fitted),
-    )
+    artifact = train_fusion(table, detectors, args.out, settings, command, tuple(args.cross_fitted))
     for split, metrics in artifact["metrics"].items():
         print(
             split, json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics["overall"].items()})
