@@ -5,7 +5,7 @@
     imgverify batch INPUT --out OUT [--config serve_config.local.yaml]      Ray Data batch scoring
     imgverify dataset build ROOT... --out M.parquet | dataset clean M --out C.parquet
     imgverify features extract MANIFEST --out DIR [--config ...]
-    imgverify train fusion|dino-svm|clip-head|ghostnet|effnet-artifact|cross-fit ...
+    imgverify train fusion|dino-svm|clip-head|ghostnet|effnet-artifact|cross-fit|leave-out-policy ...
     imgverify evaluate ...
     imgverify weights fetch [--config serve_config.local.yaml] [--dir DIR]  fetch and verify the config's weights
     imgverify deploy kuberay [--config serve_config.yaml] [--out FILE]      KubeRay RayService from a Serve config
@@ -35,6 +35,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("train", "ghostnet"): "training.train_ghostnet:main",
     ("train", "effnet-artifact"): "training.train_effnet_artifact:main",
     ("train", "cross-fit"): "training.cross_fit:main",
+    ("train", "leave-out-policy"): "training.leave_out:main_policy",
     ("evaluate",): "training.evaluate:main",
     ("weights", "fetch"): "serve_app.weights_cli:main",
     ("deploy", "kuberay"): "serve_app.kuberay:main",  # RayService manifest from a Serve config

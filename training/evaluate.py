@@ -671,12 +671,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--robustness", action="store_true", help=f"also evaluate {', '.join(ROBUSTNESS)}")
     parser.add_argument(
+        "--leave-out",
+        action="store_true",
+        help="hold each source out in turn, refit the clip head and fusion without it, score it (leave_out.py)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="report folder (default reports/<manifest>-<split>-<time>/)"
     )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args(argv)
     out = args.out or Path("reports") / f"{args.manifest.stem}-{args.split}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.perf_counter()
+    if args.leave_out:
+        return _leave_out_main(args, out, shlex.join(["imgverify", "evaluate", *argv]), started)
     try:
         metrics = evaluate(
             args.manifest,
@@ -696,6 +703,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{metrics['evaluated']['n_items']} items ({len(metrics['unreadable'])} unreadable): "
         f"AUC {fmt(overall['auc'])}, verdict accuracy {fmt(overall['verdict_accuracy'])} "
         f"-> {out / 'report.md'} in {time.perf_counter() - started:.1f} s"
+    )
+    return 0
+
+
+def _leave_out_main(args: argparse.Namespace, out: Path, command: str, started: float) -> int:
+    """``--leave-out``: the leave-one-source-out yardstick, written to ``out/leave_out.{md,json}``."""
+    from training import leave_out
+
+    if args.model or args.robustness or args.split != "test":
+        print("imgverify evaluate: --leave-out refits the config's own head and fusion on every split", file=sys.stderr)
+        return 2
+    result = leave_out.leave_out(args.manifest, args.config, cache_dir=args.cache)
+    leave_out.write_report(result, out, command)
+    mean = result["mean"]["clean"]
+    print(
+        f"{len(result['sources'])} sources held out: mean AUC {fmt(mean['auc'])}, AI labelled AI "
+        f"{fmt(mean['ai_labelled_ai'])}, real labelled AI {fmt(mean['real_labelled_ai'])} "
+        f"-> {out / 'leave_out.md'} in {time.perf_counter() - started:.1f} s"
     )
     return 0
 
