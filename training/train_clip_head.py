@@ -1,22 +1,25 @@
 """Train the ``clip_b16`` detector's head: cached CLIP ViT-B/16 embeddings -> calibrated linear head.
 
     imgverify train clip-head MANIFEST --out models/weights/clip_b16_head.npz
-        [--config serve_config.local.yaml] [--copies 2] [--kinds image_embeds cls cls_layers]
-        [--models logreg linear_svm] [--C 0.001 0.002 0.005 0.02] [--cache cache/features]
+        [--config serve_config.local.yaml] [--copies 2] [--launder-copies 2] [--kinds image_embeds cls cls_layers]
+        [--models logreg linear_svm] [--C 0.0005 0.001 0.002 0.005 0.01] [--cache cache/features]
 
 The embeddings come through the feature-extraction pipeline (``training.features.extract_features``: Ray Data,
 the detector's own preprocessing, a cache keyed by detector version), with ``clip_b16`` configured as in the
-Serve config but with ``return_embedding`` on and no heads. Each train / val item is embedded as stored and as
+Serve config but with ``return_embedding`` on and no heads. Each train / val item is embedded as stored, as
 ``--copies`` re-encoded copies (``training.augment.FUSION_PROCESSING``: the same random crop, resize, generator
-size, format and blur for both classes), so a head cannot learn the container. Test items are never embedded
-here: ``imgverify evaluate`` measures the head on them. Once the head is saved, the features it gives for
-every embedded row go into the feature cache (``cache_head_features``), so the fusion's feature extraction
-does not run the backbone a second time on the same re-encoded copies.
+size, format and blur for both classes) and as ``--launder-copies`` laundered ones (``training.augment.Launder``:
+a screenshot, a social network's re-encode, a thumbnail, a crop or letterbox), so a head cannot learn the container
+or the pipeline. Test items are never embedded here: ``imgverify evaluate`` measures the head on them. Once the
+head is saved, the features it gives for every embedded row go into the feature cache (``cache_head_features``), so
+the fusion's feature extraction does not run the backbone a second time on the same copies.
 
 Every combination of embedding kind (``image_embeds``: the projected 512-d embedding; ``cls``: the 768-d CLS
 token of the last hidden state; ``cls_layers``: the CLS tokens of the configured encoder layers), linear model
-and ``C`` is fitted on ``train`` and calibrated on ``val``; the one with the best val AUC is saved (plain
-arrays, ``models.clip_b16.EmbeddingHead``) with every candidate's val AUC.
+and ``C`` is fitted on ``train`` and calibrated on ``val``. The one saved (plain arrays,
+``models.clip_b16.EmbeddingHead``) is the one whose train rows score best when each source is scored by a head that
+never saw it (``source_held_out_auc``): the product's job is the generator it has not met, and val stays for
+calibration only (its AUC is reported, never used to choose).
 """
 
 from __future__ import annotations
@@ -46,11 +49,14 @@ from training.features import (
 )
 from training.folds import variant_of
 
+# clip_b16 as the Serve config has it, but giving its embeddings instead of any head's probability: one cache of
+# embeddings serves every head trained on them (here, in cross-fitting and in each leave-out fold).
+EMBEDDING_SETTINGS = {"return_embedding": True, "head": None, "head_sha256": None, "published_head": None}
+
 
 def embedding_profile(config: Path) -> Profile:
     """A one-detector profile: ``clip_b16`` as the Serve config has it, returning embeddings instead of heads."""
-    settings = {"return_embedding": True, "head": None, "head_sha256": None, "published_head": None}
-    return single_detector_profile(config, "clip_b16", settings)
+    return single_detector_profile(config, "clip_b16", EMBEDDING_SETTINGS)
 
 
 @dataclass
@@ -86,12 +92,6 @@ class EmbeddingRows:
         return np.asarray([variant_of(k) for k in self.key])
 
 
-def embeddings(table: pa.Table, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(X, y) of the rows whose clip_b16 outcome is ok; labels 1 = AI."""
-    rows = EmbeddingRows.from_table(table, kind)
-    return rows.X, rows.y
-
-
 def auc(y: np.ndarray, p: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
 
@@ -99,50 +99,63 @@ def auc(y: np.ndarray, p: np.ndarray) -> float | None:
 
 
 def fit_candidates(
-    train: pa.Table,
-    val: pa.Table,
-    kinds: list[str],
+    tables: dict[str, EmbeddingRows],
     linear_models: list[str],
     Cs: list[float],
     backbone_id: str,
     layers: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Fit every (kind, model, C) on train, calibrate on val; each candidate with its head and val AUC."""
+    """Every (kind, model, C) fitted on train and calibrated on val, with two measures: ``source_auc``, the AUC of
+    the train rows when each source's rows are scored by a head fitted without that source (what it does on a
+    generator or pipeline it never saw: what chooses), and ``val_auc`` (reported only)."""
     candidates = []
-    for kind in kinds:
-        X_train, y_train = embeddings(train, kind)
-        X_val, y_val = embeddings(val, kind)
+    for kind, rows in tables.items():
+        train, val = rows.where(rows.split == "train"), rows.where(rows.split == "val")
         for linear in linear_models:
             for C in Cs:
-                head = EmbeddingHead(
-                    model=linear,
-                    C=C,
-                    backbone_id=backbone_id,
-                    embedding_kind=kind,
-                    layers=layers if kind == "cls_layers" else None,
-                )
-                head.fit(X_train, y_train, X_val=X_val, y_val=y_val)
+                params = {
+                    "model": linear,
+                    "C": C,
+                    "backbone_id": backbone_id,
+                    "embedding_kind": kind,
+                    "layers": layers if kind == "cls_layers" else None,
+                }
+                head = EmbeddingHead(**params).fit(train.X, train.y, X_val=val.X, y_val=val.y)
                 candidates.append(
                     {
                         "kind": kind,
                         "model": linear,
                         "C": C,
                         "head": head,
-                        "n_train": len(y_train),
-                        "val_auc": auc(y_val, head.predict_proba(X_val)[:, 1]),
+                        "n_train": len(train.y),
+                        "source_auc": source_held_out_auc(rows, params),
+                        "val_auc": auc(val.y, head.predict_proba(val.X)[:, 1]),
                     }
                 )
     return candidates
 
 
-def per_source_val_auc(head: EmbeddingHead, val: pa.Table) -> dict[str, float | None]:
+def source_held_out_auc(rows: EmbeddingRows, params: dict[str, Any]) -> float | None:
+    """AUC over the train rows, each scored by a head fitted on the other sources' train rows and calibrated on the
+    other sources' val rows: selection by sources never seen, without reading val's labels for anything but
+    calibration."""
+    from training.cross_fit import out_of_fold_probs
+
+    sources = sorted(set(rows.source.tolist()))
+    group = np.asarray([sources.index(s) for s in rows.source])
+    role = np.where(rows.split == "train", "fit", "calibrate")
+    train = rows.split == "train"
+    probs = out_of_fold_probs(rows.X, rows.y, np.where(train, group, -1), role, params)
+    return auc(rows.y[train], probs[train])
+
+
+def per_source_val_auc(head: EmbeddingHead, val: EmbeddingRows) -> dict[str, float | None]:
     """The chosen head's val AUC per source that has both classes (modern-matched is the one that matters)."""
     out = {}
-    for source in sorted(set(val.column("source").to_pylist())):
-        rows = val.filter(pc.equal(val["source"], source))
-        X, y = embeddings(rows, head.embedding_kind)
-        if len(set(y.tolist())) == 2:
-            out[source] = auc(y, head.predict_proba(X)[:, 1])
+    for source in sorted(set(val.source.tolist())):
+        rows = val.where(val.source == source)
+        if len(set(rows.y.tolist())) == 2:
+            out[source] = auc(rows.y, head.predict_proba(rows.X)[:, 1])
     return out
 
 
@@ -152,12 +165,13 @@ def train_clip_head(
     config: Path = DEFAULT_CONFIG,
     copies: int = 2,
     kinds: tuple[str, ...] | None = None,
-    linear_models: tuple[str, ...] = ("logreg", "linear_svm"),
-    Cs: tuple[float, ...] = (0.001, 0.002, 0.005, 0.02),
+    linear_models: tuple[str, ...] = ("logreg",),
+    Cs: tuple[float, ...] = (0.0005, 0.001, 0.002, 0.005, 0.01),
     cache_dir: Path = DEFAULT_CACHE,
     command: str = "",
+    launder_copies: int = 2,
 ) -> dict[str, Any]:
-    """Embed train + val, fit the candidates, save the best; return the report."""
+    """Embed train + val, fit the candidates, save the one best on held-out sources; return the report."""
     manifest = load_manifest(manifest_path)
     items = manifest.filter(pc.is_in(manifest["split"], pa.array(["train", "val"])))
     check_two_classes(items.filter(pc.equal(items["split"], "train")), "the train split")
@@ -166,21 +180,23 @@ def train_clip_head(
     kinds = kinds or ("image_embeds", "cls", *(("cls_layers",) if layers else ()))
     if "cls_layers" in kinds and not layers:  # before the (long) embedding run, not after it
         raise ValueError(f"{config}: clip_b16 sets no cls_layers, so there is no cls_layers embedding to train on")
-    variants = ["clean", *(f"reencode#{i}" for i in range(copies))]
+    variants = ["clean", *(f"reencode#{i}" for i in range(copies)), *(f"launder#{i}" for i in range(launder_copies))]
     table = extract_features(items, profile, variants, cache_dir)
     table = table.filter(pc.equal(pc.fill_null(table["error"], ""), ""))
-    train = table.filter(pc.equal(table["split"], "train"))
-    val = table.filter(pc.equal(table["split"], "val"))
-    candidates = fit_candidates(train, val, list(kinds), list(linear_models), list(Cs), backbone_id, layers)
-    best = max(candidates, key=lambda c: c["val_auc"] or 0.0)
+    tables = {kind: EmbeddingRows.from_table(table, kind) for kind in kinds}
+    candidates = fit_candidates(tables, list(linear_models), list(Cs), backbone_id, layers)
+    best = max(candidates, key=lambda c: c["source_auc"] or 0.0)
+    val = tables[best["kind"]].where(tables[best["kind"]].split == "val")
+    measures = ("kind", "model", "C", "source_auc", "val_auc")
     report = {
         "manifest": str(manifest_path),
         "variants": variants,
         "training_data_sha256": training_data_hash(table),
-        "rows": {"train": train.num_rows, "val": val.num_rows},
-        "chosen": {k: best[k] for k in ("kind", "model", "C", "n_train", "val_auc")},
+        "rows": {split: table.filter(pc.equal(table["split"], split)).num_rows for split in ("train", "val")},
+        "selected_by": "source_auc: train rows scored by heads that never saw their source",
+        "chosen": {k: best[k] for k in (*measures, "n_train")},
         "val_auc_per_source": per_source_val_auc(best["head"], val),
-        "candidates": [{k: c[k] for k in ("kind", "model", "C", "val_auc")} for c in candidates],
+        "candidates": [{k: c[k] for k in measures} for c in candidates],
         "command": command,
     }
     best["head"].save(out, metadata=report)
@@ -193,37 +209,57 @@ def cache_head_features(table: pa.Table, config: Path, head: Path, cache_dir: Pa
     every row embedded here, computed from the cached embeddings by the detector's own ``apply_heads``: the
     fusion's feature extraction (same items, same re-encoded variants) then skips the backbone for these rows.
     Returns the number of rows cached."""
+    detector = clip_detector(config, head=str(head))
+    outcomes = head_outcomes(table, detector)
+    keys = [key for key, outcome in zip(table.column("key").to_pylist(), outcomes) if outcome is not None]
+    if not keys:
+        return 0
+    column = [outcome for outcome in outcomes if outcome is not None]
+    update_cache(pa.table({"key": keys, outcome_column("clip_b16"): column}), ["clip_b16"], cache_dir)
+    return len(keys)
+
+
+def clip_detector(config: Path, **settings: Any) -> Any:
+    """The Serve config's ``clip_b16`` (heads and all, no embeddings returned), with some settings replaced."""
     import models
 
-    settings = {
-        **load_profile(config).detectors["clip_b16"].user_config.detector,
-        "head": str(head),
-        "head_sha256": None,
-        "return_embedding": False,
-    }
-    detector = models.create_detector("clip_b16", settings)
-    keys, embedded = [], []
-    for key, text in zip(table.column("key").to_pylist(), table.column(outcome_column("clip_b16")).to_pylist()):
+    configured = load_profile(config).detectors["clip_b16"].user_config.detector
+    replaced = {"head_sha256": None} if "head" in settings else {}
+    return models.create_detector("clip_b16", {**configured, "return_embedding": False, **replaced, **settings})
+
+
+def head_outcomes(table: pa.Table, detector: Any) -> list[str | None]:
+    """``detector``'s outcome (JSON) for each row of ``table``, computed from the row's cached embeddings by the
+    detector's own ``apply_heads`` and ``postprocess`` (no backbone run); None where the row has no embedding."""
+    embedded: list[tuple[int, DetectorOutcome]] = []
+    for i, text in enumerate(table.column(outcome_column("clip_b16")).to_pylist()):
         outcome = DetectorOutcome.from_json(text) if text else None
         if outcome is not None and outcome.status == "ok":
-            keys.append(key)
-            embedded.append(outcome)
+            embedded.append((i, outcome))
+    out: list[str | None] = [None] * table.num_rows
     if not embedded:
-        return 0
+        return out
     # One detector version made every row, so the first row says which embeddings they all carry.
+    details = embedded[0][1].result.details
     embeddings = {
-        kind: np.asarray([o.result.details[detail] for o in embedded], dtype=np.float32)
+        kind: np.asarray([o.result.details[detail] for _, o in embedded], dtype=np.float32)
         for kind, detail in DETAIL_OF_KIND.items()
-        if detail in embedded[0].result.details
+        if detail in details
     }
-    outcomes = [
-        DetectorOutcome.from_result("clip_b16", detector.postprocess(output, False), detector.version, o.latency_ms)
-        for output, o in zip(detector.apply_heads(embeddings), embedded)
+    latencies = [o.latency_ms for _, o in embedded]
+    for (i, _), outcome in zip(embedded, outcomes_from_embeddings(detector, embeddings, latencies)):
+        out[i] = outcome
+    return out
+
+
+def outcomes_from_embeddings(
+    detector: Any, embeddings: dict[str, np.ndarray], latencies: list[float | None]
+) -> list[str]:
+    """The outcome (JSON) ``detector`` gives for each image whose embeddings (by kind, one row per image) are given."""
+    return [
+        DetectorOutcome.from_result("clip_b16", detector.postprocess(output, False), detector.version, ms).to_json()
+        for output, ms in zip(detector.apply_heads(embeddings), latencies)
     ]
-    update_cache(
-        pa.table({"key": keys, outcome_column("clip_b16"): [o.to_json() for o in outcomes]}), ["clip_b16"], cache_dir
-    )
-    return len(outcomes)
 
 
 def _backbone(profile: Profile) -> tuple[str, list[int]]:
@@ -242,17 +278,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="Serve config naming clip_b16's backbone")
     parser.add_argument("--copies", type=int, default=2, help="re-encoded copies per item, besides the stored file")
     parser.add_argument(
+        "--launder-copies", type=int, default=2, help="laundered copies per item (screenshot, social, thumbnail, crop)"
+    )
+    parser.add_argument(
         "--kinds",
         nargs="+",
         choices=list(DETAIL_OF_KIND),
         help="embeddings to try (default: all the configured detector gives; cls_layers needs cls_layers set)",
     )
-    parser.add_argument("--models", nargs="+", default=["logreg", "linear_svm"], choices=["logreg", "linear_svm"])
+    parser.add_argument("--models", nargs="+", default=["logreg"], choices=["logreg", "linear_svm"])
     parser.add_argument(
         "--C",
         nargs="+",
         type=float,
-        default=[0.001, 0.002, 0.005, 0.02],
+        default=[0.0005, 0.001, 0.002, 0.005, 0.01],
         help="regularisation values to try (smaller = stronger)",
     )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
@@ -268,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         tuple(args.C),
         args.cache,
         command,
+        args.launder_copies,
     )
     print(json.dumps({k: v for k, v in report.items() if k != "candidates"}, indent=1))
     for candidate in report["candidates"]:

@@ -291,6 +291,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--hold-out-fold", type=int, default=None, help="train without this fold of the train clusters (fold_of)"
     )
+    parser.add_argument(
+        "--hold-out-source",
+        default=None,
+        help="train and validate without this source (leave-one-source-out: training/leave_out.py)",
+    )
     args = parser.parse_args(argv)
     if args.hold_out_fold is None and args.folds != 1:
         parser.error("--folds needs --hold-out-fold")
@@ -358,6 +363,8 @@ def load_splits(args: argparse.Namespace, started: float) -> Splits:
     table = load_manifest(args.manifest)
     kept, dropped = clean_manifest(table)
     items, too_small = usable_items(kept, args.patch)
+    if args.hold_out_source is not None:  # a leave-out copy: the held-out source is scored by it, never seen
+        items = [i for i in items if i.source != args.hold_out_source]
     train_all = [i for i in items if i.split == "train"]
     if args.hold_out_fold is not None:  # a cross-fitting copy: the held-out fold is scored by it, never seen
         cluster = dict(zip(kept.column("key").to_pylist(), kept.column("cluster").to_pylist()))
@@ -740,6 +747,7 @@ def card_data(args: argparse.Namespace, splits: Splits, val_left_out: int, as_is
         "train_usable_before_limit": splits.train_usable,
         "train_limit": args.train_limit,
         "cross_fit": None if args.hold_out_fold is None else {"folds": args.folds, "held_out": args.hold_out_fold},
+        "held_out_source": args.hold_out_source,
         "val": split_counts(splits.val),
         "val_left_out_after_processing": val_left_out,
         "val_left_out_as_is": as_is_left_out,
