@@ -66,7 +66,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from models.base import Detector, DetectorResult
+from models.base import CONTEXT_PREFIX, Detector, DetectorResult
 from models.image_input import DecodedImage
 from models.registry import register_detector
 from models.schema import features_of
@@ -81,6 +81,10 @@ from models.weights import (
 
 CODE_VERSION = "clip_b16-1"
 HEAD_FORMAT = "imgverify-embedding-head-1"
+# A head's novelty reference (EmbeddingHead(reference=N)): its training rows in a fixed random projection of this many
+# dimensions, and the mean distance to this many nearest of them.
+NOVELTY_DIMS, NOVELTY_NEIGHBOURS, NOVELTY_SEED = 64, 5, 0
+UNFAMILIAR_NOVELTY = 0.95  # from here on, an image is unlike the training images (5% of validation images are)
 # The embeddings a head can be trained on, and where ``return_embedding`` puts each in ``details``.
 DETAIL_OF_KIND = {"image_embeds": "embedding", "cls": "cls", "cls_layers": "cls_layers"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -389,6 +393,7 @@ class EmbeddingHead:
         backbone_id: str = "",
         embedding_kind: str = "image_embeds",
         layers: list[int] | None = None,
+        reference: int = 0,
     ):
         self.model = model
         self.C = C
@@ -399,6 +404,7 @@ class EmbeddingHead:
         self.backbone_id = backbone_id
         self.embedding_kind = embedding_kind
         self.layers = layers
+        self.reference = reference
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {
@@ -411,6 +417,7 @@ class EmbeddingHead:
             "backbone_id": self.backbone_id,
             "embedding_kind": self.embedding_kind,
             "layers": self.layers,
+            "reference": self.reference,
         }
 
     def _linear(self) -> Any:
@@ -463,7 +470,38 @@ class EmbeddingHead:
         self._fit_calibration(np.asarray(scores, dtype=np.float64), targets)
         self.classes_ = np.array([0, 1])
         self.n_features_in_ = X.shape[1]
+        self.reference_ = self.novelty_levels_ = None
+        if self.reference and X_val is not None:
+            self._fit_reference(X, X_val)
         return self
+
+    # ---- novelty: how unlike the training images an embedding is -----------------------------------------------
+    def _fit_reference(self, X: np.ndarray, X_val: np.ndarray) -> None:
+        """Keep ``reference`` training rows (a seeded sample), projected to NOVELTY_DIMS dimensions, and the distances
+        of the validation rows to them: :meth:`novelty` reads a new embedding's distance against those."""
+        rows = np.random.default_rng(self.random_state).permutation(len(X))[: self.reference]
+        self.reference_ = self._project(X[np.sort(rows)]).astype(np.float16)
+        self.novelty_levels_ = np.sort(self._distance(X_val)).astype(np.float32)
+
+    def _project(self, X: np.ndarray) -> np.ndarray:
+        # A fixed random projection of the standardised embedding keeps distances (Johnson-Lindenstrauss) at a
+        # 60th of the size; RandomState's stream is frozen by NumPy, so the matrix is rebuilt, never stored.
+        matrix = np.random.RandomState(NOVELTY_SEED).standard_normal((self.n_features_in_, NOVELTY_DIMS))
+        return ((np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_) @ (matrix / np.sqrt(NOVELTY_DIMS))
+
+    def _distance(self, X: np.ndarray) -> np.ndarray:
+        """Mean Euclidean distance to the NOVELTY_NEIGHBOURS nearest reference rows, in the projected space."""
+        points, reference = self._project(X), self.reference_.astype(np.float64)
+        squared = (points**2).sum(1)[:, None] - 2 * points @ reference.T + (reference**2).sum(1)[None, :]
+        nearest = np.sort(np.maximum(squared, 0.0), axis=1)[:, :NOVELTY_NEIGHBOURS]
+        return np.sqrt(nearest).mean(axis=1)
+
+    def novelty(self, X: np.ndarray) -> np.ndarray | None:
+        """Per embedding, the share of validation images closer to the training images than it: near 1 = unlike
+        anything the head was trained on. None for a head fitted without a reference."""
+        if self.reference_ is None:
+            return None
+        return np.searchsorted(self.novelty_levels_, self._distance(X), side="right") / len(self.novelty_levels_)
 
     def _fit_calibration(self, scores: np.ndarray, y: np.ndarray) -> None:
         from sklearn.isotonic import IsotonicRegression
@@ -505,7 +543,7 @@ class EmbeddingHead:
             "embedding_kind": self.embedding_kind,
             "embedding_size": int(self.n_features_in_),
             # ``layers`` only where set: other heads keep the params older code reads.
-            "params": {k: v for k, v in self.get_params().items() if k != "layers" or v is not None},
+            "params": {k: v for k, v in self.get_params().items() if k not in ("layers", "reference") or v},
             "metadata": metadata or {},
         }
         path = Path(path)
@@ -520,6 +558,7 @@ class EmbeddingHead:
                 calib_x=self.calib_x_,
                 calib_y=self.calib_y_,
                 schema=np.array(json.dumps(schema)),
+                **({} if self.reference_ is None else {"reference": self.reference_, "novelty": self.novelty_levels_}),
             )
         return path
 
@@ -533,6 +572,8 @@ class EmbeddingHead:
             head.mean_, head.scale_ = data["mean"].astype(np.float64), data["scale"].astype(np.float64)
             head.coef_, head.intercept_ = data["coef"].astype(np.float64), float(data["intercept"])
             head.calib_x_, head.calib_y_ = data["calib_x"].astype(np.float64), data["calib_y"].astype(np.float64)
+            head.reference_ = data["reference"] if "reference" in data else None
+            head.novelty_levels_ = data["novelty"] if "novelty" in data else None
         head.classes_ = np.array([0, 1])
         head.n_features_in_ = int(schema["embedding_size"])
         head.metadata_ = schema["metadata"]
@@ -865,12 +906,21 @@ class ClipB16Detector(Detector):
         them). Also how training turns embeddings it has cached (``return_embedding``) into this detector's
         features without running the backbone again."""
         outputs = [
-            {"embeddings": {kind: value[i] for kind, value in embeddings.items()}, "prob": None, "pub_prob": None}
+            {
+                "embeddings": {kind: value[i] for kind, value in embeddings.items()},
+                "prob": None,
+                "pub_prob": None,
+                "novelty": None,
+            }
             for i in range(len(embeddings["image_embeds"]))
         ]
         if self.head is not None:
-            for out, p in zip(outputs, self.head.predict_proba(embeddings[self.head.embedding_kind])[:, 1]):
+            read = embeddings[self.head.embedding_kind]
+            for out, p in zip(outputs, self.head.predict_proba(read)[:, 1]):
                 out["prob"] = float(p)
+            novelty = self.head.novelty(read)
+            for out, value in zip(outputs, [] if novelty is None else novelty):
+                out["novelty"] = float(value)
         if self.published is not None:
             weights, bias = self.published
             z = np.clip(embeddings["image_embeds"].astype(np.float64) @ weights + bias, -500, 500)
@@ -887,6 +937,13 @@ class ClipB16Detector(Detector):
             result.evidence.append(f"CLIP ViT-B/16 embedding + trained linear head: P(AI) {output['prob']:.2f}")
         if output["pub_prob"] is not None:
             result.features["clip_b16_pub_prob"] = output["pub_prob"]
+        if output.get("novelty") is not None:
+            result.features["clip_b16_novelty"] = output["novelty"]
+            if output["novelty"] >= UNFAMILIAR_NOVELTY:
+                result.evidence.append(
+                    f"{CONTEXT_PREFIX}unlike the images its head was trained on: farther from them than "
+                    f"{output['novelty']:.0%} of the validation images"
+                )
         if self.config["return_embedding"]:
             for kind, value in output["embeddings"].items():
                 if value.size:

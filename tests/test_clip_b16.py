@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import create_detector
+from models import create_detector, feature_schema
 from models.clip_b16 import (
     FP32_EXPORT,
     HF_ID,
@@ -493,6 +493,37 @@ def test_detector_with_a_trained_head(tiny_clip, embedder, images, kind, tmp_pat
     assert "head=sha256:" in detector.version
 
 
+def test_novelty_is_the_share_of_validation_images_nearer_the_training_ones(tmp_path):
+    """A head fitted with a reference keeps a projected sample of its training rows; novelty is where an
+    embedding's distance to them falls among the validation images' distances: about uniform for new images like
+    the training ones, 1 for images from elsewhere. It survives saving, and a head without it reports none."""
+    rng = np.random.default_rng(0)
+    X, X_val, X_new = rng.normal(size=(600, 40)), rng.normal(size=(300, 40)), rng.normal(size=(300, 40))
+    y, y_val = (X[:, 0] > 0).astype(int), (X_val[:, 0] > 0).astype(int)
+    head = EmbeddingHead(C=1.0, reference=400).fit(X, y, X_val=X_val, y_val=y_val)
+    assert head.reference_.shape == (400, 64) and head.reference_.dtype == np.float16
+    alike = head.novelty(X_new)
+    assert 0.4 < np.median(alike) < 0.6 and 0.02 < np.mean(alike >= 0.95) < 0.1  # 5% of such images by construction
+    elsewhere = head.novelty(X_new + 3.0)  # shifted: a distribution the head never saw
+    assert np.mean(elsewhere >= 0.95) > 0.95
+    loaded = EmbeddingHead.load(head.save(tmp_path / "head.npz"))
+    assert np.allclose(loaded.novelty(X_new + 3.0), elsewhere) and np.allclose(loaded.novelty(X_new), alike, atol=0.01)
+    assert EmbeddingHead(C=1.0).fit(X, y, X_val=X_val, y_val=y_val).novelty(X_new) is None
+
+
+def test_detector_reports_novelty_as_context(tiny_clip, embedder, images, tmp_path, no_network):
+    results = embedder.predict(images)
+    X = _embeddings(results, "cls")
+    head = EmbeddingHead(cv=2, backbone_id=tiny_clip, embedding_kind="cls", reference=5)
+    head = head.fit(X, np.array([0, 0, 1, 1, 0]), X_val=X, y_val=np.array([0, 0, 1, 1, 0]))
+    detector = create_detector(
+        "clip_b16", {"backbone": tiny_clip, "head": str(head.save(tmp_path / "h.npz")), **NO_PUBLISHED}
+    )
+    for result, novelty in zip(detector.predict(images), head.novelty(X)):
+        assert result.features["clip_b16_novelty"] == pytest.approx(float(novelty), abs=1e-6)
+    assert feature_schema(["clip_b16"])["clip_b16_novelty"].fusion_input is False
+
+
 @pytest.mark.parametrize("kind", ["cls", "cls_layers"])
 def test_head_features_from_cached_embeddings_equal_the_detectors_own(tiny_clip, kind, images, tmp_path, no_network):
     """train clip-head caches the new head's features from the embeddings it computed: same numbers as running
@@ -519,7 +550,7 @@ def test_head_features_from_cached_embeddings_equal_the_detectors_own(tiny_clip,
                     {
                         "name": "x",
                         "import_path": "serve_app.app:build_app",
-                        "args": {"detectors": [{"name": "clip_b16"}]},
+                        "args": {"detectors": [{"name": "clip_b16"}], "fusion": {"model": "rule"}},
                         "deployments": [{"name": "clip_b16", "user_config": {"detector": detector_settings}}],
                     }
                 ]

@@ -153,3 +153,47 @@ def test_held_out_metrics_read_the_verdict_columns():
     assert metrics["other_real_labelled_ai"] == 0.5
     # AUC: gen's AI images against every photo (its own and the others'): 0.9, 0.6, 0.1 vs 0.2, 0.3, 0.95.
     assert metrics["auc"] == pytest.approx(roc_auc_score([1, 1, 1, 0, 0, 0], [0.9, 0.6, 0.1, 0.2, 0.3, 0.95]))
+
+
+def test_the_shipped_policy_widens_the_artifacts_confident_bounds_and_says_where_they_came_from(tmp_path):
+    import yaml
+
+    from training.leave_out import write_policy
+    from training.train_fusion import train_fusion
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 2, n)
+    table = pa.table(
+        {
+            "key": [f"k{i}|clean" for i in range(n)],
+            "label": ["ai" if v else "real" for v in y],
+            "split": rng.choice(["train", "val", "test"], n, p=[0.6, 0.2, 0.2]).tolist(),
+            "source": ["s"] * n,
+            "clip_b16_prob": np.clip(0.5 + 0.4 * (y - 0.5) + rng.normal(0, 0.15, n), 0, 1).tolist(),
+        }
+    )
+    with pytest.warns(UserWarning, match="in-sample train rows"):  # no cross-fitted file here: not the point
+        artifact = train_fusion(table, ["clip_b16"], tmp_path / "fusion.json", dropout=0.0, features=("clip_b16_prob",))
+    config = {
+        "applications": [
+            {
+                "name": "imgverify",
+                "import_path": "serve_app.app:build_app",
+                "args": {"detectors": [{"name": "clip_b16"}], "fusion": {"model": str(tmp_path / "fusion.json")}},
+                "deployments": [{"name": "clip_b16", "user_config": {"detector": {"published_head": None}}}],
+            }
+        ]
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = {"shipped_policy": {"confident_ai_from": 0.97, "confident_real_below": 0.03, "sources": ["a"], "rows": {}}}
+    write_policy(tmp_path / "config.yaml", result, "imgverify train leave-out-policy ...")
+    written = json.loads((tmp_path / "fusion.json").read_text())
+    low, high = written["uncertain_range"]
+    assert (low, high) == (0.03, 0.97) and low <= written["threshold"] < high
+    assert written["leave_out"]["in_distribution_uncertain_range"] == artifact["uncertain_range"]
+    assert written["version"] != artifact["version"] and written["threshold"] == artifact["threshold"]
+    # Written twice, the in-distribution range on record stays the one the fusion was trained with.
+    write_policy(tmp_path / "config.yaml", result, "again")
+    again = json.loads((tmp_path / "fusion.json").read_text())
+    assert again["leave_out"]["in_distribution_uncertain_range"] == artifact["uncertain_range"]

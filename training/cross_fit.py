@@ -48,7 +48,8 @@ from training.train_clip_head import EmbeddingRows, embedding_profile
 # splits) but has no cross-fit: a fusion reading it has in-sample train rows for it (the local profile no longer
 # runs ghostnet; effnet_artifact replaced it).
 TRAINED_FEATURES = {"clip_b16": ["clip_b16_prob"], "effnet_artifact": ["effnet_artifact_prob"]}
-FUSION_VARIANTS = ["reencode#0", "reencode#1"]  # what `features extract --variant reencode --copies 2` makes
+# What `features extract --variant reencode#0` and `--variant launder#0` make: the fusion's rows.
+FUSION_VARIANTS = ["reencode#0", "launder#0"]
 
 
 def out_of_fold_probs(

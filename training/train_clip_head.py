@@ -49,6 +49,8 @@ from training.features import (
 )
 from training.folds import variant_of
 
+REFERENCE_ROWS = 1500  # ~190 KB in the head file (64 float16 per row)
+
 # clip_b16 as the Serve config has it, but giving its embeddings instead of any head's probability: one cache of
 # embeddings serves every head trained on them (here, in cross-fitting and in each leave-out fold).
 EMBEDDING_SETTINGS = {"return_embedding": True, "head": None, "head_sha256": None, "published_head": None}
@@ -119,6 +121,8 @@ def fit_candidates(
                     "backbone_id": backbone_id,
                     "embedding_kind": kind,
                     "layers": layers if kind == "cls_layers" else None,
+                    # Training rows kept (projected) for the detector's clip_b16_novelty: how unlike them an image is.
+                    "reference": REFERENCE_ROWS,
                 }
                 head = EmbeddingHead(**params).fit(train.X, train.y, X_val=val.X, y_val=val.y)
                 candidates.append(
