@@ -7,8 +7,8 @@ enabled detector and this FastAPI ingress in front of them::
                              image body; ?artifacts=true adds heatmaps as base64 PNG
     POST /v1/detect/batch    multipart, several "files": one result each, in order
     GET  /healthz            200 only when every enabled detector is ready
-    GET  /v1/detectors       names, features, versions, status
-    GET  /v1/config          input limits (and whether URL input is on), threshold, uncertain range
+    GET  /v1/detectors       names, features, versions, status, "fusion input" or "context"; the fusion model
+    GET  /v1/config          input limits (and whether URL input is on), threshold, uncertain range, fusion kind
     GET  /docs               OpenAPI
     GET  /                   the web page (serve_app/web.py, serve_app/static)
 
@@ -175,9 +175,11 @@ class FusionIngress:
             {"status": "ready" if ready else "not_ready", "detectors": statuses}, status_code=200 if ready else 503
         )
 
-    @api.get("/v1/detectors", summary="Enabled detectors: features, versions, status")
+    @api.get("/v1/detectors", summary="Enabled detectors: features, versions, status, fusion input or context")
     async def detectors(self) -> JSONResponse:
         statuses = await self._detector_statuses(timeout_s=10.0)
+        for name, info in statuses.items():
+            info["role"] = self.verdict.roles.get(name)  # "fusion input" or "context" (reported, cannot decide)
         return JSONResponse(
             json_safe(
                 {
@@ -196,7 +198,13 @@ class FusionIngress:
                 # the detectors that add a heatmap to ?artifacts=true
                 "heatmaps": [n for n in self.args.detector_names() if models.has_artifacts(n)],
                 "auth_required": self.gate.keys.enabled,  # /v1/config is open; the page then asks for a key
-                "fusion": {"threshold": self.verdict.threshold, "uncertain_range": list(self.verdict.uncertain_range)},
+                "fusion": {
+                    "threshold": self.verdict.threshold,
+                    "uncertain_range": list(self.verdict.uncertain_range),
+                    "model": self.verdict.fusion.version,
+                    "kind": self.verdict.fusion.kind,  # "rule": an uncalibrated mean decides (asked for by the config)
+                    "calibrated": self.verdict.fusion.calibrated,
+                },
             }
         )
 
@@ -335,7 +343,9 @@ class FusionIngress:
 
 
 def build_app(args: AppArgs) -> serve.Application:
-    """Ray Serve's typed application builder: one deployment per detector, the ingress in front."""
+    """Ray Serve's typed application builder: one deployment per detector, the ingress in front. A config that names
+    no fusion model is refused here, at deploy time (the ingress checks the artifact itself when it loads it)."""
+    args.require_fusion()
     detectors = {
         # user_config={} so that reconfigure always runs (and loads the detector) once; the Serve config's
         # deployments list overrides it, and later changes to it swap weights on live replicas.

@@ -9,6 +9,8 @@
     imgverify evaluate ...
     imgverify weights fetch [--config serve_config.local.yaml] [--dir DIR]  fetch and verify the config's weights
     imgverify deploy kuberay [--config serve_config.yaml] [--out FILE]      KubeRay RayService from a Serve config
+    imgverify deploy sync [--from serve_config.local.yaml] [--to serve_config.yaml] [--check]
+                                                   copy the trained detector settings and fusion into the GPU profile
     imgverify trust update [--dir DIR]                                      refresh the C2PA trust lists (online)
 
 Each training step is also ``python -m training.<step>``; this file only dispatches.
@@ -39,6 +41,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("evaluate",): "training.evaluate:main",
     ("weights", "fetch"): "serve_app.weights_cli:main",
     ("deploy", "kuberay"): "serve_app.kuberay:main",  # RayService manifest from a Serve config
+    ("deploy", "sync"): "serve_app.profile_sync:main",  # serve_config.yaml follows serve_config.local.yaml
     ("trust", "update"): "models.provenance_trust:update",
     ("data",): "training.data_sources:main",  # data fetch NAME... | data list
 }

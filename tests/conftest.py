@@ -114,6 +114,7 @@ FAULTY_APP = {
     "args": {
         "detectors": [{"name": "debug_mean"}, {"name": "debug_sleep", "timeout_s": 0.5}, {"name": "debug_fail"}],
         "input": {"allow_url": True, "url_timeout_s": 2.0, "max_batch_files": 4},
+        "fusion": {"model": "rule"},  # debug detectors: the uncalibrated mean, asked for by name
     },
     "deployments": [
         {"name": "FusionIngress", "ray_actor_options": {"num_cpus": 0.05}},

@@ -28,7 +28,7 @@ DEBUG_CONFIG = {
         {
             "name": "debug",
             "import_path": "serve_app.app:build_app",
-            "args": {"detectors": [{"name": "debug_mean"}, {"name": "debug_sleep"}]},
+            "args": {"detectors": [{"name": "debug_mean"}, {"name": "debug_sleep"}], "fusion": {"model": "rule"}},
             "deployments": [
                 {"name": "debug_mean", "ray_actor_options": {"num_cpus": 0.05}, "user_config": {"max_batch_size": 2}},
                 {

@@ -38,6 +38,7 @@ HARDENED_APP = {
             {"name": "debug_mean", "timeout_s": 30},
             {"name": "debug_sleep", "timeout_s": 0.3},
         ],
+        "fusion": {"model": "rule"},
     },
     "deployments": [
         {"name": "FusionIngress", "ray_actor_options": {"num_cpus": 0.05}},

@@ -37,6 +37,7 @@ GUARDED_APP = {
     "import_path": "serve_app.app:build_app",
     "args": {
         "detectors": [{"name": "debug_mean"}, {"name": "debug_sleep", "timeout_s": 60}],
+        "fusion": {"model": "rule"},
         "access": {
             "api_keys": [{"sha256": sha(LOAD_KEY), "name": "load"}, {"sha256": sha(SLOW_KEY), "requests_per_minute": 2}]
         },

@@ -301,6 +301,7 @@ applications:
     import_path: serve_app.app:build_app
     args:
       detectors: [{{name: {name}}}]
+      fusion: {{model: rule}}
     deployments:
       - name: {name}
         user_config:

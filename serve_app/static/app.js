@@ -441,6 +441,8 @@
     // "hard_evidence" settles AI, "provenance" a trusted camera capture (NON-AI): both are provenance.
     if (body.decided_by === "hard_evidence" || body.decided_by === "provenance") return `Decided by ${provenanceSource(body)}.`;
     if (body.decided_by === "fusion") return `Decided by the fusion model (${body.fusion_model || "fusion"}).`;
+    // "rule": the service was configured for the plain mean of the detectors' probabilities (fusion.model: rule).
+    if (body.decided_by === "rule") return "Decided by an uncalibrated average of the detectors' probabilities (fusion.model: rule), not a trained fusion model.";
     return "No detector that the fusion model reads answered: no verdict.";
   }
 
@@ -704,6 +706,9 @@
         " ",
         el("span", { className: `badge status-${report.status}`, text: report.status }),
         " ",
+        // A detector the fusion model does not read is reported, but cannot move P(AI).
+        report.role === "context" ? el("span", { className: "role-context", text: "context, not read by the fusion" }) : null,
+        report.role === "context" ? " " : null,
         el("span", { className: "hint", text: typeof report.latency_ms === "number" ? `${report.latency_ms.toFixed(0)} ms` : "" }),
       );
       const rows = features.map(({ feature, spec, value }) =>
