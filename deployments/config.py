@@ -17,6 +17,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, field_validator
 
+from models.fusion import (
+    NO_FUSION_MESSAGE,
+    RULE,
+    FusionNotConfigured,
+    SchemaMismatch,
+    artifact_features,
+    unrun_detectors,
+)
 from models.image_input import InputLimits
 from models.verdict import Verdict
 
@@ -46,7 +54,11 @@ class InputArgs(BaseModel):
 class FusionArgs(BaseModel):
     """The fusion model and how its probability becomes a label."""
 
-    model: str | None = Field(None, description="fusion artifact (path or file name in models/weights); None: rule")
+    model: str | None = Field(
+        None,
+        description="a trained fusion artifact (path, or file name in models/weights), or 'rule' (the uncalibrated "
+        "mean of the calibrated probabilities, asked for explicitly); unset is refused (load_profile, build_app)",
+    )
     threshold: float | None = Field(None, ge=0, le=1, description="override the model's threshold")
     uncertain_range: tuple[float, float] | None = Field(
         None, description="override the model's [low, high) range of fusion_prob reported as uncertain"
@@ -138,6 +150,28 @@ class AppArgs(BaseModel):
     def detector_names(self) -> list[str]:
         return [d.name for d in self.detectors]
 
+    def require_fusion(self) -> None:
+        """Refuse a config that names no fusion model (no file is read: ``build_app`` calls it where the artifact may
+        live on other nodes). Unset is not the rule: that one is asked for by name."""
+        if self.fusion.model is None:
+            raise FusionNotConfigured(NO_FUSION_MESSAGE)
+
+    def check_fusion(self) -> None:
+        """:meth:`require_fusion`, then refuse a fusion artifact that reads a feature of a detector this config does
+        not run, naming the detector and its features."""
+        self.require_fusion()
+        if self.fusion.model == RULE:
+            return
+        missing = unrun_detectors(artifact_features(self.fusion.model), self.detector_names())
+        if missing:
+            named = "; ".join(f"{owner} ({', '.join(features)})" for owner, features in missing.items())
+            raise SchemaMismatch(
+                f"fusion model {self.fusion.model} reads features of detectors this config does not run: {named}. "
+                "Enable them (args.detectors and their deployments), or name a fusion trained without them (to train "
+                "one for this detector set, set `fusion: {model: rule}` while `imgverify features extract` and "
+                "`imgverify train fusion` run, then name the new artifact)."
+            )
+
     def verdict_args(self, model_override: str | None = None) -> dict[str, Any]:
         """``Verdict.build``'s arguments (plain data: Ray Data stages build their own copy from them)."""
         return {
@@ -187,8 +221,11 @@ class Profile(BaseModel):
     detectors: dict[str, DetectorProfile]
 
 
-def load_profile(path: str | Path, app_name: str | None = None) -> Profile:
-    """Read a Serve config file into a :class:`Profile` (for batch scoring, training, tests)."""
+def load_profile(path: str | Path, app_name: str | None = None, check_fusion: bool = True) -> Profile:
+    """Read a Serve config file into a :class:`Profile` (for batch scoring, training, tests). Refuses a config with
+    no fusion model, or whose fusion artifact reads a detector it does not run (:meth:`AppArgs.check_fusion`), unless
+    ``check_fusion`` is False: training reads the detectors only, and the artifact it is about to replace may read
+    others, or not exist yet."""
     config = yaml.safe_load(Path(path).read_text())
     apps = config.get("applications", [])
     if app_name is not None:
@@ -197,6 +234,11 @@ def load_profile(path: str | Path, app_name: str | None = None) -> Profile:
         raise ValueError(f"{path}: expected exactly one application{f' named {app_name!r}' if app_name else ''}")
     app = apps[0]
     args = AppArgs.model_validate(app.get("args") or {})
+    try:
+        if check_fusion:
+            args.check_fusion()
+    except (ValueError, FileNotFoundError) as err:
+        raise type(err)(f"{path}: {err}") from None
     by_name = {d["name"]: d for d in app.get("deployments", [])}
     detectors = {}
     for name in args.detector_names():

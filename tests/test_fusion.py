@@ -10,8 +10,15 @@ import pytest
 
 import models
 from models.base import DetectorResult
-from models.fusion import DetectorOutcome, RuleFusion, SchemaMismatch, apply_calibration, load_fusion
-from models.verdict import Verdict
+from models.fusion import (
+    DetectorOutcome,
+    FusionNotConfigured,
+    RuleFusion,
+    SchemaMismatch,
+    apply_calibration,
+    load_fusion,
+)
+from models.verdict import Verdict, VerdictBody
 from training.metrics import binary_metrics, expected_calibration_error, threshold_for_fpr
 from training.train_fusion import fit_calibration, train_fusion, uncertain_range
 
@@ -38,13 +45,14 @@ def test_decide_lists_missing_detectors_and_invents_nothing():
     ]
     body = RULE.decide(outcomes)
     assert body["missing"] == ["debug_sleep", "debug_fail"]
-    assert body["fusion_prob"] == pytest.approx(0.8) and body["label"] == "AI" and body["decided_by"] == "fusion"
+    assert body["fusion_prob"] == pytest.approx(0.8) and body["label"] == "AI" and body["decided_by"] == "rule"
     assert "debug_sleep_prob" not in body and "debug_fail_prob" not in body
     assert body["detectors"]["debug_sleep"] == {
         "status": "timeout",
         "latency_ms": 500.0,
         "version": None,
         "error": "no answer within 0.5 s",
+        "role": "fusion input",
     }
     assert any("debug_sleep not used (timeout" in r for r in body["reasoning"])
 
@@ -78,7 +86,51 @@ def test_hard_evidence_decides_unless_switched_off():
     assert (body["label"], body["decided_by"], body["uncertain"]) == ("AI", "hard_evidence", False)
     assert body["reasoning"][0] == "Provenance: valid C2PA claim: trainedAlgorithmicMedia"
     body = Verdict(SCHEMA, RuleFusion(SCHEMA), hard_evidence=False).decide([hard])
-    assert (body["label"], body["decided_by"]) == ("NON-AI", "fusion")
+    assert (body["label"], body["decided_by"]) == ("NON-AI", "rule")
+
+
+def test_the_rule_is_explicit_and_its_verdicts_say_so():
+    """Unset is refused (no silent average); "rule" is the uncalibrated mean, and every verdict it decides says
+    so: decided_by "rule", a reason that names the mean and its inputs, describe() kind "rule", not calibrated."""
+    with pytest.raises(FusionNotConfigured, match="fusion.model is not set.*model: rule"):
+        load_fusion(None, SCHEMA)
+    with pytest.raises(FusionNotConfigured):
+        Verdict.build(["debug_mean"], model=None)
+    rule = Verdict.build(["debug_mean", "debug_sleep"], model="rule")
+    body = rule.decide([outcome("debug_mean", debug_prob=0.9), outcome("debug_sleep", debug_sleep_prob=0.3)])
+    VerdictBody.model_validate(body)
+    assert (body["fusion_prob"], body["label"], body["decided_by"]) == (pytest.approx(0.6), "AI", "rule")
+    line = next(r for r in body["reasoning"] if "plain mean" in r)
+    assert "0.60 is the plain mean of the probabilities present (debug_prob, debug_sleep_prob)" in line
+    assert "not a trained, calibrated fusion model" in line
+    described = rule.describe()
+    assert (described["kind"], described["calibrated"], described["threshold"]) == ("rule", False, 0.5)
+    # No probability present: no verdict, and no sentence about a mean that was not taken.
+    assert all("plain mean" not in r for r in RULE.decide([outcome("debug_fail")])["reasoning"])
+
+
+def test_roles_say_which_detectors_the_fusion_reads(tmp_path):
+    """A detector whose features the fusion model does not read is context; provenance, whose hard evidence
+    decides alone, is "hard evidence" unless the config switches that off."""
+    out = tmp_path / "fusion.json"
+    train_fusion(synthetic_features(), ["forensics"], out)
+    detectors = ["provenance", "forensics", "fatformer", "mantranet"]
+    verdict = Verdict.build(detectors, model=str(out))
+    expected = {"provenance": "hard evidence", "forensics": "fusion input", "fatformer": "context"}
+    assert verdict.roles == {**expected, "mantranet": "context"}
+    assert verdict.describe()["detectors"] == verdict.roles and verdict.describe()["kind"] == "trained"
+    assert verdict.describe()["calibrated"] is True
+    assert Verdict.build(detectors, model=str(out), hard_evidence=False).roles["provenance"] == "context"
+    pixels = outcome("forensics", image_entropy=7.5, noise_log_variance=0.0)
+    body = verdict.decide([pixels, outcome("fatformer", fatformer_prob=1.0)])
+    assert {name: report["role"] for name, report in body["detectors"].items()} == {
+        "forensics": "fusion input",
+        "fatformer": "context",
+    }
+    # A context detector cannot move fusion_prob: fatformer at 0 or 1 gives the same verdict.
+    other = verdict.decide([pixels, outcome("fatformer", fatformer_prob=0.0)])
+    assert other["fusion_prob"] == body["fusion_prob"] and body["decided_by"] == "fusion"
+    assert all("plain mean" not in r for r in body["reasoning"])
 
 
 def test_no_usable_feature_means_no_verdict():
@@ -172,7 +224,7 @@ def test_train_fusion_writes_a_calibrated_artifact_that_loads_and_handles_missin
 def test_loading_refuses_a_schema_mismatch(tmp_path):
     out = tmp_path / "fusion.json"
     train_fusion(synthetic_features(), ["forensics"], out)
-    with pytest.raises(SchemaMismatch, match="no enabled detector produces it"):
+    with pytest.raises(SchemaMismatch, match="image_entropy \\(from detector forensics, which is not enabled\\)"):
         load_fusion(str(out), models.feature_schema(["provenance"]))
     artifact = json.loads(out.read_text())
     artifact["feature_specs"]["image_entropy"]["high"] = 16.0
@@ -192,3 +244,24 @@ def test_a_confident_ai_verdict_needs_a_score_almost_no_validation_photo_reaches
     assert uncertain_range(0.6, 0.8) == [pytest.approx(0.2), 0.8]
     assert uncertain_range(0.85, 0.8) == [pytest.approx(0.2), 0.85]  # the threshold is always inside
     assert uncertain_range(0.6, 0.8, confident_ai_from=0.93) == [pytest.approx(0.2), 0.93]
+
+
+def test_an_image_unlike_the_training_images_gets_no_confident_verdict(tmp_path):
+    """The artifact's ``unfamiliar`` rule: from the bound on, clip_b16_novelty makes any fusion verdict uncertain and
+    says why; below it the probability's own range decides. It never changes the probability or the label."""
+    table = synthetic_features()
+    train_fusion(table, ["forensics"], tmp_path / "fusion.json", dropout=0.0)
+    artifact = json.loads((tmp_path / "fusion.json").read_text())
+    artifact["unfamiliar"] = {"feature": "clip_b16_novelty", "from": 0.95}
+    (tmp_path / "fusion.json").write_text(json.dumps(artifact))
+    schema = models.feature_schema(["forensics", "clip_b16"])
+    verdict = Verdict(schema, load_fusion(str(tmp_path / "fusion.json"), schema))
+    high = max(verdict.uncertain_range[1], verdict.threshold)
+    features = {"image_entropy": 8.0, "noise_log_variance": 0.0}
+    assert verdict.fusion.predict_proba(features) >= high  # a confident AI on the forensics alone
+    familiar = verdict.decide([outcome("forensics", **features), outcome("clip_b16", clip_b16_novelty=0.5)])
+    unlike = verdict.decide([outcome("forensics", **features), outcome("clip_b16", clip_b16_novelty=0.97)])
+    assert (familiar["label"], familiar["uncertain"]) == ("AI", False)
+    assert (unlike["label"], unlike["uncertain"], unlike["fusion_prob"]) == ("AI", True, familiar["fusion_prob"])
+    assert any("unlike the images the detectors were trained on" in r for r in unlike["reasoning"])
+    assert verdict.describe()["unfamiliar"] == {"feature": "clip_b16_novelty", "from": 0.95}

@@ -143,6 +143,7 @@ def test_held_out_metrics_read_the_verdict_columns():
             "fusion_prob": [0.9, 0.6, 0.1, 0.2, 0.3, 0.95],
             "verdict": ["AI", "AI", "NON-AI", "NON-AI", "NON-AI", "AI"],
             "uncertain": [False, True, False, True, False, False],
+            "clip_b16_novelty": [0.5, 0.99, 0.2, 0.96, 0.1, None],
         }
     )
     metrics = held_out_metrics(predictions, "gen", "clean")
@@ -150,6 +151,7 @@ def test_held_out_metrics_read_the_verdict_columns():
     assert metrics["ai_labelled_ai"] == pytest.approx(2 / 3)
     assert metrics["ai_confidently_non_ai"] == pytest.approx(1 / 3)
     assert metrics["real_labelled_ai"] == 0.0 and metrics["uncertain"] == pytest.approx(0.5)
+    assert metrics["unfamiliar"] == pytest.approx(0.5)  # two of gen's four images are past 0.95
     assert metrics["other_real_labelled_ai"] == 0.5
     # AUC: gen's AI images against every photo (its own and the others'): 0.9, 0.6, 0.1 vs 0.2, 0.3, 0.95.
     assert metrics["auc"] == pytest.approx(roc_auc_score([1, 1, 1, 0, 0, 0], [0.9, 0.6, 0.1, 0.2, 0.3, 0.95]))

@@ -16,7 +16,7 @@ from models import registry, schema
 from models.base import Detector, DetectorResult
 from models.schema import DETECTORS, DetectorEntry, FeatureSpec
 
-LOCAL_DETECTORS = ["provenance", "forensics", "effnet_artifact", "clip_b16"]  # serve_config.local.yaml, in its order
+LOCAL_DETECTORS = ["provenance", "forensics", "clip_b16"]  # serve_config.local.yaml, in its order
 
 # Run in a fresh interpreter: this test process has long imported torch through other tests.
 SCHEMA_ONLY = textwrap.dedent(
@@ -59,8 +59,8 @@ def test_schema_and_verdict_need_no_torch_nor_any_detector_module():
     expected = [spec.name for name in LOCAL_DETECTORS for spec in DETECTORS[name].features]
     assert out["schema"] == out["feature_schema"] == expected
     assert out["schema"][:3] == ["exif_score", "has_exif", "software_flag"]
-    assert out["schema"][-3:] == ["effnet_artifact_prob", "clip_b16_prob", "clip_b16_pub_prob"]
-    assert len(out["schema"]) == 11 + 15 + 1 + 2
+    assert out["schema"][-3:] == ["clip_b16_prob", "clip_b16_pub_prob", "clip_b16_novelty"]
+    assert len(out["schema"]) == 11 + 15 + 3
     # The committed fusion model of the local profile, with its features in its own order.
     artifact = json.loads((REPO / "models" / "weights" / "fusion_local.json").read_text())
     assert out["fusion_type"] == "TrainedFusion"
@@ -86,7 +86,7 @@ def test_every_detector_class_declares_exactly_its_schema_entry():
 
 def test_schema_order_owners_and_unknown_names():
     assert list(models.feature_schema(["forensics", "ghostnet"]))[-2:] == ["geometry_generator_size", "ghostnet_score"]
-    assert list(models.feature_schema(["clip_b16"])) == ["clip_b16_prob", "clip_b16_pub_prob"]
+    assert list(models.feature_schema(["clip_b16"])) == ["clip_b16_prob", "clip_b16_pub_prob", "clip_b16_novelty"]
     assert list(models.feature_schema(["mantranet"])) == ["mantra_anomaly", "mantra_area"]
     spec = models.feature_schema(["forensics"])["jpeg_quality"]
     assert (spec.low, spec.high, spec.direction, spec.probability, spec.fusion_input) == (
@@ -103,6 +103,19 @@ def test_schema_order_owners_and_unknown_names():
     for call in (models.get_detector_class, models.has_artifacts, lambda n: models.feature_schema([n])):
         with pytest.raises(KeyError, match="unknown detector 'nope'"):
             call("nope")
+
+
+def test_only_calibrated_heads_are_probabilities():
+    """``probability`` means calibrated on held-out data (what the explicit rule fusion may average): the heads trained
+    here and Platt-calibrated on their validation split. Zero-shot prompt softmaxes, FatFormer's raw softmax and
+    published probes are P(AI)-shaped scores, never flagged."""
+    flagged = {spec.name for entry in DETECTORS.values() for spec in entry.features if spec.probability}
+    calibrated_here = {"clip_b16_prob", "dino_prob", "effnet_artifact_prob", "ghostnet_score"}
+    assert flagged == calibrated_here | {"debug_prob", "debug_sleep_prob", "debug_fail_prob"}  # + test stand-ins
+    for name in ("clip_b16_pub_prob", "clip_h14_prob", "clip_bigg_prob", "fatformer_prob", "clip_probe_rine_prob"):
+        assert name not in flagged and "not calibrated" in models.feature_schema()[name].description
+    # Only provenance can settle a verdict alone with hard evidence (models.verdict's "hard evidence" role).
+    assert [name for name, entry in DETECTORS.items() if entry.hard_evidence] == ["provenance"]
 
 
 def test_a_feature_name_belongs_to_one_detector():

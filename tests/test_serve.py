@@ -64,7 +64,7 @@ def test_camera_photo_gets_a_full_explained_verdict(client, fixtures):
     assert response.status_code == 200, response.text
     body = response.json()
     ServiceVerdict.model_validate(body)  # the declared response shape (/docs) is the one served
-    assert set(body["detectors"]) == {"provenance", "forensics", "effnet_artifact", "clip_b16"}
+    assert set(body["detectors"]) == {"provenance", "forensics", "clip_b16"}
     assert all(d["status"] == "ok" and d["version"] and d["latency_ms"] > 0 for d in body["detectors"].values())
     assert body["missing"] == []
     # Features of every detector at top level, with their declared names.
@@ -74,9 +74,9 @@ def test_camera_photo_gets_a_full_explained_verdict(client, fixtures):
         "c2pa_present",
         "image_entropy",
         "compression_level",
-        "effnet_artifact_prob",
         "clip_b16_prob",
         "clip_b16_pub_prob",
+        "clip_b16_novelty",
     ):
         assert isinstance(body[feature], float), feature
     assert body["has_exif"] == 1.0 and body["c2pa_present"] == 0.0
@@ -211,12 +211,19 @@ def test_batch_endpoint_keeps_order_and_isolates_a_bad_file(client, fixtures):
 
 def test_detectors_endpoint_lists_features_versions_and_status(client):
     body = client.get("/v1/detectors").json()
-    assert set(body["detectors"]) == {"provenance", "forensics", "effnet_artifact", "clip_b16"}
+    assert set(body["detectors"]) == {"provenance", "forensics", "clip_b16"}
     for info in body["detectors"].values():
         assert info["status"] == "ready" and info["version"] and info["features"]
         assert {"name", "low", "high", "direction", "description"} <= set(info["features"][0])
     assert body["fusion"]["model"] and 0 < body["fusion"]["threshold"] < 1
-    assert body["fusion"]["threshold"] == client.get("/v1/config").json()["fusion"]["threshold"]
+    config = client.get("/v1/config").json()["fusion"]
+    assert body["fusion"]["threshold"] == config["threshold"]
+    # The trained, calibrated fusion decides; each detector says whether it reads it (the same in every verdict).
+    described = (body["fusion"]["kind"], body["fusion"]["calibrated"])
+    assert described == (config["kind"], config["calibrated"]) == ("trained", True)
+    roles = {name: info["role"] for name, info in body["detectors"].items()}
+    assert roles == body["fusion"]["detectors"] and roles["provenance"] == "hard evidence"
+    assert "fusion input" in roles.values()
     assert client.get("/docs").status_code == 200
 
 
@@ -260,9 +267,13 @@ def test_a_failing_and_a_slow_detector_are_missing_while_the_rest_answer(client)
     )
     assert body["detectors"]["debug_sleep"]["status"] == "timeout"
     assert sorted(body["missing"]) == ["debug_fail", "debug_sleep"]
-    # The rule fusion averages the probabilities that exist: debug_prob alone, nothing invented.
+    # The rule fusion (asked for by name in this app) averages the probabilities that exist: debug_prob alone,
+    # nothing invented; and the verdict says that an uncalibrated mean decided.
     assert body["fusion_prob"] == pytest.approx(body["debug_prob"], abs=1e-6)
     assert "debug_sleep_prob" not in body and "debug_fail_prob" not in body
+    assert body["decided_by"] == "rule"
+    assert any("plain mean of the probabilities present (debug_prob)" in r for r in body["reasoning"])
+    assert client.get("/faulty/v1/config").json()["fusion"]["kind"] == "rule"
     assert client.get("/faulty/healthz").status_code == 200
 
 

@@ -98,7 +98,10 @@ def cross_fit_clip_head(
     from training.dataset import load_manifest
     from training.features import extract_features
 
-    settings = {**load_profile(config).detectors["clip_b16"].user_config.detector, "return_embedding": False}
+    settings = {
+        **load_profile(config, check_fusion=False).detectors["clip_b16"].user_config.detector,
+        "return_embedding": False,
+    }
     detector = models.create_detector("clip_b16", settings)
     shipped = detector.head
     if shipped is None:
@@ -135,7 +138,9 @@ def cross_fit_detector(
     from training.dataset import load_manifest
     from training.features import extract_features, single_detector_profile
 
-    shipped = models.create_detector(name, load_profile(config).detectors[name].user_config.detector)
+    shipped = models.create_detector(
+        name, load_profile(config, check_fusion=False).detectors[name].user_config.detector
+    )
     manifest = load_manifest(manifest_path)
     item_fold = train_item_folds(manifest, len(fold_weights))
     keys, folds, features = [], [], []

@@ -158,7 +158,7 @@ def single_detector_profile(config: Path, name: str, settings: dict[str, Any]) -
     settings replaced (a head switched off, other weights), for training steps that run only that detector."""
     from deployments.config import AppArgs, DetectorArgs, DetectorProfile
 
-    detector = load_profile(config).detectors.get(name) or DetectorProfile(name=name)
+    detector = load_profile(config, check_fusion=False).detectors.get(name) or DetectorProfile(name=name)
     user_config = detector.user_config.model_copy(update={"detector": {**detector.user_config.detector, **settings}})
     return Profile(
         args=AppArgs(detectors=[DetectorArgs(name=name)]),
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = manifest.filter(pa.compute.is_in(manifest["split"], pa.array(args.split)))
     variants = [f"{args.variant}#{i}" if args.copies > 1 else args.variant for i in range(args.copies)]
     started = time.perf_counter()
-    table = extract_features(manifest, load_profile(args.config), variants, args.cache)
+    table = extract_features(manifest, load_profile(args.config, check_fusion=False), variants, args.cache)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, args.out)
     errors = sum(1 for e in table.column("error").to_pylist() if e)

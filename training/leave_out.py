@@ -9,14 +9,18 @@ without it by the recipe the shipped one was trained with:
 
 1. clip_b16's head: refitted on the cached embeddings of the other sources' train rows (the shipped head's kind,
    model, C, layers and variants) and calibrated on their val rows;
-2. that head's scores for the other sources' train and val rows, each from a head that did not see the row's source
-   either (what ``imgverify train cross-fit clip-head --by source`` gives the shipped fusion);
-3. the fusion: refitted on those rows with the shipped artifact's settings (its ``training.settings``), calibrated,
-   thresholded and bounded on their val rows.
+2. that head's out-of-fold scores for the other sources' train rows (near-duplicate cluster folds, what
+   ``imgverify train cross-fit clip-head`` gives the shipped fusion; ``Recipe.cross_fit = "source"`` holds out whole
+   sources instead);
+3. the fusion: refitted on those rows with the shipped artifact's settings (its ``training.settings``), calibrated
+   and thresholded on their val rows; its uncertain range comes from how the *other* held-out sources scored under
+   their own folds (``fit_policy``), never from the source it is judged on. ``imgverify train leave-out-policy`` puts
+   the range all held-out sources give into the shipped artifact.
 
-Fixed, not refitted, and named in the report: effnet_artifact's weights (one fine-tuning costs ~25 min here, so its
-score on a held-out source is optimistic) and what is not trained here (forensics, provenance, the published CLIP
-probe). Sources with fewer than ``min_items`` items stay in every fold's training and are not reported.
+Fixed, not refitted, and named in the report: what is not trained here (forensics, provenance, the published CLIP
+probe), and any other trained detector of the config (effnet_artifact would be: one fine-tuning costs ~25 min here,
+so its score on a held-out source would be optimistic; `train_effnet_artifact --hold-out-source` makes an honest
+copy). Sources with fewer than ``min_items`` items stay in every fold's training and are not reported.
 
 Scored, under each variant (clean and the laundering routes): the held-out source's items against the held-out images
 of the other class, which are the other sources' test items (no fold trained on them) plus the held-out source's own.
@@ -41,7 +45,7 @@ import pyarrow.parquet as pq
 import models
 from deployments.config import Profile, load_profile
 from deployments.data import outcome_column
-from models.clip_b16 import DETAIL_OF_KIND, EmbeddingHead
+from models.clip_b16 import DETAIL_OF_KIND, UNFAMILIAR_NOVELTY, EmbeddingHead
 from models.fusion import DetectorOutcome, TrainedFusion, json_safe, resolve_fusion_path
 from models.verdict import Verdict
 from training.augment import LAUNDERING_ROUTES
@@ -59,6 +63,9 @@ MIN_ITEMS = 10
 # A confident NON-AI verdict only below the score that at most this share of held-out AI images fall under (the
 # issue's bound on confidently wrong AI verdicts for a generator never seen).
 LEAVE_OUT_MISS = 0.10
+# An image farther from the clip head's training images than 95% of the validation images gets no confident verdict
+# (models.verdict.Verdict.is_unfamiliar); a head without a reference reports no novelty, and the rule never fires.
+UNFAMILIAR = {"feature": "clip_b16_novelty", "from": UNFAMILIAR_NOVELTY}
 CLIP_FEATURES = list(models.feature_schema(["clip_b16"]))
 
 
@@ -167,7 +174,7 @@ def set_clip(table: pa.Table, outcomes: list[str | None]) -> pa.Table:
 
 def leave_out_profile(config: Path) -> Profile:
     """The config's detectors, with clip_b16 giving its embeddings (every fold's heads are applied to them here)."""
-    profile = load_profile(config)
+    profile = load_profile(config, check_fusion=False)
     clip = profile.detectors["clip_b16"]
     user_config = clip.user_config.model_copy(update={"detector": {**clip.user_config.detector, **EMBEDDING_SETTINGS}})
     profile.detectors["clip_b16"] = clip.model_copy(update={"user_config": user_config})
@@ -255,6 +262,7 @@ def held_out_metrics(predictions: pa.Table, held_out: str, variant: str) -> dict
     prob = np.asarray(rows.column("fusion_prob").to_pylist(), dtype=np.float64)
     verdict = np.asarray(rows.column("verdict").to_pylist())
     confident = ~np.asarray(rows.column("uncertain").to_pylist(), dtype=bool)
+    novelty = np.asarray(rows.column(UNFAMILIAR["feature"]).to_pylist(), dtype=np.float64)
     mine = source == held_out
     ai, real = mine & (y == 1), mine & (y == 0)
     # A source with AI images: they against every held-out photo (its own and the other sources' test photos). A
@@ -273,6 +281,7 @@ def held_out_metrics(predictions: pa.Table, held_out: str, variant: str) -> dict
         "real_labelled_ai": _share(verdict[real] == "AI"),
         "real_confidently_ai": _share((verdict[real] == "AI") & confident[real]),
         "uncertain": _share(~confident[mine]),
+        "unfamiliar": _share(novelty[mine] >= UNFAMILIAR["from"]),
         "other_real_labelled_ai": _share(verdict[~mine & (y == 0)] == "AI"),
     }
 
@@ -283,10 +292,14 @@ def _share(flags: np.ndarray) -> float | None:
 
 def summary(per_source: dict[str, dict[str, dict[str, Any]]], variant: str) -> dict[str, Any]:
     """Means over the held-out sources of one variant: AI metrics over sources with AI images, real metrics over
-    sources with photos (every source counts once, whatever its size)."""
+    sources with photos, the uncertain share over all (every source counts once, whatever its size)."""
 
-    def mean(key: str, having: str) -> float | None:
-        values = [m[variant][key] for m in per_source.values() if m[variant][having] and m[variant][key] is not None]
+    def mean(key: str, having: str | None = None) -> float | None:
+        values = [
+            m[variant][key]
+            for m in per_source.values()
+            if (having is None or m[variant][having]) and m[variant][key] is not None
+        ]
         return float(np.mean(values)) if values else None
 
     return {
@@ -295,7 +308,7 @@ def summary(per_source: dict[str, dict[str, dict[str, Any]]], variant: str) -> d
         "ai_confidently_non_ai": mean("ai_confidently_non_ai", "n_ai"),
         "real_labelled_ai": mean("real_labelled_ai", "n_real"),
         "real_confidently_ai": mean("real_confidently_ai", "n_real"),
-        "uncertain": mean("uncertain", "n_ai"),
+        "uncertain": mean("uncertain"),
     }
 
 
@@ -336,6 +349,7 @@ def leave_out(
                 "head_variants": recipe.head_variants,
                 "fusion": {**recipe.fusion.__dict__, "features": list(recipe.fusion.features)},
                 "fusion_variants": recipe.fusion_variants,
+                "cross_fit": recipe.cross_fit,
             },
             "policies": policies,
             # From every held-out source: what the shipped verdict takes (``write_policy``).
@@ -367,7 +381,10 @@ def run_folds(
         per_source, policies, predictions = {}, {}, []
         for source, (fold, table) in fitted.items():
             others = view.filter(pc.not_equal(view["source"], source))
-            policies[source] = fit_policy(others, recipe.fusion, fold.artifact["threshold"])
+            policies[source] = {
+                "threshold": fold.artifact["threshold"],
+                **fit_policy(others, recipe.fusion, fold.artifact["threshold"]),
+            }
             verdict = Verdict(schema, TrainedFusion(with_policy(fold.artifact, policies[source]), fold.folder))
             scored = predictions_table(table, verdict, detectors)
             scored = scored.append_column("raw_prob", raw[source]["raw_prob"])
@@ -421,8 +438,9 @@ def fit_policy(view: pa.Table, settings: FusionSettings, threshold: float) -> di
 
 
 def with_policy(artifact: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
-    """``artifact`` with the policy's uncertain range (its probability and threshold unchanged)."""
-    return {**artifact, "uncertain_range": policy["uncertain_range"]}
+    """``artifact`` with the policy's uncertain range (its probability and threshold unchanged) and the novelty bound
+    from which no verdict is confident (``clip_b16_novelty``: an image unlike the training images)."""
+    return {**artifact, "uncertain_range": policy["uncertain_range"], "unfamiliar": UNFAMILIAR}
 
 
 def _fixed_parts(detectors: list[str]) -> list[str]:
@@ -440,6 +458,7 @@ COLUMNS = [
     ("real_labelled_ai", "real labelled AI"),
     ("real_confidently_ai", "real confidently AI"),
     ("uncertain", "uncertain"),
+    ("unfamiliar", "unfamiliar"),
     ("other_real_labelled_ai", "other test photos labelled AI"),
 ]
 SUMMARY_COLUMNS = [
@@ -456,8 +475,11 @@ DEFINITIONS = """\
   sources' test photos); a source of photos, its photos against the other sources' test AI images.
 - **AI labelled AI** (recall at the fold's threshold), **AI confidently NON-AI** (labelled NON-AI and not uncertain),
   **real labelled AI**, **real confidently AI**, **uncertain**: shares of the held-out source's own images.
+- **unfamiliar**: share of the held-out source's images farther from the fold head's training images than 95% of its
+  validation images (`clip_b16_novelty` >= 0.95); the verdict is never confident on those.
 - **other test photos labelled AI**: the other sources' test photos under the same fold (in-distribution photos).
-- **mean**: every source counts once; AI columns over the sources with AI images, real columns over those with photos.
+- **mean**: every source counts once; AI columns over the sources with AI images, real columns over those with photos,
+  uncertain over all.
 """
 
 
@@ -484,12 +506,13 @@ def render(result: dict[str, Any], command: str) -> str:
     recipe, small = result["recipe"], ", ".join(result["kept_in_every_fold"]) or "none"
     folds = "; ".join(
         f"{s} {f['threshold']:.3f} [{f['uncertain_range'][0]:.3f}, {f['uncertain_range'][1]:.3f})"
-        for s, f in result["folds"].items()
+        for s, f in result["policies"].items()
     )
     parts += [
         "## What each fold refits, and what stays fixed",
         f"- Refitted per fold: clip_b16's head ({json.dumps(recipe['head'])}, on {recipe['head_variants']}), its "
-        f"source-cross-fitted scores, and the fusion ({json.dumps(recipe['fusion'])}, on {recipe['fusion_variants']}).",
+        f"out-of-fold scores for the fusion's train rows ({recipe['cross_fit']} folds), and the fusion "
+        f"({json.dumps(recipe['fusion'])}, on {recipe['fusion_variants']}).",
         f"- Fixed (trained on every source, or not trained here): {', '.join(result['fixed'])}.",
         f"- Too small to hold out (kept in every fold's training): {small}.",
         f"- Fold thresholds and uncertain ranges: {folds}.",
@@ -517,6 +540,8 @@ def write_policy(config: Path, result: dict[str, Any], command: str) -> Path:
     artifact["uncertain_range"] = uncertain_range(
         artifact["threshold"], confidence, policy["confident_ai_from"], policy["confident_real_below"]
     )
+    artifact["unfamiliar"] = UNFAMILIAR
+    artifact["version"] = ""  # versioned by content (write_artifact): the same policy gives the same version
     artifact["leave_out"] = {
         "uncertain_range_from": "leave-one-source-out scores (imgverify train leave-out-policy)",
         "confident_ai_from": policy["confident_ai_from"],

@@ -227,7 +227,7 @@ def clip_detector(config: Path, **settings: Any) -> Any:
     """The Serve config's ``clip_b16`` (heads and all, no embeddings returned), with some settings replaced."""
     import models
 
-    configured = load_profile(config).detectors["clip_b16"].user_config.detector
+    configured = load_profile(config, check_fusion=False).detectors["clip_b16"].user_config.detector
     replaced = {"head_sha256": None} if "head" in settings else {}
     return models.create_detector("clip_b16", {**configured, "return_embedding": False, **replaced, **settings})
 

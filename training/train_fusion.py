@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     table = pa.concat_tables([pq.read_table(p) for p in args.features], promote_options="default")
-    detectors = load_profile(args.config).args.detector_names()
+    detectors = load_profile(args.config, check_fusion=False).args.detector_names()
     command = "imgverify train fusion " + " ".join(sys.argv[3:] if argv is None else argv)
     artifact = train_fusion(table, detectors, args.out, settings, command, tuple(args.cross_fitted))
     for split, metrics in artifact["metrics"].items():
