@@ -176,10 +176,18 @@ class Verdict:
             )
         if fusion_prob is not None and self.is_uncertain(fusion_prob) and not (hard and self.hard_evidence):
             low, high = self.uncertain_range
-            reasons.append(
-                f"fusion_prob {fusion_prob:.2f} lies in the uncertain range [{low:.2f}, {high:.2f}): "
-                f"the evidence is not strong either way (label threshold {self.threshold:.2f})."
-            )
+            if fusion_prob >= self.threshold:
+                reasons.append(
+                    f"fusion_prob {fusion_prob:.2f} is at or above the label threshold {self.threshold:.2f} (AI), but "
+                    f"an AI verdict is confident only from {high:.2f}: photos from collections unlike the training "
+                    "data can score this high, so this is a lead, not a finding."
+                )
+            else:
+                reasons.append(
+                    f"fusion_prob {fusion_prob:.2f} is below the label threshold {self.threshold:.2f} (NON-AI), but a "
+                    f"NON-AI verdict is confident only below {low:.2f}: images of generators unlike the training data "
+                    "can score this low, so no evidence of AI was found, which does not prove a camera took it."
+                )
         elif fusion_prob is not None and self.is_unfamiliar(features) and not (hard and self.hard_evidence):
             name, bound = self.unfamiliar
             reasons.append(
@@ -258,7 +266,10 @@ class VerdictBody(BaseModel):
     )
     label: Label
     threshold: float = Field(description="fusion_prob at or above it is labelled AI")
-    uncertain: bool = Field(description="fusion_prob lies in the uncertain range: weak evidence either way")
+    uncertain: bool = Field(
+        description="no confident verdict: fusion_prob lies in the uncertain range, or the image is unlike the "
+        "training images (the reasoning says which)"
+    )
     decided_by: DecidedBy = Field(
         description="fusion (the trained, calibrated fusion model), rule (the uncalibrated mean of the detectors' "
         "calibrated probabilities, where the config asks for it: fusion.model rule), hard_evidence (provenance proves "
