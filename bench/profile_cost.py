@@ -1,13 +1,14 @@
 """CPU cost of every detector of a Serve config, as configured there, on the same 1280x720 images, in one run.
 
-    python bench/profile_cost.py [--config serve_config.local.yaml] [--images 8] [--rounds 3]
+    python bench/profile_cost.py [--config serve_config.local.yaml] [--images 8] [--rounds 3] [--record FILE]
 
 Each detector is built with ``models.create_detector`` and the settings the config gives it (so ``clip_b16`` with
 the profile's ``crops`` and head, ``effnet_artifact`` with the shipped weights) and scores ``--images`` 1280x720
 JPEGs of ``../shared/data/modern-matched`` (half real, half AI) through ``predict``: batch 1 (one image per call)
 and batch 8. ms per image is the median over ``--rounds`` rounds after a warm-up, interleaved across the detectors
 (``bench/detector_timing.py``); process CPU ms in brackets. Run it on a quiet machine: the 1-minute load average
-is printed before and after.
+is printed before and after. ``--record reports/bench/profile_cost.json`` also writes the figures as JSON, from which
+the README's row is generated (``python -m training.readme_figures``).
 
 Targets (issue 10): clip_b16 <= 150 ms per image at batch 8, the artifact CNN (effnet_artifact) <= 150 ms per
 1280x720 image, on this 2-core CPU. The sum over detectors is what one image costs the local profile in CPU.
@@ -16,8 +17,10 @@ Targets (issue 10): clip_b16 <= 150 ms per image at batch 8, the artifact CNN (e
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +30,7 @@ from detector_timing import time_per_image  # noqa: E402 - bench/ is on sys.path
 
 DATA = Path(os.environ.get("IMGVERIFY_DATA", REPO.parent / "shared" / "data"))
 TARGETS_MS = {"clip_b16": 150.0, "effnet_artifact": 150.0}
+PROFILE_TARGET_MS = 250.0  # issue 23: every detector of the local profile, one after another, per image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=REPO / "serve_config.local.yaml")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--record", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
     from deployments.config import load_profile
@@ -74,7 +79,23 @@ def main(argv: list[str] | None = None) -> int:
             got = ms[name, 8]
             verdict = "met" if got <= target else "MISSED"
             print(f"target {name} <= {target:.0f} ms/image at batch 8: {got:.1f} ms -> {verdict}")
-    print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+    load_after = os.getloadavg()[0]
+    print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
+    if args.record:
+        record = {
+            "command": "python bench/profile_cost.py" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
+            "date": time.strftime("%Y-%m-%d"),
+            "config": args.config.name,
+            "ms_per_image": {name: {"1": ms[name, 1], "8": ms[name, 8]} for name in detectors},
+            "all_batch8_ms": total,
+            "targets_ms": TARGETS_MS,
+            "profile_target_ms": PROFILE_TARGET_MS,
+            "load_before": load_before,
+            "load_after": load_after,
+            "cpus": os.cpu_count(),
+        }
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 

@@ -3,7 +3,8 @@
 # -> evaluation.
 #   scripts/train_local_default.sh [DATA=../shared/data]
 # Writes models/weights/clip_b16_head.npz, models/weights/fusion_local.json (and the head's sha256 in
-# serve_config.local.yaml), reports/local/leave_out.{md,json} and reports/local/ (the test-split report).
+# serve_config.local.yaml), reports/local/leave_out.{md,json}, reports/local/ (the test-split report) and the
+# README figures drawn from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
@@ -39,3 +40,5 @@ $IMGVERIFY train fusion runs/features_local_reencode.parquet runs/features_local
 # verdict's confident bounds (what held-out sources scored), written into fusion_local.json.
 $IMGVERIFY train leave-out-policy $MANIFEST --config $CONFIG --out reports/local
 $IMGVERIFY evaluate $MANIFEST --config $CONFIG --split test --robustness --out reports/local
+# The README's accuracy figures, from the reports just written (tests/test_readme_figures.py checks they agree).
+.venv/bin/python -m training.readme_figures

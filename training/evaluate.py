@@ -62,7 +62,8 @@ DEFINITIONS = f"""\
   range, or no verdict at all). **Confident accuracy**: verdict accuracy on the other items.
 - **Real called AI**: share of the readable real images the service labels `AI`; **confident**: labelled `AI`
   and not `uncertain`. The `generator_size` variant crops and resizes every image to a standard generator size
-  (JPEG q90), the trap of a real photo at a common size.
+  (JPEG q90), the trap of a real photo at a common size. **AI called NON-AI, confident**: share of the readable
+  AI images labelled `NON-AI` and not `uncertain`.
 - Metrics that need both classes are n/a for a one-class group; a metric of a class that is absent is n/a.
 - Unreadable items (the file or its variant could not be decoded) are left out of every metric and listed below.
 """
@@ -137,14 +138,15 @@ def group_metrics(
 
 
 def false_accusations(y: np.ndarray, verdict: np.ndarray, confident: np.ndarray) -> dict[str, float | None]:
-    """Share of the real images labelled AI, and labelled AI without "uncertain": the worst failure."""
-    real = y == 0
-    if not real.any():
-        return {"real_called_ai": None, "real_called_ai_confident": None}
+    """Share of the real images labelled AI, and labelled AI without "uncertain": the worst failure; and its
+    mirror, the share of AI images labelled NON-AI without "uncertain"."""
+    real, ai = y == 0, y == 1
     called_ai = np.asarray([v == "AI" for v in verdict], dtype=bool)
+    called_real = np.asarray([v == "NON-AI" for v in verdict], dtype=bool)
     return {
-        "real_called_ai": float(called_ai[real].mean()),
-        "real_called_ai_confident": float((called_ai & confident)[real].mean()),
+        "real_called_ai": float(called_ai[real].mean()) if real.any() else None,
+        "real_called_ai_confident": float((called_ai & confident)[real].mean()) if real.any() else None,
+        "ai_called_real_confident": float((called_real & confident)[ai].mean()) if ai.any() else None,
     }
 
 
@@ -504,6 +506,7 @@ ROBUSTNESS_COLUMNS = [
     ("verdict_accuracy", "verdict acc"),
     ("real_called_ai", "real called AI"),
     ("real_called_ai_confident", "real called AI, confident"),
+    ("ai_called_real_confident", "AI called NON-AI, confident"),
     ("n_no_prob", "no prob"),
 ]
 MAX_LISTED_UNREADABLE = 200
