@@ -39,12 +39,15 @@ def isolate_haproxy_ports() -> None:
         os.environ.setdefault(name, str(free_port()))
 
 
-def start_serve(port: int | None = None, logging_config: dict | None = None) -> str:
-    """Start Serve's HTTP proxy on 127.0.0.1 (a free port by default); return its base URL."""
+def start_serve(port: int | None = None, logging_config: dict | None = None, proxy_location: str | None = None) -> str:
+    """Start Serve's HTTP proxy on 127.0.0.1 (a free port by default); return its base URL. ``proxy_location``
+    "HeadOnly" for several Ray nodes on one machine: a proxy per node would bind the same port on each."""
     from ray import serve
 
     port = port or free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=logging_config)
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port}, logging_config=logging_config, proxy_location=proxy_location
+    )
     return f"http://127.0.0.1:{port}"
 
 
