@@ -34,6 +34,23 @@ HARD_EVIDENCE: Role = "hard evidence"
 CONTEXT: Role = "context"
 
 
+def check_threshold_in_range(
+    threshold: float, uncertain_range: tuple[float, float], threshold_from: str = "config", range_from: str = "config"
+) -> None:
+    """Refuse a threshold outside its uncertain range [low, high]: a fusion_prob on the far side of the threshold
+    but outside the range would get a confident label that contradicts the range (threshold 0.97 with
+    [0.2, 0.955): 0.96 is "NON-AI", ``uncertain: false``). ``*_from``: "config" or "model", named in the error."""
+    low, high = uncertain_range
+    if not low <= threshold <= high:
+        named = {"config": "the config's fusion.{}", "model": "the fusion model's {}"}
+        raise ValueError(
+            f"threshold {threshold:g} ({named.get(threshold_from, '{}').format('threshold')}) lies outside the "
+            f"uncertain range [{low:g}, {high:g}) ({named.get(range_from, '{}').format('uncertain_range')}): a "
+            "fusion_prob between the two would get a confident label from the wrong side of the threshold; "
+            "set them so that low <= threshold <= high"
+        )
+
+
 class Verdict:
     """Feature schema + fusion model + the policy that turns ``fusion_prob`` into a label."""
 
@@ -53,6 +70,9 @@ class Verdict:
         self.threshold = float(fusion.threshold if threshold is None else threshold)
         low, high = fusion.uncertain_range if uncertain_range is None else uncertain_range
         self.uncertain_range = (float(low), float(high))
+        check_threshold_in_range(
+            self.threshold, self.uncertain_range, self.threshold_from, "model" if uncertain_range is None else "config"
+        )
         self.hard_evidence = hard_evidence  # hard provenance evidence decides on its own (AI and NON-AI)
         self.max_reasons = max_reasons
         self.roles = detector_roles(schema, fusion.features, hard_evidence)

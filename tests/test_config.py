@@ -14,6 +14,7 @@ import models
 from conftest import REPO
 from deployments.config import AppArgs, DetectorUserConfig, load_profile
 from models.fusion import FusionNotConfigured, SchemaMismatch
+from models.verdict import Verdict
 from serve_app.app import build_app
 
 SEED_DETECTORS = {
@@ -116,3 +117,176 @@ def test_unknown_detector_and_duplicate_are_refused():
         AppArgs.model_validate({"detectors": [{"name": "no_such_detector"}]})
     with pytest.raises(ValueError, match="listed twice"):
         AppArgs.model_validate({"detectors": [{"name": "forensics"}, {"name": "forensics"}]})
+
+
+# ---- configs that cannot silently mean something else ------------------------------------------------------------
+def _app_config(folder: Path, app: dict, top: dict | None = None) -> Path:
+    path = folder / "serve_config.yaml"
+    path.write_text(yaml.safe_dump({**(top or {}), "applications": [app]}))
+    return path
+
+
+def _local_app() -> dict:
+    """The local profile's application, as a dict to break."""
+    (app,) = yaml.safe_load((REPO / "serve_config.local.yaml").read_text())["applications"]
+    return app
+
+
+@pytest.mark.parametrize(
+    "where, break_it, key, closest",
+    [
+        (
+            "args.fusion",
+            lambda app: app["args"]["fusion"].update(modle=app["args"]["fusion"].pop("model")),
+            "modle",
+            "model",
+        ),
+        ("args", lambda app: app["args"].update(detector=app["args"].pop("detectors")), "detector", "detectors"),
+        ("args.detectors", lambda app: app["args"]["detectors"][0].update(timeout=5), "timeout", "timeout_s"),
+        ("args.input", lambda app: app["args"]["input"].update(max_byte=10), "max_byte", "max_bytes"),
+        (
+            "args.admission",
+            lambda app: app["args"]["admission"].update(max_inflight=4),
+            "max_inflight",
+            "max_in_flight",
+        ),
+        (
+            "args.access",
+            lambda app: app["args"].update(access={"request_per_minute": 60}),
+            "request_per_minute",
+            "requests_per_minute",
+        ),
+        (
+            "user_config",
+            lambda app: app["deployments"][3]["user_config"].update(max_batchsize=32),
+            "max_batchsize",
+            "max_batch_size",
+        ),
+        ("deployment", lambda app: app["deployments"][1].update(num_replica=2), "num_replica", "num_replicas"),
+        (
+            "ray_actor_options",
+            lambda app: app["deployments"][1]["ray_actor_options"].update(num_cpu=1),
+            "num_cpu",
+            "num_cpus",
+        ),
+        ("application", lambda app: app.update(deployment=app.pop("deployments")), "deployment", "deployments"),
+    ],
+)
+def test_an_unknown_key_anywhere_is_refused_naming_it_and_the_closest_valid_key(
+    tmp_path, where, break_it, key, closest
+):
+    """`{"modle": ...}` parsed to model=None (the rule fusion, or a refusal for the wrong reason) and
+    `user_config: {max_batchsize: 32}` ran with batches of 8, without a word. Now every part of the config refuses a
+    key nothing reads, in batch and training (load_profile) as in serve (build_app, the detector's reconfigure)."""
+    app = _local_app()
+    break_it(app)
+    path = _app_config(tmp_path, app)
+    expected = rf"unknown key '{key}' \(did you mean '{closest}'\?\)"
+    for check_fusion in (True, False):  # serve / batch, and training
+        with pytest.raises(ValueError, match=expected) as refused:
+            load_profile(path, check_fusion=check_fusion)
+        assert str(refused.value).startswith(f"{path}: ")
+    if where.startswith("args"):  # what `serve deploy` builds the application with
+        with pytest.raises(ValueError, match=expected):
+            call_user_app_builder_with_args_if_necessary(build_app, app["args"])
+    if where == "user_config":  # what a detector replica's reconfigure validates
+        with pytest.raises(ValueError, match=expected):
+            DetectorUserConfig.model_validate({"max_batchsize": 32})
+
+
+def test_an_unknown_top_level_key_is_refused(tmp_path):
+    path = _app_config(tmp_path, _local_app(), {"http_option": {"port": 8000}})
+    with pytest.raises(ValueError, match=r"unknown key 'http_option' \(did you mean 'http_options'\?\) in the Serve"):
+        load_profile(path)
+
+
+def test_every_committed_config_loads_strictly(tmp_path):
+    """The shipped profiles, the bench configs, the KubeRay manifest's embedded config and the test suite's own
+    applications carry no key that nothing reads, and no deployment without its detector."""
+    paths = [
+        REPO / "serve_config.yaml",
+        REPO / "serve_config.local.yaml",
+        *sorted((REPO / "bench/configs").glob("*.yaml")),
+    ]
+    for path in paths:
+        load_profile(path)
+    manifest = next(d for d in yaml.safe_load_all((REPO / "deploy/kuberay/rayservice.yaml").read_text()) if d)
+    embedded = manifest["spec"]["serveConfigV2"]
+    kuberay = tmp_path / "kuberay.yaml"
+    kuberay.write_text(embedded if isinstance(embedded, str) else yaml.safe_dump(embedded))
+    assert set(load_profile(kuberay).detectors) == SEED_DETECTORS
+    from conftest import FAULTY_APP
+
+    assert set(load_profile(_app_config(tmp_path, FAULTY_APP)).detectors) == {"debug_mean", "debug_sleep", "debug_fail"}
+
+
+@pytest.mark.parametrize("check_fusion", [True, False])
+def test_a_deployment_entry_that_matches_no_detector_is_refused_as_serve_refuses_it(tmp_path, check_fusion):
+    """`serve deploy` fails such a config ("Deployment 'x' does not exist"); batch scoring and training read the
+    same file through load_profile and refuse it the same way, instead of running without the entry's settings."""
+    app = _local_app()
+    app["deployments"][3]["name"] = "clip_b61"  # a typo: clip_b16 would silently run on defaults
+    with pytest.raises(ValueError, match=r"deployment 'clip_b61' matches no enabled detector.*did you mean 'clip_b16'"):
+        load_profile(_app_config(tmp_path, app), check_fusion=check_fusion)
+    app = _local_app()
+    app["deployments"].append({"name": "ghostnet", "ray_actor_options": {"num_cpus": 0.1}})  # registered, not enabled
+    with pytest.raises(ValueError, match=r"deployment 'ghostnet' matches no enabled detector nor FusionIngress"):
+        load_profile(_app_config(tmp_path, app), check_fusion=check_fusion)
+    app = _local_app()
+    app["deployments"].append(dict(app["deployments"][1]))
+    with pytest.raises(ValueError, match="deployment 'provenance' is listed twice"):
+        load_profile(_app_config(tmp_path, app), check_fusion=check_fusion)
+    app = _local_app()
+    app["deployments"][0]["user_config"] = {"max_batch_size": 4}
+    with pytest.raises(ValueError, match="'FusionIngress' takes no user_config"):
+        load_profile(_app_config(tmp_path, app), check_fusion=check_fusion)
+
+
+def test_a_threshold_outside_the_uncertain_range_is_refused_naming_both(tmp_path):
+    """threshold 0.97 with uncertain_range [0.2, 0.955) labelled P(AI) 0.96 "NON-AI, uncertain: false". Refused
+    wherever the effective pair is assembled: the config's own pair when it is parsed, a config value against the
+    fusion model's in load_profile and in Verdict (what the ingress, batch and evaluation build)."""
+    with pytest.raises(
+        ValueError,
+        match=r"threshold 0\.97 \(the config's fusion\.threshold\) lies outside the "
+        r"uncertain range \[0\.2, 0\.955\) \(the config's fusion\.uncertain_range\)",
+    ):
+        AppArgs.model_validate(
+            {
+                "detectors": [{"name": "debug_mean"}],
+                "fusion": {"model": "rule", "threshold": 0.97, "uncertain_range": [0.2, 0.955]},
+            }
+        )
+    # The shipped fusion's range is [0.029, 0.987): a config threshold past it, and a config range that misses its
+    # threshold (0.864).
+    app = _local_app()
+    app["args"]["fusion"]["threshold"] = 0.995
+    with pytest.raises(
+        ValueError,
+        match=r"threshold 0\.995 \(the config's fusion\.threshold\) lies outside the "
+        r"uncertain range \[0\.0286589, 0\.986914\) \(the fusion model's uncertain_range\)",
+    ):
+        load_profile(_app_config(tmp_path, app))
+    with pytest.raises(ValueError, match=r"\(the fusion model's uncertain_range\)"):
+        Verdict.build(["provenance", "forensics", "clip_b16"], "fusion_local.json", threshold=0.995)
+    app = _local_app()
+    app["args"]["fusion"]["uncertain_range"] = [0.2, 0.8]
+    with pytest.raises(
+        ValueError,
+        match=r"threshold 0\.863665 \(the fusion model's threshold\).*\[0\.2, 0\.8\) "
+        r"\(the config's fusion\.uncertain_range\)",
+    ):
+        load_profile(_app_config(tmp_path, app))
+    # An artifact whose own pair disagrees is refused too; a pair that holds the threshold is accepted.
+    artifact = json.loads((REPO / "models/weights/fusion_local.json").read_text())
+    broken = tmp_path / "fusion_broken.json"
+    broken.write_text(json.dumps({**artifact, "threshold": 0.99}))
+    with pytest.raises(ValueError, match=r"threshold 0\.99 \(the fusion model's threshold\)"):
+        Verdict.build(["provenance", "forensics", "clip_b16"], str(broken))
+    app = _local_app()
+    app["args"]["fusion"]["model"] = str(broken)
+    with pytest.raises(ValueError, match=r"fusion model .*fusion_broken\.json: threshold 0\.99"):
+        load_profile(_app_config(tmp_path, app))
+    app = _local_app()
+    app["args"]["fusion"].update(threshold=0.9, uncertain_range=[0.05, 0.95])
+    assert load_profile(_app_config(tmp_path, app)).args.verdict().describe()["uncertain_range"] == [0.05, 0.95]

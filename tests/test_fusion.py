@@ -61,7 +61,7 @@ def test_uncertain_range_and_threshold_override():
     body = RULE.decide([outcome("debug_mean", debug_prob=0.55)])
     assert body["label"] == "AI" and body["uncertain"] is True  # 0.55 in [0.35, 0.65)
     assert RULE.decide([outcome("debug_mean", debug_prob=0.65)])["uncertain"] is False
-    configured = Verdict(SCHEMA, RuleFusion(SCHEMA), threshold=0.6, uncertain_range=(0.5, 0.52))
+    configured = Verdict(SCHEMA, RuleFusion(SCHEMA), threshold=0.6, uncertain_range=(0.56, 0.62))
     body = configured.decide([outcome("debug_mean", debug_prob=0.55)])
     assert body["label"] == "NON-AI" and body["uncertain"] is False and body["threshold"] == 0.6
     assert configured.describe()["threshold_from"] == "config"
