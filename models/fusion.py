@@ -52,6 +52,16 @@ class DetectorOutcome:
             return cls(name, "skipped", latency_ms, version, result, result.skipped)
         return cls(name, "ok", latency_ms, version, result)
 
+    @classmethod
+    def timed_out(cls, name: str, timeout_s: float) -> DetectorOutcome:
+        """No answer within the detector's ``timeout_s``: the same outcome over HTTP and in batch scoring."""
+        return cls(name, "timeout", timeout_s * 1000, error=f"no answer within {timeout_s} s")
+
+    @classmethod
+    def raised(cls, name: str, err: BaseException, latency_ms: float) -> DetectorOutcome:
+        """The call itself raised (not one image failing inside ``predict``): reported as failed, never invented."""
+        return cls(name, "failed", latency_ms, error=f"{type(err).__name__}: {err}"[:500])
+
     def to_json(self) -> str:
         """A JSON record (artifacts dropped): how batch scoring carries outcomes between stages and caches them."""
         result = self.result

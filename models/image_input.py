@@ -47,6 +47,22 @@ _ORIENT = {
 }
 
 
+# A JPEG that lost its last bytes still decodes: libjpeg fills in what the data no longer holds, and browsers show
+# such files (a phone photo a few bytes short is a common find). When every scan's header is there and the decoder
+# fills in at most this share of the pixel rows, the image is scored with the warning "truncated_image"; with more
+# filled in, the pixels are the decoder's rather than the file's, and it stays refused (truncated_image, 400).
+TRUNCATED_IMAGE = "truncated_image"
+TRUNCATED_MAX_FILLED = 0.05
+# The reasoning's sentence for each warning a decoded image can carry (``DecodedImage.warnings``).
+WARNING_SENTENCES = {
+    TRUNCATED_IMAGE: "The file is damaged: its data ends early (truncated_image). The decoder filled in the missing "
+    f"last pixel rows (at most {TRUNCATED_MAX_FILLED:.0%} of them); the detectors read what the file holds.",
+}
+# Stands in for the missing bytes: rows that decode differently with it than without it are not in the file.
+# Seeded, and never 0xFF (which would start a marker and end the scan).
+_FILLERS = [np.random.default_rng(seed).integers(0, 255, 512, dtype=np.uint8).tobytes() for seed in (1, 2)]
+
+
 class ImageInputError(ValueError):
     """Input that cannot become an image. ``code`` is stable and machine-readable; ``status`` is the HTTP status."""
 
@@ -81,6 +97,8 @@ class DecodedImage:
     n_frames: int = 1
     orientation: int = 1  # EXIF orientation tag that was applied (1 = none)
     notes: list[str] = field(default_factory=list)  # what decoding had to do, e.g. "alpha composited on white"
+    # Damage the verdict must carry (codes, e.g. "truncated_image"): the image was scored, but is not intact.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def height(self) -> int:
@@ -129,20 +147,23 @@ def decode_image(data: bytes, limits: InputLimits = InputLimits()) -> DecodedIma
         image.seek(0)
         notes.append(f"first of {n_frames} frames used")
     source_mode = image.mode
+    warnings: list[str] = []
     fast = _fast_jpeg(data, image, fmt, n_frames) if FAST_JPEG else None
+    if fast is None:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            if "truncated" not in str(err).lower():
+                raise ImageInputError("corrupt_image", f"the {fmt} data cannot be decoded: {err}") from err
+            fast = _truncated_jpeg(data, image, fmt, n_frames, err, notes)  # or refused, as truncated_image
+            warnings.append(TRUNCATED_IMAGE)
+        else:
+            image, orientation = _apply_orientation(image, notes)
+            rgb = _to_rgb(image, notes)
     if fast is not None:
         rgb, orientation = fast
         if orientation != 1:
             notes.append(f"EXIF orientation {orientation} applied")
-    else:
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError) as err:
-            if "truncated" in str(err).lower():
-                raise ImageInputError("truncated_image", f"the {fmt} data ends early: {err}") from err
-            raise ImageInputError("corrupt_image", f"the {fmt} data cannot be decoded: {err}") from err
-        image, orientation = _apply_orientation(image, notes)
-        rgb = _to_rgb(image, notes)
     data = bytes(data)  # no copy when it already is bytes
     return DecodedImage(
         rgb=rgb,
@@ -153,6 +174,7 @@ def decode_image(data: bytes, limits: InputLimits = InputLimits()) -> DecodedIma
         n_frames=n_frames,
         orientation=orientation,
         notes=notes,
+        warnings=warnings,
     )
 
 
@@ -174,9 +196,12 @@ def _open(data: bytes) -> Image.Image:
     return image
 
 
-def _fast_jpeg(data: bytes, image: Image.Image, fmt: str, n_frames: int) -> tuple[np.ndarray, int] | None:
+def _fast_jpeg(
+    data: bytes, image: Image.Image, fmt: str, n_frames: int, strict: bool = True
+) -> tuple[np.ndarray, int] | None:
     """(RGB pixels with EXIF orientation applied, orientation) of a plain JPEG, exactly as the Pillow path gives
-    them, or None to leave the image to Pillow (other modes, several frames, odd EXIF, any libjpeg warning)."""
+    them, or None to leave the image to Pillow (other modes, several frames, odd EXIF, any libjpeg warning unless
+    ``strict`` is off: a truncated file's missing data filled in as Pillow's LOAD_TRUNCATED_IMAGES would)."""
     colorspace = _FAST_JPEG_MODES.get(image.mode)
     if fmt != "JPEG" or n_frames != 1 or colorspace is None:
         return None
@@ -192,7 +217,7 @@ def _fast_jpeg(data: bytes, image: Image.Image, fmt: str, n_frames: int) -> tupl
     if transpose is not None and _ORIENT.get(raw) is not transpose:
         return None  # a tag exif_transpose would read differently from int(); Pillow decides
     try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, fastdct=False, fastupsample=False, strict=True)
+        pixels = _libjpeg(data, colorspace, strict)
     except Exception:  # noqa: BLE001 - warnings, corrupt or truncated data: Pillow's path and its error codes
         return None
     if pixels.shape[:2] != (image.height, image.width):
@@ -202,6 +227,93 @@ def _fast_jpeg(data: bytes, image: Image.Image, fmt: str, n_frames: int) -> tupl
     if transpose is None:
         return pixels, 1
     return np.ascontiguousarray(transpose(pixels)), orientation
+
+
+def _libjpeg(data: bytes, colorspace: str, strict: bool = True) -> np.ndarray:
+    """libjpeg-turbo's pixels with Pillow's settings (accurate DCT, fancy upsampling)."""
+    return simplejpeg.decode_jpeg(data, colorspace=colorspace, fastdct=False, fastupsample=False, strict=strict)
+
+
+def _truncated_jpeg(
+    data: bytes, image: Image.Image, fmt: str, n_frames: int, err: Exception, notes: list[str]
+) -> tuple[np.ndarray, int]:
+    """(pixels, orientation) of a JPEG whose data ends early but holds every scan and all but at most
+    ``TRUNCATED_MAX_FILLED`` of the rows; anything else is refused as ``truncated_image``."""
+    colorspace = _FAST_JPEG_MODES.get(image.mode)
+    if fmt != "JPEG" or simplejpeg is None or colorspace is None or n_frames != 1:
+        raise ImageInputError(TRUNCATED_IMAGE, f"the {fmt} data ends early: {err}") from err
+    if not _scans_complete(data):
+        raise ImageInputError(
+            TRUNCATED_IMAGE, "the JPEG data ends before its last scan starts: part of every pixel is missing"
+        ) from err
+    try:
+        filled = _rows_filled_in(data, colorspace)
+        salvaged = _fast_jpeg(data, image, fmt, n_frames, strict=False)
+    except Exception as failed:  # noqa: BLE001 - libjpeg gave up on what is there
+        raise ImageInputError(TRUNCATED_IMAGE, f"the JPEG data ends early: {err}; {failed}") from err
+    if salvaged is None or filled > TRUNCATED_MAX_FILLED * image.height:
+        raise ImageInputError(
+            TRUNCATED_IMAGE,
+            f"the JPEG data ends early: the decoder would make up the last {filled} of {image.height} pixel rows; "
+            f"at most {TRUNCATED_MAX_FILLED:.0%} are scored (with a warning)",
+        ) from err
+    notes.append(f"the JPEG data ends early: the last {filled} of {image.height} pixel rows filled in by the decoder")
+    return salvaged
+
+
+def _rows_filled_in(data: bytes, colorspace: str) -> int:
+    """How many pixel rows (of the stored, unrotated image) the data does not determine: decoded once as it is
+    (libjpeg fills the missing data with zeros) and once per filler appended, the rows from the first that differs
+    to the bottom are the decoder's own."""
+    if data.endswith(b"\xff"):
+        data += b"\x00"  # a cut between 0xFF and its stuffed 0x00: complete the byte, so the filler is data
+    as_is = _libjpeg(data, colorspace, strict=False)
+    first = as_is.shape[0]
+    for filler in _FILLERS:
+        differs = np.flatnonzero((_libjpeg(data + filler, colorspace, strict=False) != as_is).any(axis=(1, 2)))
+        first = min(first, int(differs[0])) if differs.size else first
+    return as_is.shape[0] - first
+
+
+def _scans_complete(data: bytes) -> bool:
+    """Whether the JPEG's scan headers cover every coefficient (0..63) of every frame component down to its last bit
+    (Al = 0). A truncated file that passes lost only the rest of its last scan: what :func:`_rows_filled_in` sees;
+    one that fails lost whole scans (a progressive file's later refinements), which no row count shows."""
+    components: list[int] = []
+    final: set[tuple[int, int]] = set()
+    for marker, segment in _jpeg_segments(data):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and len(segment) >= 6:  # SOFn
+            components = list(segment[6 : 6 + 3 * segment[5] : 3])
+        elif marker == 0xDA and segment:  # SOS: Ns, (Cs, Td/Ta) * Ns, Ss, Se, Ah/Al
+            n = segment[0]
+            if len(segment) >= 4 + 2 * n and segment[3 + 2 * n] & 0x0F == 0:
+                first, last = segment[1 + 2 * n], segment[2 + 2 * n]
+                final.update((c, k) for c in segment[1 : 1 + 2 * n : 2] for k in range(first, last + 1))
+    return bool(components) and all((c, k) in final for c in components for k in range(64))
+
+
+def _jpeg_segments(data: bytes):
+    """(marker, payload) of each complete marker segment after SOI, entropy-coded data skipped."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:  # entropy-coded data: on to the next 0xFF
+            i = data.find(b"\xff", i + 1)
+            if i < 0:
+                return
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x00 or 0xD0 <= marker <= 0xD7:  # a stuffed 0xFF or a restart marker inside a scan
+            i += 2
+        elif marker == 0xD9:  # EOI
+            return
+        else:
+            end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+            if end > len(data):
+                return  # a segment cut short is not there
+            yield marker, data[i + 4 : end]
+            i = end
 
 
 def _apply_orientation(image: Image.Image, notes: list[str]) -> tuple[Image.Image, int]:
@@ -252,8 +364,10 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> np.ndarray:
 
 # ---- carrying decoded images between Ray Data stages ----------------------------------------------------
 # Batch scoring and feature extraction decode once and pass the image on to every detector stage as columns;
-# these two functions are the only code that knows which columns those are.
+# these two functions are the only code that knows which columns those are. IMAGE_COLUMNS are dropped after the
+# last detector; WARNINGS_COLUMN stays, since the verdict carries it.
 IMAGE_COLUMNS = ("rgb", "data", "format", "source_mode", "n_frames", "orientation", "notes")
+WARNINGS_COLUMN = "warnings"
 
 
 def images_to_columns(images: list[DecodedImage | None], datas: list[bytes]) -> dict[str, np.ndarray]:
@@ -271,7 +385,13 @@ def images_to_columns(images: list[DecodedImage | None], datas: list[bytes]) -> 
         "n_frames": np.asarray([image.n_frames if image else 0 for image in images], dtype=np.int64),
         "orientation": np.asarray([image.orientation if image else 0 for image in images], dtype=np.int64),
         "notes": np.asarray(["\n".join(image.notes) if image else "" for image in images], dtype=object),
+        WARNINGS_COLUMN: np.asarray(["\n".join(image.warnings) if image else "" for image in images], dtype=object),
     }
+
+
+def column_lines(value: object) -> list[str]:
+    """The list a ``notes`` or ``warnings`` cell carries (newline-joined; "" is none)."""
+    return [line for line in str(value).split("\n") if line]
 
 
 def images_from_columns(batch: dict[str, np.ndarray]) -> list[DecodedImage | None]:
@@ -287,7 +407,8 @@ def images_from_columns(batch: dict[str, np.ndarray]) -> list[DecodedImage | Non
             sha256=str(batch["sha256"][i]),
             n_frames=int(batch["n_frames"][i]),
             orientation=int(batch["orientation"][i]),
-            notes=[note for note in str(batch["notes"][i]).split("\n") if note],
+            notes=column_lines(batch["notes"][i]),
+            warnings=column_lines(batch[WARNINGS_COLUMN][i]),
         )
         for i in range(len(batch["error"]))
     ]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.base import CONTEXT_PREFIX, NO_PROVENANCE, FeatureSpec
 from models.fusion import DetectorOutcome, FusionModel, Status, load_fusion
+from models.image_input import WARNING_SENTENCES
 from models.registry import feature_owner, feature_schema
 from models.schema import entry_of
 
@@ -121,8 +122,9 @@ class Verdict:
         """The image is unlike the images the fusion's detectors were trained on: no confident verdict from them."""
         return self.unfamiliar is not None and features.get(self.unfamiliar[0], -1.0) >= self.unfamiliar[1]
 
-    def decide(self, outcomes: list[DetectorOutcome]) -> dict[str, Any]:
-        """The response body (without request id, image summary and timings) for one image."""
+    def decide(self, outcomes: list[DetectorOutcome], warnings: list[str] | None = None) -> dict[str, Any]:
+        """The response body (without request id, image summary and timings) for one image; ``warnings``: the
+        decoded image's (``DecodedImage.warnings``, e.g. "truncated_image"), carried and explained."""
         features: dict[str, float] = {}
         for outcome in outcomes:
             if outcome.status == "ok" and outcome.result is not None:
@@ -144,19 +146,25 @@ class Verdict:
             decided_by = "rule" if self.fusion.kind == "rule" else "fusion"
             uncertain = self.is_uncertain(fusion_prob) or self.is_unfamiliar(features)
 
+        provenance = next(
+            (o.result.provenance for o in outcomes if o.status == "ok" and o.result and o.result.provenance),
+            dict(NO_PROVENANCE),
+        )
+        warnings = list(warnings or [])
+        plain = self._plain(outcomes, label, decided_by, uncertain, fusion_prob, provenance, hard)
+        technical = self._reasoning(outcomes, features, fusion_prob, hard or hard_real, decided_by)
         body: dict[str, Any] = {name: round(value, 6) for name, value in features.items()}
         body.update(
             {
                 "fusion_prob": None if fusion_prob is None else round(fusion_prob, 6),
                 "label": label,
                 "threshold": self.threshold,
+                "uncertain_range": list(self.uncertain_range),
                 "uncertain": uncertain,
                 "decided_by": decided_by,
-                "reasoning": self._reasoning(outcomes, features, fusion_prob, hard or hard_real, decided_by),
-                "provenance": next(
-                    (o.result.provenance for o in outcomes if o.status == "ok" and o.result and o.result.provenance),
-                    dict(NO_PROVENANCE),
-                ),
+                "reasoning": [plain, *(WARNING_SENTENCES.get(w, w) for w in warnings), *technical],
+                "warnings": warnings,
+                "provenance": provenance,
                 "detectors": {o.name: {**o.report(), "role": self.roles.get(o.name, CONTEXT)} for o in outcomes},
                 "missing": [o.name for o in outcomes if o.status != "ok"],
                 "details": {
@@ -166,6 +174,68 @@ class Verdict:
             }
         )
         return body
+
+    def _plain(
+        self,
+        outcomes: list[DetectorOutcome],
+        label: str,
+        decided_by: str,
+        uncertain: bool,
+        fusion_prob: float | None,
+        provenance: dict[str, Any],
+        hard: list[str],
+    ) -> str:
+        """The verdict in one sentence a reader without the technical terms follows: what decided (provenance, the
+        pixel models, nothing), how sure, and which detectors that matter did not answer."""
+        if decided_by == "hard_evidence":
+            return made_by_sentence(provenance, hard)
+        if decided_by == "provenance":
+            device, signer = provenance.get("device") or "a camera", provenance.get("signer") or "its signer"
+            then = ", then edited without AI" if provenance.get("kind") == "edited" else ""
+            return (
+                f"Taken by a camera: the file carries a C2PA claim signed by {signer} (on the trust list) that "
+                f"{device} captured it{then}."
+            )
+        absent = [o.name for o in outcomes if o.status != "ok" and self.roles.get(o.name) == FUSION_INPUT]
+        unanswered = f" ({_names(absent)} did not answer)" if absent else ""
+        if fusion_prob is None:
+            return f"No verdict: none of the detectors the verdict reads answered{unanswered}."
+        answered = [o.name for o in outcomes if o.status == "ok" and self.roles.get(o.name) == FUSION_INPUT]
+        if decided_by == "rule":
+            who, finds = "the detectors' plain average (not a calibrated model)", "finds"
+        elif all(not entry_of(name).hard_evidence for name in answered):
+            who, finds = ("the pixel model", "finds") if len(answered) == 1 else ("the pixel models", "find")
+        else:
+            who, finds = "the detectors", "find"
+        claim = self._claim(outcomes, provenance)
+        lean = f"{'a generator' if label == 'AI' else 'a camera'} (P(AI) {fusion_prob:.2f})"
+        if uncertain and self.is_uncertain(fusion_prob):
+            return (
+                f"Uncertain: {who} leans towards {lean}{unanswered}, not far enough for a confident verdict, and "
+                f"{claim}."
+            )
+        if uncertain:
+            return (
+                f"Uncertain: the image is unlike the images {who} learnt from, so the lean towards {lean}"
+                f"{unanswered} is no evidence, and {claim}."
+            )
+        if label == "AI":
+            return f"Looks AI-generated: {who} {finds} generator traces{unanswered}, and {claim}."
+        return f"Looks like a camera photo: {who} {finds} no generator traces{unanswered}, and {claim}."
+
+    def _claim(self, outcomes: list[DetectorOutcome], provenance: dict[str, Any]) -> str:
+        """What the file says about its origin, for the plain sentence (a verdict the pixels decided)."""
+        readers = [o for o in outcomes if entry_of(o.name).hard_evidence]  # the detectors that read provenance
+        if not readers:
+            return "no enabled detector reads the file's own claims about its origin"
+        unread = [o.name for o in readers if o.status != "ok"]
+        if unread:
+            which = "which reads" if len(unread) == 1 else "which read"
+            return f"{_names(unread)}, {which} the file's own claims about its origin, did not answer"
+        if provenance.get("kind", "none") == "none":
+            return "the file makes no provenance claim"
+        source = SOURCE_WORDS.get(provenance.get("source") or "", "metadata")
+        return f"its {source} claim ('{provenance['kind']}') is not proof on its own"
 
     def _reasoning(
         self,
@@ -222,6 +292,37 @@ class Verdict:
         if fusion_prob is None and not hard:
             reasons.append("No detector produced a feature the fusion model reads: no verdict.")
         return reasons
+
+
+# How the plain sentence names where a provenance claim was found (``Provenance.source``).
+SOURCE_WORDS = {
+    "c2pa": "C2PA",
+    "xmp": "XMP metadata",
+    "exif": "EXIF metadata",
+    "png_text": "PNG text metadata",
+    "iptc": "IPTC metadata",
+    "comment": "JPEG comment",
+    "watermark": "watermark",
+}
+
+
+def made_by_sentence(provenance: dict[str, Any], hard: list[str]) -> str:
+    """The plain sentence of a verdict hard provenance evidence decided (AI)."""
+    made = "Edited with a generator" if provenance.get("kind") == "ai_edited" else "Made by a generator"
+    generator, signer = provenance.get("generator"), provenance.get("signer")
+    did = "edited it" if provenance.get("kind") == "ai_edited" else "made it"
+    if provenance.get("source") == "c2pa" and signer:
+        listed = "" if provenance.get("trusted") else " (a signer not on the C2PA trust list)"
+        what = f" that {generator} {did}" if generator else ""
+        return f"{made}: the file carries a signed C2PA claim from {signer}{listed}{what}."
+    if generator:
+        where = SOURCE_WORDS.get(provenance.get("source") or "", "metadata")
+        return f"{made}: the file's {where} says {generator} {did}."
+    return f"{made}: the file says so itself ({hard[0]})."
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def detector_roles(schema: dict[str, FeatureSpec], fusion_features: list[str], hard_evidence: bool) -> dict[str, Role]:
@@ -286,6 +387,10 @@ class VerdictBody(BaseModel):
     )
     label: Label
     threshold: float = Field(description="fusion_prob at or above it is labelled AI")
+    uncertain_range: list[float] = Field(
+        description="[low, high): a fusion_prob in it gets no confident verdict; with the threshold, what a stored "
+        "verdict is re-checked against"
+    )
     uncertain: bool = Field(
         description="no confident verdict: fusion_prob lies in the uncertain range, or the image is unlike the "
         "training images (the reasoning says which)"
@@ -295,7 +400,15 @@ class VerdictBody(BaseModel):
         "calibrated probabilities, where the config asks for it: fusion.model rule), hard_evidence (provenance proves "
         "AI), provenance (a trusted camera capture proves NON-AI) or none"
     )
-    reasoning: list[str] = Field(description="the reasons, strongest first; context sentences last")
+    reasoning: list[str] = Field(
+        description="first one plain sentence (what decided, how sure, what did not answer), then the damage the "
+        "file has (see warnings), then the technical reasons, strongest first; context sentences last"
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="damage the file has that did not stop it being scored, e.g. truncated_image (its data ends "
+        "early; the decoder filled in at most 5% of the pixel rows); the reasoning explains each",
+    )
     provenance: Provenance
     detectors: dict[str, DetectorReport]
     missing: list[str] = Field(description="detectors that did not answer; their features are not invented")

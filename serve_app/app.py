@@ -218,7 +218,7 @@ class FusionIngress:
             *(self._call_detector(name, handle, image_ref, artifacts) for name, handle in self.handles.items())
         )
         detected = time.perf_counter()
-        body = self.verdict.decide(list(outcomes))
+        body = self.verdict.decide(list(outcomes), image.warnings)
         fused = time.perf_counter()
         if artifacts:
             body["artifacts"] = _encode_artifacts(image, outcomes)
@@ -255,11 +255,9 @@ class FusionIngress:
             raise Overloaded(f"detector {name}: {err}", self.args.admission.retry_after_s) from err
         except asyncio.TimeoutError:
             response.cancel()
-            outcome = DetectorOutcome(name, "timeout", timeout * 1000, error=f"no answer within {timeout} s")
+            outcome = DetectorOutcome.timed_out(name, timeout)
         except Exception as err:  # noqa: BLE001 - a broken detector is reported as missing, never invented
-            outcome = DetectorOutcome(
-                name, "failed", (time.perf_counter() - started) * 1000, error=f"{type(err).__name__}: {err}"[:500]
-            )
+            outcome = DetectorOutcome.raised(name, err, (time.perf_counter() - started) * 1000)
         self.outcomes.inc(tags={"detector": name, "status": outcome.status})
         if outcome.status != "ok":
             log.warning("detector %s %s: %s", name, outcome.status, outcome.error)

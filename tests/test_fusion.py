@@ -84,7 +84,10 @@ def test_hard_evidence_decides_unless_switched_off():
     )
     body = RULE.decide([hard])
     assert (body["label"], body["decided_by"], body["uncertain"]) == ("AI", "hard_evidence", False)
-    assert body["reasoning"][0] == "Provenance: valid C2PA claim: trainedAlgorithmicMedia"
+    assert body["reasoning"][:2] == [
+        "Made by a generator: the file says so itself (valid C2PA claim: trainedAlgorithmicMedia).",
+        "Provenance: valid C2PA claim: trainedAlgorithmicMedia",
+    ]
     body = Verdict(SCHEMA, RuleFusion(SCHEMA), hard_evidence=False).decide([hard])
     assert (body["label"], body["decided_by"]) == ("NON-AI", "rule")
 

@@ -108,6 +108,33 @@ def test_truncated_jpeg_is_refused():
     assert err.value.code == "truncated_image"
 
 
+CAMERA_JPEG = "camera-models/real/Canon_EOS_7D.jpg"  # baseline, 600x900
+PROGRESSIVE_JPEG = "modern-matched/real/real_0001.jpg"  # progressive, 1280x720
+
+
+@pytest.mark.parametrize("name", [CAMERA_JPEG, PROGRESSIVE_JPEG])
+def test_a_jpeg_missing_its_last_33_bytes_decodes_with_a_warning(fixtures, name):
+    """As a real phone photo in a public set is: browsers show it, so it gets a verdict that says it is damaged."""
+    data = (fixtures / name).read_bytes()
+    whole, cut = decode_image(data), decode_image(data[:-33])
+    assert (whole.warnings, cut.warnings) == ([], ["truncated_image"])
+    assert cut.rgb.shape == whole.rgb.shape and cut.data == data[:-33]
+    # The rows the file still holds are the intact file's, exactly; the decoder made up the rest (the note says how
+    # many) and no more than the 5% allowed.
+    filled = int(cut.notes[-1].split("the last ")[1].split(" of ")[0])
+    assert 0 < filled <= 0.05 * whole.height
+    assert np.array_equal(cut.rgb[: whole.height - filled], whole.rgb[: whole.height - filled])
+    assert not np.array_equal(cut.rgb, whole.rgb)
+
+
+@pytest.mark.parametrize("name", [CAMERA_JPEG, PROGRESSIVE_JPEG])
+def test_a_jpeg_cut_to_half_stays_refused(fixtures, name):
+    data = (fixtures / name).read_bytes()
+    with pytest.raises(ImageInputError) as err:
+        decode_image(data[: len(data) // 2])
+    assert (err.value.code, err.value.status) == ("truncated_image", 400)
+
+
 def test_byte_limit():
     data = image_bytes("PNG", size=(64, 64))
     with pytest.raises(ImageInputError) as err:
@@ -144,11 +171,13 @@ def test_images_travel_between_stages_as_columns_unchanged():
     rgba = Image.new("RGBA", (40, 30), (10, 200, 30, 128))
     image = decode_image(encode(rgba, "PNG"))
     assert image.notes  # alpha composited on white
+    image.warnings = ["truncated_image"]
     columns = images_to_columns([image, None], [image.data, b"not an image"])
     batch = {**columns, "sha256": np.asarray([image.sha256, "x"], dtype=object), "error": np.asarray(["", "bad"])}
     back, missing = images_from_columns(batch)
     assert missing is None
     assert np.array_equal(back.rgb, image.rgb) and back.data == image.data and back.notes == image.notes
+    assert back.warnings == ["truncated_image"]
     assert (back.format, back.source_mode, back.sha256, back.n_frames, back.orientation) == (
         image.format,
         image.source_mode,

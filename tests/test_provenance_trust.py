@@ -229,7 +229,11 @@ def test_capture_signed_by_a_configured_anchor_decides_non_ai(capture_jpeg, trus
     assert len(result.hard_evidence_real) == 1 and result.hard_evidence == []
     body = verdict(result)
     assert (body["label"], body["decided_by"], body["uncertain"]) == ("NON-AI", "provenance", False)
-    assert body["reasoning"][0] == (
+    assert body["reasoning"][0] == (  # the plain sentence first, then the technical reasons
+        "Taken by a camera: the file carries a C2PA claim signed by Test Camera Co (on the trust list) that TestCam "
+        "firmware 1.0 captured it."
+    )
+    assert body["reasoning"][1] == (
         "Provenance: C2PA Content Credentials signed by trusted signer Test Camera Co (Test Camera Signer) declare a "
         "camera capture (digitalCapture) by TestCam firmware 1.0; signature and content hash verified, no AI action "
         "or ingredient in its history"
@@ -274,7 +278,7 @@ def test_trusted_capture_then_plain_edit_is_edited_and_still_non_ai(pki, trustin
     result = run(trusting_detector, data)
     body = verdict(result)
     assert body["provenance"]["kind"] == "edited" and body["decided_by"] == "provenance"
-    assert "then c2pa.cropped without AI" in body["reasoning"][0]
+    assert "then c2pa.cropped without AI" in body["reasoning"][1]
 
 
 # ---- generated vs AI-edited -------------------------------------------------------------------------------
@@ -301,7 +305,7 @@ def test_trusted_generated_manifest_decides_ai_with_trusted_true(pki, trusting_d
         "source": "c2pa",
         "conflicts": [],
     }
-    assert "trusted signer Test Camera Co" in body["reasoning"][0]
+    assert "trusted signer Test Camera Co" in body["reasoning"][1]
 
 
 def test_capture_with_generative_fill_is_ai_edited(pki, trusting_detector):
@@ -314,7 +318,7 @@ def test_capture_with_generative_fill_is_ai_edited(pki, trusting_detector):
     body = verdict(result)
     assert body["label"] == "AI" and body["provenance"]["kind"] == "ai_edited"
     assert body["provenance"]["trusted"] is True and result.hard_evidence_real == []
-    assert "editing with AI by Adobe Firefly" in body["reasoning"][0]
+    assert "editing with AI by Adobe Firefly" in body["reasoning"][1]
 
 
 # ---- conflicts --------------------------------------------------------------------------------------------
