@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -40,11 +41,36 @@ FILES_PER_BLOCK = 16
 STAGES_BESIDE_POOLS = 4  # read, decode, drop the pixels, fusion: each holds stage_cpus
 
 
+# ---- filesystems ---------------------------------------------------------------------------------------
+def filesystem_from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem and path for a URI; an ``s3://`` one resolved whole, here, from this process's AWS
+    environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL_S3``
+    or ``AWS_ENDPOINT_URL``, the region ``from_uri`` found from ``AWS_REGION``/``AWS_DEFAULT_REGION`` or the
+    bucket).
+
+    Why: Ray Data's read tasks get this object pickled, and a pickled ``S3FileSystem`` keeps only what was
+    passed to it explicitly; the rest (region, keys) the worker re-reads from *its* environment, which on a
+    cluster is not the shell that ran ``imgverify batch``. A URI with its own options (``?region=...``,
+    ``key:secret@``) is taken as written."""
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    parts = urlsplit(uri)
+    if not isinstance(filesystem, pafs.S3FileSystem) or parts.query or "@" in parts.netloc:
+        return filesystem, path
+    env = os.environ
+    keys = {}
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        keys = {"access_key": env["AWS_ACCESS_KEY_ID"], "secret_key": env["AWS_SECRET_ACCESS_KEY"]}
+        keys["session_token"] = env.get("AWS_SESSION_TOKEN") or None
+    # Else the default chain (config files, instance or pod role) on each node: credentials that refresh.
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+    return pafs.S3FileSystem(region=filesystem.region, endpoint_override=endpoint, **keys), path
+
+
 # ---- inputs ------------------------------------------------------------------------------------------
 def list_inputs(source: str) -> tuple[list[str], pafs.FileSystem | None]:
     """Every file INPUT names, and the filesystem to read them with (None: local)."""
     if "://" in source:
-        filesystem, root = pafs.FileSystem.from_uri(source)
+        filesystem, root = filesystem_from_uri(source)
         infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File), filesystem
     path = Path(source)
@@ -77,7 +103,7 @@ def manifest_files(path: Path) -> list[str]:
 # ---- outputs -------------------------------------------------------------------------------------------
 def _out_filesystem(out: str) -> tuple[pafs.FileSystem, str]:
     if "://" in out:
-        return pafs.FileSystem.from_uri(out)
+        return filesystem_from_uri(out)
     Path(out).mkdir(parents=True, exist_ok=True)
     return pafs.LocalFileSystem(), str(Path(out).resolve())
 
