@@ -7,8 +7,11 @@ A dataset of files flows through::
 ``decode_stage`` hashes and decodes each file once with the service's ``decode_image``; a file that
 cannot be decoded becomes a row with ``error`` set and flows on untouched. Each ``DetectorStage`` holds
 one detector (the same class the Serve deployment wraps, same config) and adds one JSON column,
-``outcome.<name>``. ``FusionStage`` calls the service's own ``decide``, so a row equals the HTTP answer
-for the same image. Training's feature extraction uses the first two stages and stops before fusion.
+``outcome.<name>``; with the config's ``timeout_s`` (batch scoring) a detector slower than that, or one whose
+call raises, is ``missing`` with the outcome the HTTP ingress gives it (``DetectorOutcome.timed_out`` /
+``.raised``). ``FusionStage`` calls the service's own ``decide``, so a row equals the HTTP answer for the same
+image, failures and file warnings included. Training's feature extraction uses the first two stages, without
+timeouts (it waits for every feature), and stops before fusion.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import time
 import types
 import typing
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,15 @@ import pyarrow as pa
 
 import models
 from models.fusion import DetectorOutcome
-from models.image_input import ImageInputError, InputLimits, decode_image, images_from_columns, images_to_columns
+from models.image_input import (
+    WARNINGS_COLUMN,
+    ImageInputError,
+    InputLimits,
+    column_lines,
+    decode_image,
+    images_from_columns,
+    images_to_columns,
+)
 from models.verdict import Verdict, VerdictBody
 
 
@@ -63,15 +75,21 @@ class DetectorStage:
     """One detector as a Ray Data actor: loads once, scores each batch, adds ``outcome.<name>``.
 
     With ``cache`` (``{key: outcome JSON}`` for this detector's current version), cached rows are not
-    recomputed; the ``key`` column names each row's cache key.
+    recomputed; the ``key`` column names each row's cache key. With ``timeout_s`` (batch scoring: the config's, as
+    HTTP applies it), a batch the detector has not answered within it is reported ``timeout`` for each of its images.
     """
 
-    def __init__(self, name: str, config: dict[str, Any], cache_dir: str | None = None):
+    def __init__(self, name: str, config: dict[str, Any], cache_dir: str | None = None, timeout_s: float | None = None):
         from deployments.detector import pick_device
 
         self.name = name
         self.detector = models.create_detector(name, config, device=pick_device())
         self.cache = load_outcome_cache(Path(cache_dir), name, self.detector.version) if cache_dir else {}
+        self.timeout_s = timeout_s
+        # One model thread: a call past its timeout is left to finish there (a Python thread cannot be stopped), and
+        # the next batch waits for it within its own timeout, as a Serve call queued behind a hung batch does.
+        self.model_thread = ThreadPoolExecutor(max_workers=1) if timeout_s is not None else None
+        self.running: Future | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = images_from_columns(batch)
@@ -79,25 +97,53 @@ class DetectorStage:
         outcomes: list[str | None] = [self.cache.get(k) if k is not None else None for k in keys]
         todo = [i for i, image in enumerate(images) if image is not None and outcomes[i] is None]
         if todo:
-            started = time.perf_counter()
-            results = self.detector.predict([images[i] for i in todo])
-            # Batch time shared evenly: in batch scoring, per-image latency is throughput's inverse.
-            per_image_ms = (time.perf_counter() - started) * 1000 / len(todo)
-            for i, result in zip(todo, results):
-                outcome = DetectorOutcome.from_result(self.name, result, self.detector.version, per_image_ms)
+            for i, outcome in zip(todo, self._outcomes([images[i] for i in todo])):
                 outcomes[i] = outcome.to_json()
         batch[outcome_column(self.name)] = np.asarray([o or "" for o in outcomes], dtype=object)
         return batch
 
+    def _outcomes(self, images: list) -> list[DetectorOutcome]:
+        started = time.perf_counter()
+        if self.model_thread is None:  # training: no timeout, and a raising detector stops the run
+            results = self.detector.predict(images)
+        else:
+            try:
+                results = self._predict_within_timeout(images)
+            except TimeoutError:
+                return [DetectorOutcome.timed_out(self.name, self.timeout_s) for _ in images]
+            except Exception as err:  # noqa: BLE001 - reported as missing, as over HTTP, never invented
+                ms = (time.perf_counter() - started) * 1000
+                return [DetectorOutcome.raised(self.name, err, ms) for _ in images]
+        # Batch time shared evenly: in batch scoring, per-image latency is throughput's inverse.
+        per_image_ms = (time.perf_counter() - started) * 1000 / len(images)
+        return [DetectorOutcome.from_result(self.name, r, self.detector.version, per_image_ms) for r in results]
 
-def add_detector_stages(ds, detectors: dict[str, Any], compute, cache_dir: str | None = None):
+    def _predict_within_timeout(self, images: list) -> list:
+        """``predict`` on the model thread; TimeoutError when it (or the call still running before it) takes longer
+        than ``timeout_s``."""
+        deadline = time.monotonic() + self.timeout_s
+        if self.running is not None and not wait([self.running], timeout=self.timeout_s).done:
+            raise TimeoutError
+        self.running = self.model_thread.submit(self.detector.predict, images)
+        return self.running.result(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def add_detector_stages(
+    ds, detectors: dict[str, Any], compute, cache_dir: str | None = None, timeouts: dict[str, float] | None = None
+):
     """One :class:`DetectorStage` actor pool per detector, in config order, each with its deployment's batch
     size and resources (``detectors``: name -> ``DetectorProfile``). Batch scoring and feature extraction both
-    build their pipelines with this; they differ only in ``compute`` (fixed or autoscaling pools) and the cache."""
+    build their pipelines with this; they differ in ``compute`` (fixed or autoscaling pools), the cache and
+    ``timeouts`` (name -> the config's ``timeout_s``: batch scoring's, as HTTP; None: wait, for training)."""
     for name, detector in detectors.items():
         ds = ds.map_batches(
             DetectorStage,
-            fn_constructor_kwargs={"name": name, "config": detector.user_config.detector, "cache_dir": cache_dir},
+            fn_constructor_kwargs={
+                "name": name,
+                "config": detector.user_config.detector,
+                "cache_dir": cache_dir,
+                "timeout_s": (timeouts or {}).get(name),
+            },
             batch_size=detector.user_config.max_batch_size,
             batch_format="numpy",
             num_cpus=detector.num_cpus,
@@ -124,7 +170,7 @@ class FusionStage:
             }
             if not row["error"]:
                 outcomes = [DetectorOutcome.from_json(batch[outcome_column(n)][i]) for n in self.detectors]
-                row.update(self.verdict.decide(outcomes))
+                row.update(self.verdict.decide(outcomes, column_lines(batch[WARNINGS_COLUMN][i])))
             rows.append(row)
         return output_table(rows, self.verdict.features)
 

@@ -44,7 +44,7 @@ from models.image_input import DecodedImage, ImageInputError
 from serve_app.admission import Overloaded
 from serve_app.auth import GateMiddleware, install_gate
 from serve_app.fast_json import FastJSONResponse as JSONResponse  # orjson: the same JSON, rendered sooner
-from serve_app.responses import ERROR_RESPONSES, BatchAnswer, ServiceVerdict, current_request_id
+from serve_app.responses import DETECT_RESPONSES, ERROR_RESPONSES, BatchAnswer, ServiceVerdict, current_request_id
 from serve_app.url_input import fetch_url
 from serve_app.web import router as web_router
 
@@ -132,7 +132,7 @@ class FusionIngress:
         self.verdicts = Counter("imgverify_verdicts_total", description="Verdicts by label.", tag_keys=("label",))
 
     # ---- endpoints ----------------------------------------------------------------------------------
-    @api.post("/v1/detect", summary="Score one image", response_model=ServiceVerdict, responses=ERROR_RESPONSES)
+    @api.post("/v1/detect", summary="Score one image", response_model=ServiceVerdict, responses=DETECT_RESPONSES)
     async def detect(
         self, request: Request, artifacts: bool = Query(False, description="add heatmaps as base64 PNG")
     ) -> JSONResponse:

@@ -9,9 +9,12 @@ the HTTP service (``deployments.config.load_profile``), and the same stages comp
 (``deployments/data.py``).
 
 Output: Parquet files ``part-<run>-<n>.parquet`` under OUT with ``deployments.data.output_schema``, one row per
-input file, failed files included (``error`` set). Each part is written whole or not at all (a
-temporary name renamed into place), so a run killed midway keeps every part it finished, and a re-run
-skips every (path, sha256) already in OUT.
+input file, failed files included (``error`` set). A scored row is the HTTP verdict for the same file and config:
+each detector has its ``timeout_s`` here too (slower: ``missing``, status ``timeout``), a damaged file that still
+decodes carries its ``warnings``, and a file no detector the fusion reads answered for is a row with label
+``UNKNOWN`` and ``error`` null (``/v1/detect`` answers that verdict with 503, ``/v1/detect/batch`` as an item).
+Each part is written whole or not at all (a temporary name renamed into place), so a run killed midway keeps
+every part it finished, and a re-run skips every (path, sha256) already in OUT.
 """
 
 from __future__ import annotations
@@ -246,7 +249,9 @@ def build_dataset(
     )
     # Fixed pools, all started before images flow: an actor started mid-run (autoscaling) spends seconds
     # loading torch and weights while the others wait.
-    ds = add_detector_stages(ds, profile.detectors, compute=ActorPoolStrategy(size=actors))
+    # Each detector's timeout_s, as the HTTP ingress applies it: a slower one is missing, the job goes on.
+    timeouts = {d.name: d.timeout_s for d in profile.args.detectors}
+    ds = add_detector_stages(ds, profile.detectors, compute=ActorPoolStrategy(size=actors), timeouts=timeouts)
     # The pixels' last stop was the last detector. Without num_cpus this task asks for a whole CPU and
     # never starts beside the pools on a small cluster.
     ds = ds.drop_columns(list(IMAGE_COLUMNS), num_cpus=stage_cpus)

@@ -55,7 +55,9 @@ class Heatmap(BaseModel):
 
 
 class ServiceVerdict(VerdictBody):
-    """``POST /v1/detect``: one image's verdict. 503 with the same body when no detector could answer."""
+    """``POST /v1/detect``: one image's verdict. When no detector the fusion reads answered, the same body with
+    label ``UNKNOWN`` (``decided_by`` none, ``fusion_prob`` null, ``missing`` naming them) comes with status 503;
+    ``/v1/detect/batch`` lists it as that file's item and batch scoring writes it as a row, ``error`` null."""
 
     request_id: str
     image: ImageSummary
@@ -80,10 +82,20 @@ class BatchFileError(ErrorBody):
 
 
 class BatchAnswer(BaseModel):
-    """``POST /v1/detect/batch``: one result per file, in order; a bad file gets its own error entry."""
+    """``POST /v1/detect/batch``: one result per file, in order, with status 200; a bad file gets its own error
+    entry, a file no detector could answer for its ``UNKNOWN`` verdict (what ``/v1/detect`` answers with 503)."""
 
     request_id: str
     results: list[BatchItem | BatchFileError]
 
 
 ERROR_RESPONSES = {status: {"model": ErrorBody} for status in (401, 403, 413, 415, 422, 429, 503)}
+# /v1/detect's 503 is either a refusal (ErrorBody: overloaded) or the UNKNOWN verdict (ServiceVerdict).
+DETECT_RESPONSES = {
+    **ERROR_RESPONSES,
+    503: {
+        "model": ServiceVerdict | ErrorBody,
+        "description": "overloaded (ErrorBody, with Retry-After), or the UNKNOWN verdict: no detector the fusion "
+        "reads answered (ServiceVerdict, label UNKNOWN)",
+    },
+}

@@ -16,12 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import REPO, image_bytes
+from conftest import FAULTY_APP, REPO, image_bytes
 from deployments.config import load_profile
-from deployments.data import verdict_column
-from models.verdict import VerdictBody
+from deployments.data import output_table, verdict_column
+from models.fusion import DetectorOutcome
+from models.verdict import Verdict, VerdictBody
 from serve_app.batch import actors_per_detector, list_inputs, run_batch
-from serve_app.responses import ServiceVerdict
+from serve_app.responses import BatchItem, ServiceVerdict
 
 DEBUG_CONFIG = {
     "applications": [
@@ -177,19 +178,94 @@ def test_batch_rows_equal_the_service_answers(serve_url, fixtures, tmp_path):
     with httpx.Client(base_url=serve_url, timeout=120) as client:
         for path in sources:
             answer = client.post("/v1/detect", files={"file": (path.name, path.read_bytes())}).json()
-            ServiceVerdict.model_validate(answer)  # the HTTP body has the declared shape
-            row = rows[path.name]
-            assert row["sha256"] == answer["image"]["sha256"]
-            # Field by field, every field of the declared verdict (JSON columns decoded) and every feature.
-            for field, info in VerdictBody.model_fields.items():
-                json_encoded = verdict_column(info.annotation)[1] is not None
-                value, expected = json.loads(row[field]) if json_encoded else row[field], answer[field]
-                if field == "detectors":  # latency is the one thing that differs between two runs
-                    value, expected = ({k: {**v, "latency_ms": None} for k, v in d.items()} for d in (value, expected))
-                assert_close(value, expected, field)
-            features = [name for name in answer if name not in ServiceVerdict.model_fields]
-            assert features and all(row[f] == pytest.approx(answer[f], abs=1e-6) for f in features)
-            assert json.loads(row["missing"]) == answer["missing"] == []
+            assert_row_is_the_answer(rows[path.name], answer)
+            assert json.loads(rows[path.name]["missing"]) == answer["missing"] == []
+
+
+def row_values(row: dict) -> dict:
+    """A batch row's verdict fields as the HTTP body has them (JSON columns decoded)."""
+    return {
+        field: json.loads(row[field]) if verdict_column(info.annotation)[1] is not None else row[field]
+        for field, info in VerdictBody.model_fields.items()
+    }
+
+
+def assert_row_is_the_answer(row: dict, answer: dict) -> None:
+    """Field by field, every field of the declared verdict and every feature; latency aside."""
+    ServiceVerdict.model_validate(answer)  # the HTTP body has the declared shape
+    assert row["sha256"] == answer["image"]["sha256"] and row["error"] is None
+    for field, value in row_values(row).items():
+        expected = answer[field]
+        if field == "detectors":  # latency is the one thing that differs between two runs
+            value, expected = ({k: {**v, "latency_ms": None} for k, v in d.items()} for d in (value, expected))
+        assert_close(value, expected, field)
+    features = [name for name in answer if name not in BatchItem.model_fields]  # (a /v1/detect/batch item's too)
+    assert features and all(row[f] == pytest.approx(answer[f], abs=1e-6) for f in features)
+
+
+def test_batch_rows_equal_the_service_answers_when_detectors_fail_or_time_out(serve_url, fixtures, tmp_path):
+    """The session's /faulty app (debug_sleep: 3 s behind a 0.5 s timeout; debug_fail raises) over HTTP, and
+    ``imgverify batch`` with the same application as its config: the same verdict, missing detectors, statuses and
+    reasons; a JPEG 33 bytes short is scored with its warning both ways, one cut to half refused both ways."""
+    config = tmp_path / "faulty.yaml"
+    config.write_text(yaml.safe_dump({"applications": [FAULTY_APP]}))
+    photo = (fixtures / "camera-models" / "real" / "Canon_EOS_7D.jpg").read_bytes()
+    files = {"photo.jpg": photo, "short.jpg": photo[:-33], "half.jpg": photo[: len(photo) // 2]}
+    bucket = tmp_path / "faulty"
+    bucket.mkdir()
+    for name, data in files.items():
+        (bucket / name).write_bytes(data)
+    run_batch(str(bucket), str(tmp_path / "out"), config, progress=False)
+    rows = {Path(r["path"]).name: r for r in read_rows(tmp_path / "out")}
+    with httpx.Client(base_url=serve_url + "/faulty", timeout=120) as client:
+        answers = {name: client.post("/v1/detect", files={"file": (name, data)}) for name, data in files.items()}
+        listed = client.post("/v1/detect/batch", files=[("files", (name, data)) for name, data in files.items()])
+    assert answers["half.jpg"].status_code == 400 and answers["half.jpg"].json()["error"] == "truncated_image"
+    assert rows["half.jpg"]["error"].startswith("truncated_image: ") and rows["half.jpg"]["label"] is None
+    items = {item["filename"]: item for item in listed.json()["results"]}
+    assert items["half.jpg"]["error"] == "truncated_image"
+    for name in ("photo.jpg", "short.jpg"):
+        answer = answers[name].json()
+        assert answers[name].status_code == 200
+        assert_row_is_the_answer(rows[name], answer)
+        assert_row_is_the_answer(rows[name], items[name])
+        assert answer["missing"] == ["debug_sleep", "debug_fail"]
+        assert {n: d["status"] for n, d in answer["detectors"].items()} == {
+            "debug_mean": "ok",
+            "debug_sleep": "timeout",
+            "debug_fail": "failed",
+        }
+        assert answer["detectors"]["debug_sleep"]["error"] == "no answer within 0.5 s"
+        assert answer["detectors"]["debug_fail"]["error"] == "forward: RuntimeError: debug_fail always fails"
+        assert answer["fusion_prob"] == pytest.approx(answer["debug_prob"], abs=1e-6)  # the mean of what answered
+        assert answer["reasoning"][0].endswith(
+            "(debug_sleep and debug_fail did not answer), and no enabled detector reads the file's own claims about "
+            "its origin."
+        )
+        assert answer["uncertain_range"] == [0.35, 0.65] and answer["threshold"] == 0.5
+    assert answers["photo.jpg"].json()["warnings"] == [] and json.loads(rows["photo.jpg"]["warnings"]) == []
+    short = answers["short.jpg"].json()
+    assert short["warnings"] == ["truncated_image"]
+    assert short["reasoning"][1].startswith("The file is damaged: its data ends early (truncated_image).")
+
+
+def test_an_unknown_verdict_has_the_same_shape_as_a_row():
+    """No detector the fusion reads answered: the verdict body (what /v1/detect answers with 503 and
+    /v1/detect/batch lists) and its batch row carry the same fields, fusion_prob null and label UNKNOWN."""
+    verdict = Verdict.build(["debug_sleep", "debug_fail"], "rule")
+    body = verdict.decide(
+        [DetectorOutcome.timed_out("debug_sleep", 0.5), DetectorOutcome("debug_fail", "failed", 1.0, error="boom")]
+    )
+    ServiceVerdict.model_validate({**body, "request_id": "", "image": IMAGE_SUMMARY, "timings": TIMINGS})
+    row = output_table([{"path": "x.png", "sha256": "0" * 64, "error": None, **body}], verdict.features).to_pylist()[0]
+    assert row_values(row) == {field: body[field] for field in VerdictBody.model_fields}
+    assert (row["label"], row["fusion_prob"], row["decided_by"], row["error"]) == ("UNKNOWN", None, "none", None)
+    assert json.loads(row["missing"]) == ["debug_sleep", "debug_fail"]
+    assert json.loads(row["uncertain_range"]) == [0.35, 0.65]
+
+
+IMAGE_SUMMARY = {"width": 1, "height": 1, "format": "PNG", "mode": "RGB", "frames": 1, "bytes": 1, "sha256": "0"}
+TIMINGS = {"decode_ms": 0, "detectors_ms": 0, "fusion_ms": 0, "artifacts_ms": 0, "total_ms": 0}
 
 
 def test_detector_pools_fit_in_the_free_resources_or_are_refused_clearly():
