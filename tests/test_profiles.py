@@ -98,6 +98,7 @@ def test_sync_copies_what_changed_and_keeps_everything_else(tmp_path, capsys):
     assert [line for line in after.splitlines() if line.lstrip().startswith("#")] == [
         line for line in before.splitlines() if line.lstrip().startswith("#")
     ]
+    assert autoscaling(after) == autoscaling(before)  # production's own, sized in docs/cluster.md
     # The command writes the file, and says what to regenerate next.
     target = tmp_path / "serve_config.yaml"
     target.write_text(before)
@@ -106,6 +107,29 @@ def test_sync_copies_what_changed_and_keeps_everything_else(tmp_path, capsys):
     assert target.read_text() == before
     assert cli.main(argv) == 0 and target.read_text() == after
     assert "imgverify deploy kuberay" in capsys.readouterr().out
+
+
+def autoscaling(text: str) -> dict[str, dict]:
+    """Each deployment's ``autoscaling_config`` in a config's text."""
+    (app,) = yaml.safe_load(text)["applications"]
+    return {d["name"]: d["autoscaling_config"] for d in app["deployments"] if "autoscaling_config" in d}
+
+
+def test_production_autoscaling_is_serves_own_and_keeps_the_verdict_up(production):
+    """Every detector autoscales with keys Serve knows (its AutoscalingConfig accepts unknown ones silently), a
+    target of whole batches (at most two), and the detectors that decide a verdict keep 2 replicas at least."""
+    from ray.serve.config import AutoscalingConfig
+
+    scaling = autoscaling(PRODUCTION.read_text())
+    assert set(scaling) == set(production.args.detector_names())
+    roles = production.args.verdict().roles
+    for name, settings in scaling.items():
+        assert set(settings) <= set(AutoscalingConfig.model_fields), name
+        checked = AutoscalingConfig.model_validate(settings)
+        batch = production.detectors[name].user_config.max_batch_size
+        assert checked.target_ongoing_requests % batch == 0 and checked.target_ongoing_requests <= 2 * batch, name
+        if roles[name] in ("fusion input", "hard evidence"):
+            assert checked.min_replicas >= 2, name
 
 
 def load_profile_text(text: str, folder: Path):
