@@ -149,5 +149,17 @@ def serve_apps(ray_session) -> dict:
 
 
 @pytest.fixture(scope="session")
+def ray_cluster():
+    """A Ray cluster on this machine, a head (0 CPUs) and two workers of 2 CPUs each with Serve's proxy on the head,
+    in a process of its own beside the session's one-node Ray (``tests/ray_cluster.py``); tests drive it with
+    ``ray_cluster.call(...)`` and reach its HTTP at ``ray_cluster.started["url"]``."""
+    from ray_cluster import ClusterProcess
+
+    cluster = ClusterProcess(workers=2, worker_cpus=2)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
 def serve_url(serve_apps) -> str:
     return serve_apps["url"]
