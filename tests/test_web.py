@@ -183,7 +183,21 @@ def test_one_image_shows_the_same_verdict_as_the_api(tab, client, serve_url, fix
     assert page.text_content("#verdict-prob") == f"{expected['fusion_prob']:.3f}"
     assert page.is_visible("#verdict-uncertain") == expected["uncertain"]
     assert page.text_content("#verdict-threshold") == f"{expected['threshold']:.3f}"
-    assert page.locator("#reasoning li").all_text_contents() == expected["reasoning"]
+    # The plain sentence first, above the label and larger than the reasons; "Why" lists the rest.
+    summary = page.locator("#verdict-summary")
+    assert summary.text_content() == expected["reasoning"][0]
+    if parts == AI_IMAGE:
+        assert summary.text_content().startswith(
+            "Made by a generator: the file carries a signed C2PA claim from OpenAI"
+        )
+    else:
+        assert summary.text_content().startswith(
+            "Uncertain: " if expected["uncertain"] else "Looks like a camera photo"
+        )
+    assert summary.bounding_box()["y"] < page.locator("#verdict-label").bounding_box()["y"]
+    font_px = "(e) => parseFloat(getComputedStyle(e).fontSize)"
+    assert summary.evaluate(font_px) > page.locator("#reasoning li").first.evaluate(font_px)
+    assert page.locator("#reasoning li").all_text_contents() == expected["reasoning"][1:]
     decided = page.text_content("#decided-by")
     if expected["decided_by"] == "hard_evidence":  # the DALL-E file: its C2PA manifest decides
         c2pa = expected["details"]["provenance"]["provenance"]["c2pa"]

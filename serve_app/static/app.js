@@ -401,8 +401,11 @@
     renderBar(body);
     $("decided-by").textContent = decidedBy(body);
     $("hard-note").hidden = !["hard_evidence", "provenance"].includes(body.decided_by);
-    const list = $("reasoning");
-    list.replaceChildren(...(body.reasoning || []).map((reason) => el("li", { text: reason })));
+    // The first reason is the plain sentence, shown first and large; "Why" lists the rest.
+    const [summary = "", ...reasons] = body.reasoning || [];
+    $("verdict-summary").textContent = summary;
+    $("verdict-summary").className = `verdict-summary ${labelClass(body.label)}`;
+    $("reasoning").replaceChildren(...reasons.map((reason) => el("li", { text: reason })));
   }
 
   /** fusion_prob on a 0-1 bar, with the threshold and the uncertain range marked. */
