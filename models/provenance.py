@@ -15,9 +15,13 @@ traces that generators leave on purpose: the Stable Diffusion invisible watermar
 Each step is isolated: a step that fails is listed in ``details["provenance"]["errors"]`` and its features
 are omitted; the other steps still report. Malformed metadata is never a crash: it is evidence or an error.
 
-Evidence is split in two: ``hard_evidence`` holds the sentences that alone decide "AI" (a valid C2PA AI
-claim, generator metadata, a decoded generator watermark); ``evidence`` holds the weaker ones (a C2PA AI
-claim whose validation failed, missing or camera-like EXIF, editing software). A sentence is in one list only.
+Evidence has three strengths. "hard": the sentences that alone decide "AI" (``hard_evidence``: a valid C2PA AI
+claim, structured generator metadata such as AUTOMATIC1111 parameters or a ComfyUI graph, an IPTC Digital Source
+Type or AI credit, the AIGC Label 1, a decoded generator watermark). "strong": an unsigned free-text claim, a
+generator's name matched in EXIF ``Software`` / XMP ``CreatorTool`` ("Gemini app 1.2", "ChatGPT"): any app, editor
+or person writes those tags, so it feeds ``software_flag`` / ``metadata_ai_claim`` and the reasoning, first among
+the ``evidence`` sentences, but never decides alone. "weak": the rest (a C2PA AI claim whose validation failed,
+missing or camera-like EXIF, editing software). A sentence is in one list only.
 ``hard_evidence_real`` holds the one kind of evidence that alone decides "NON-AI": a valid C2PA manifest from a
 trusted signer whose capture action says digitalCapture / computationalCapture and whose history holds no AI.
 Anyone can self-sign a manifest, so an untrusted, expired or tampered one never decides; it is weak evidence.
@@ -56,7 +60,7 @@ from models.provenance_watermark import check_watermarks
 from models.registry import register_detector
 from models.schema import features_of
 
-CODE_VERSION = "provenance-2"
+CODE_VERSION = "provenance-3"  # 3: a generator named in Software / CreatorTool is strong evidence, not hard
 SOFTWARE_LEVELS = {"firmware": 0.0, "editor": 0.5, "other": 0.5, "generator": 1.0}
 CAPTURE_SOURCE_TYPES = {"digitalCapture", "computationalCapture", "negativeFilm", "positiveFilm", "print"}
 CAMERA_LIKE_EXIF = 0.6  # exif_score from which the EXIF is called camera-like in the evidence text
@@ -289,7 +293,8 @@ def build_result(report: dict[str, Any]) -> DetectorResult:
     return DetectorResult(
         features=features,
         details={"provenance": provenance},
-        evidence=[e["what"] for e in evidence if e["strength"] == "weak"],
+        # Strong (unsigned free-text claims) before weak: both are reasons, neither decides alone.
+        evidence=[e["what"] for strength in ("strong", "weak") for e in evidence if e["strength"] == strength],
         hard_evidence=[e["what"] for e in evidence if e["strength"] == "hard" and e["points_to"] == "ai"],
         hard_evidence_real=[e["what"] for e in evidence if e["strength"] == "hard" and e["points_to"] == "real"],
         provenance=summary,
@@ -352,12 +357,13 @@ def _resolve_conflicts(evidence: list[dict[str, str]], labels: list[dict[str, An
     """
     conflicts: list[str] = []
     hard_ai = [e for e in evidence if e["strength"] == "hard" and e["points_to"] == "ai"]
+    strong_ai = [e for e in evidence if e["strength"] == "strong" and e["points_to"] == "ai"]
     hard_real = [e for e in evidence if e["strength"] == "hard" and e["points_to"] == "real"]
     weak_real = [
         e for e in evidence if e["strength"] == "weak" and e["points_to"] == "real" and e["kind"] in ("c2pa", "xmp")
     ]  # declared captures; camera-like EXIF is no declaration
-    if hard_real and hard_ai:
-        for item in hard_ai:
+    if hard_real and (hard_ai or strong_ai):
+        for item in hard_ai + strong_ai:
             conflicts.append(
                 f"{item['where']} claims AI, but a trusted C2PA capture manifest says camera capture; "
                 "the trusted manifest wins"
@@ -369,6 +375,12 @@ def _resolve_conflicts(evidence: list[dict[str, str]], labels: list[dict[str, An
             conflicts.append(
                 f"{item['where']} declares a capture, but {hard_ai[0]['where']} claims AI; "
                 "the AI claim decides (the capture claim is not from a trusted signer)"
+            )
+    elif strong_ai and weak_real:
+        for item in weak_real:
+            conflicts.append(
+                f"{item['where']} declares a capture, but {strong_ai[0]['where']} names an AI generator; "
+                "neither is signed, so neither decides"
             )
     values = sorted({label["label"] for label in labels if label.get("label")})
     if len(values) > 1:
@@ -406,13 +418,15 @@ def summarise(
     """The verdict's top-level ``provenance`` object, from the strongest evidence that says anything.
 
     Order: a hard AI claim (trusted C2PA first), a trusted camera capture, then what a readable but
-    non-decisive C2PA manifest says, then an untrusted declared capture; ``none`` when nothing claims a source.
+    non-decisive C2PA manifest says, then a generator named in a Software / CreatorTool tag (``generated``,
+    ``trusted: false``: an unsigned claim), then an untrusted declared capture; ``none`` when nothing claims a source.
     """
     summary: dict[str, Any] = {**NO_PROVENANCE, "conflicts": conflicts}
     signer = c2pa.get("signer_org") or c2pa.get("signer")
     hard_ai = [e for e in evidence if e["strength"] == "hard" and e["points_to"] == "ai"]
     hard_ai.sort(key=lambda e: e["kind"] != "c2pa")  # the C2PA claim names the kind (generated / ai_edited)
     hard_real = [e for e in evidence if e["strength"] == "hard" and e["points_to"] == "real"]
+    strong_ai = [e for e in evidence if e["strength"] == "strong" and e["points_to"] == "ai"]
     if hard_ai:
         first = hard_ai[0]
         kind = "generated"
@@ -436,6 +450,8 @@ def summarise(
         )
         if c2pa["kind"] in ("captured", "edited") and c2pa.get("capture"):
             summary["device"] = _device(c2pa["capture"], exif)
+    elif strong_ai:  # what the file's tags say, unsigned: trusted stays False
+        summary.update(kind="generated", source=_source(strong_ai[0]["where"]), generator=generator)
     elif any(e["kind"] == "xmp" and e["points_to"] == "real" for e in evidence):
         summary.update(kind="captured", source="xmp")
     elif c2pa.get("readable"):
@@ -540,7 +556,16 @@ def _metadata_evidence(findings: list[dict], xmp: dict[str, Any], software: list
             claim = True
     for item in software:
         if item["class"] == "generator":
-            add("software", item["where"], f"{item['where']} names an AI generator: {item['value']!r}", "hard", "ai")
+            # Free text that any app, editor or person writes (a photo saved from the Gemini app, a "ChatGPT" typed
+            # into a tag): strong evidence, an unsigned claim that never decides alone.
+            add(
+                "software",
+                item["where"],
+                f"{item['where']} names an AI generator ({item['value']!r}): an unsigned claim, free text that any app "
+                "or person can write, so strong evidence but not proof on its own",
+                "strong",
+                "ai",
+            )
             claim = True
         elif item["class"] in ("editor", "other"):
             add("software", item["where"], f"Processed with {item['value']!r} ({item['where']})", "weak", "neutral")

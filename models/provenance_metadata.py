@@ -317,7 +317,9 @@ def find_generator_metadata(meta: ContainerMetadata, exif: ExifData | None) -> l
             if finding:
                 findings.append(finding)
                 break  # the three carry the same generation; the first readable one is enough
-    if text.get("Software", "").strip().lower().startswith("novelai"):
+    # NovelAI's generation metadata is its Comment JSON (seed, steps, sampler, ...) beside Software = NovelAI; the
+    # Software chunk alone is a free-text name, strong evidence only (see software_class).
+    if text.get("Software", "").strip().lower().startswith("novelai") and _novelai_settings(text):
         findings.append(parse_novelai(text, where["Software"]))
     if text.get("Description"):
         midjourney = parse_midjourney(text["Description"], f"{where['Description']} Description")
@@ -604,10 +606,15 @@ def parse_invokeai(key: str, text: str, where: str) -> GeneratorFinding | None:
     )
 
 
+def _novelai_settings(text: dict[str, str]) -> dict[str, Any]:
+    """NovelAI's ``Comment`` JSON object, or {} when it is absent or not a JSON object."""
+    comment = load_json(text.get("Comment", "")) if text.get("Comment", "").strip().startswith("{") else None
+    return comment if isinstance(comment, dict) else {}
+
+
 def parse_novelai(text: dict[str, str], where: str) -> GeneratorFinding:
     """NovelAI: ``Software`` = NovelAI, ``Source`` names the model, ``Comment`` is JSON with the settings."""
-    comment = load_json(text.get("Comment", "")) if text.get("Comment", "").strip().startswith("{") else None
-    comment = comment if isinstance(comment, dict) else {}
+    comment = _novelai_settings(text)
     return GeneratorFinding(
         tool="NovelAI",
         where=f"{where} Software/Source/Comment",

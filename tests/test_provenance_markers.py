@@ -353,6 +353,8 @@ def test_software_names(detector, value, where, level):
     assert result.features["software_flag"] == level
     assert result.features["metadata_ai_claim"] == (1.0 if level == 1.0 else 0.0)
     assert (result.provenance["kind"] == "generated") == (level == 1.0)
+    # A name in a Software / CreatorTool tag is an unsigned claim: strong evidence at most, never hard.
+    assert result.hard_evidence == [] and result.provenance["trusted"] is False
 
 
 # ---- real files: no new claim on any real photo -------------------------------------------------------------------
