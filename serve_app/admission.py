@@ -15,6 +15,9 @@ Three plain, Ray-free pieces, used by ``serve_app.app.FusionIngress`` (one set p
   already under ``input.max_pixels``, which is checked on the same header).
 * :class:`TokenBucket` / :class:`RateLimiter`: per-key request rate (requests per minute, with a burst);
   over it the caller gets 429 ``rate_limited`` with ``Retry-After`` (see ``serve_app.auth``).
+* :class:`BodyLimit`: the bytes one request body may have. Checked on ``Content-Length`` before anything is read,
+  and counted while the body is read (a chunked body has no length), so a body over it is cut with 413
+  ``too_large`` as soon as it passes the limit, never held whole in memory first.
 
 Nothing here blocks the event loop; every check is O(1) and single-threaded (the replica's asyncio loop).
 """
@@ -26,35 +29,104 @@ import collections
 import io
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
 
-class Overloaded(Exception):
+class Refusal(Exception):
+    """A request turned away at the door: HTTP ``status`` with ``{"error": code, "detail": ...}`` and ``headers()``."""
+
+    code = "refused"
+    status = 400
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class RetryLater(Refusal):
+    """A refusal that says when to come back: ``Retry-After`` (whole seconds)."""
+
+    def __init__(self, detail: str, retry_after_s: float = 1.0):
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": retry_after_header(self.retry_after_s)}
+
+
+class Overloaded(RetryLater):
     """The service is over one of its admission limits: HTTP 503 ``overloaded`` with ``Retry-After``."""
 
     code = "overloaded"
     status = 503
 
-    def __init__(self, detail: str, retry_after_s: float = 1.0):
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after_s = retry_after_s
 
-
-class RateLimited(Exception):
+class RateLimited(RetryLater):
     """A key over its request rate: HTTP 429 ``rate_limited`` with ``Retry-After``."""
 
     code = "rate_limited"
     status = 429
 
-    def __init__(self, detail: str, retry_after_s: float):
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after_s = retry_after_s
+
+class BodyTooLarge(Refusal):
+    """A request body over its :class:`BodyLimit`: HTTP 413 ``too_large``."""
+
+    code = "too_large"
+    status = 413
+
+
+Receive = Callable[[], Awaitable[dict]]
+FRAMING_BYTES = 64 * 1024  # room for multipart boundaries and part headers around the image bytes
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    """At most ``limit`` bytes of image data in one request body, plus :data:`FRAMING_BYTES` for framing."""
+
+    limit: int
+
+    @classmethod
+    def for_request(cls, path: str, content_type: str, max_bytes: int, max_batch_files: int) -> BodyLimit:
+        """The limit of one request: a batch carries up to ``max_batch_files`` images, base64 in JSON is 4/3 of
+        the bytes it carries, every other body one image."""
+        if path == "/v1/detect/batch":
+            return cls(max_bytes * max_batch_files)
+        if content_type.split(";")[0].strip().lower() == "application/json":
+            return cls(max_bytes * 4 // 3 + 1024)
+        return cls(max_bytes)
+
+    @property
+    def cut_at(self) -> int:
+        return self.limit + FRAMING_BYTES
+
+    def check_length(self, content_length: str | None) -> None:
+        """Refuse a declared ``Content-Length`` over the limit before a byte of the body is read."""
+        if content_length is not None and content_length.isdigit() and int(content_length) > self.cut_at:
+            raise BodyTooLarge(f"request body is {content_length} bytes, the limit is {self.limit}")
+
+    def bounded(self, receive: Receive) -> Receive:
+        """``receive`` that counts body bytes and raises :class:`BodyTooLarge` once they pass the limit (a
+        chunked body has no length to check up front)."""
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.cut_at:
+                    raise BodyTooLarge(f"request body passed the limit of {self.limit} bytes (cut at {received})")
+            return message
+
+        return counted
 
 
 def retry_after_header(seconds: float) -> str:

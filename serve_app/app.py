@@ -41,7 +41,7 @@ from deployments.config import AppArgs
 from deployments.detector import LATENCY_BUCKETS_MS, DetectorDeployment
 from models.fusion import DetectorOutcome, json_safe
 from models.image_input import DecodedImage, ImageInputError
-from serve_app.admission import Overloaded
+from serve_app.admission import BodyTooLarge, Overloaded
 from serve_app.auth import GateMiddleware, install_gate
 from serve_app.fast_json import FastJSONResponse as JSONResponse  # orjson: the same JSON, rendered sooner
 from serve_app.responses import DETECT_RESPONSES, ERROR_RESPONSES, BatchAnswer, ServiceVerdict, current_request_id
@@ -148,7 +148,6 @@ class FusionIngress:
         responses=ERROR_RESPONSES,
     )
     async def detect_batch(self, request: Request, artifacts: bool = Query(False)) -> JSONResponse:
-        self._check_length(request, self.limits.max_bytes * self.args.input.max_batch_files)
         form = await self._form(request, max_files=self.args.input.max_batch_files)
         uploads = [v for k, v in form.multi_items() if k == "files" and hasattr(v, "read")]
         if not uploads:
@@ -278,8 +277,9 @@ class FusionIngress:
     # ---- reading the request ---------------------------------------------------------------------------
     async def _image_bytes(self, request: Request) -> bytes:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        # Every body read below is bounded by GateMiddleware (serve_app/auth.py): a Content-Length over the limit
+        # never gets here, and a chunked body is cut with 413 too_large as it passes the limit while being read.
         if content_type == "multipart/form-data":
-            self._check_length(request, self.limits.max_bytes)
             form = await self._form(request, max_files=1)
             upload = form.get("file")
             if upload is None or not hasattr(upload, "read"):
@@ -290,7 +290,6 @@ class FusionIngress:
         if content_type == "application/json":
             return await self._json_image(request)
         if content_type.startswith("image/") or content_type in ("application/octet-stream", ""):
-            self._check_length(request, self.limits.max_bytes)
             return await request.body()
         raise RequestError(
             "unsupported_content_type",
@@ -299,8 +298,6 @@ class FusionIngress:
         )
 
     async def _json_image(self, request: Request) -> bytes:
-        # base64 is 4/3 of the bytes it carries.
-        self._check_length(request, self.limits.max_bytes * 4 // 3 + 1024)
         try:
             payload = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -327,15 +324,11 @@ class FusionIngress:
         )
 
     @staticmethod
-    def _check_length(request: Request, limit: int) -> None:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit + 64 * 1024:  # room for multipart framing
-            raise RequestError("too_large", f"request body is {length} bytes, the limit is {limit}", 413)
-
-    @staticmethod
     async def _form(request: Request, max_files: int):
         try:
             return await request.form(max_files=max_files, max_fields=16)
+        except BodyTooLarge:  # cut while read: GateMiddleware answers 413 too_large
+            raise
         except Exception as err:  # noqa: BLE001 - malformed multipart of any kind is the caller's error
             raise RequestError("invalid_multipart", f"cannot parse the multipart body: {err}") from err
 

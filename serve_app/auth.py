@@ -19,8 +19,11 @@ Presented keys are hashed with sha256 and compared to every configured hash with
 
 The same middleware does the ingress' admission (``serve_app.admission``): the scoring endpoints
 (``POST /v1/detect``, ``POST /v1/detect/batch``) count against ``admission.max_in_flight`` and are refused
-at once over it, and an :class:`~serve_app.admission.Overloaded` raised inside an endpoint (pixel budget,
-a detector's Serve queue being full) becomes ``503`` ``{"error": "overloaded"}`` with ``Retry-After``.
+at once over it, before a byte of their body is read, and an :class:`~serve_app.admission.Overloaded` raised
+inside an endpoint (pixel budget, a detector's Serve queue being full) becomes ``503`` ``{"error": "overloaded"}``
+with ``Retry-After``. It also bounds every request body (:class:`~serve_app.admission.BodyLimit`, from
+``input.max_bytes``): a ``Content-Length`` over the limit is refused before admission, and a body without one
+(chunked) is counted while the endpoint reads it and cut with ``413`` ``{"error": "too_large"}`` once over.
 """
 
 from __future__ import annotations
@@ -37,13 +40,15 @@ from typing import Any
 
 from models.image_input import DecodedImage, InputLimits, decode_image
 from serve_app.admission import (
+    BodyLimit,
+    BodyTooLarge,
     InFlightLimit,
     Overloaded,
     PixelBudget,
     RateLimited,
     RateLimiter,
+    Refusal,
     header_pixels,
-    retry_after_header,
 )
 from serve_app.responses import current_request_id
 
@@ -55,13 +60,14 @@ OPEN_V1 = {("GET", "/v1/config")}  # the page reads it to know whether to ask fo
 SCORING = {("POST", "/v1/detect"), ("POST", "/v1/detect/batch")}
 
 
-class Unauthorized(Exception):
+class Unauthorized(Refusal):
+    """No valid API key: HTTP 401 ``unauthorized`` with ``WWW-Authenticate: Bearer``."""
+
     code = "unauthorized"
     status = 401
 
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self.detail = detail
+    def headers(self) -> dict[str, str]:
+        return {"www-authenticate": 'Bearer realm="imgverify"'}
 
 
 def sha256_hex(key: str) -> str:
@@ -128,6 +134,11 @@ class Gate:
         self.in_flight = InFlightLimit(admission.max_in_flight, admission.retry_after_s)
         self.pixels = PixelBudget(admission.max_decode_pixels, admission.pixel_wait_s, admission.retry_after_s)
         self.retry_after_s = admission.retry_after_s
+        self.input = args.input
+
+    def body_limit(self, path: str, content_type: str) -> BodyLimit:
+        """How many bytes the body of a request to ``path`` may have (``input.max_bytes`` per image)."""
+        return BodyLimit.for_request(path, content_type, self.input.max_bytes, self.input.max_batch_files)
 
     def authorize(self, method: str, path: str, authorization: str | None) -> Key | None:
         """Raise :class:`Unauthorized` / :class:`RateLimited` for a call that may not go on; return its key."""
@@ -222,14 +233,18 @@ class GateMiddleware:
         method, path = scope.get("method", "GET"), route_path(scope)
         headers = {name: value for name, value in scope.get("headers", [])}
         authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-        try:
+        limit = gate.body_limit(path, headers.get(b"content-type", b"").decode("latin-1"))
+        try:  # key, rate, then a declared length: none of them takes an admission slot or reads the body
             gate.authorize(method, path, authorization)
-        except Unauthorized as err:
-            challenge = {"www-authenticate": 'Bearer realm="imgverify"'}
-            return await _send_error(scope, send, 401, err.code, err.detail, challenge)
-        except RateLimited as err:
-            retry = {"retry-after": retry_after_header(err.retry_after_s)}
-            return await _send_error(scope, send, 429, err.code, err.detail, retry)
+            limit.check_length(headers.get(b"content-length", b"").decode("latin-1") or None)
+        except Refusal as err:
+            return await _send_error(scope, send, err)
+        await self._admitted(gate, scope, limit.bounded(receive), send)
+
+    async def _admitted(self, gate: Gate, scope, receive, send) -> None:
+        """The app, within admission for the scoring endpoints; ``Overloaded`` and ``BodyTooLarge`` raised inside
+        it become their JSON answers while no response has started."""
+        method, path = scope.get("method", "GET"), route_path(scope)
         started = False
 
         async def tracking_send(message):
@@ -240,21 +255,20 @@ class GateMiddleware:
 
         try:
             if (method, path) in SCORING:
-                async with gate.in_flight.admit():
+                async with gate.in_flight.admit():  # refused here, before a byte of the body is read
                     await self.app(scope, receive, tracking_send)
             else:
                 await self.app(scope, receive, tracking_send)
-        except Overloaded as err:
+        except (Overloaded, BodyTooLarge) as err:
             if started:
                 raise
-            log.warning("overloaded: %s %s: %s", method, path, err.detail)
-            retry = {"retry-after": retry_after_header(err.retry_after_s)}
-            await _send_error(scope, send, 503, err.code, err.detail, retry)
+            log.warning("%s: %s %s: %s", err.code, method, path, err.detail)
+            await _send_error(scope, send, err)
 
 
-async def _send_error(scope, send, status: int, code: str, detail: str, extra: dict[str, str]) -> None:
-    body = error_body(code, detail, _request_id(scope))
+async def _send_error(scope, send, refusal: Refusal) -> None:
+    body = error_body(refusal.code, refusal.detail, _request_id(scope))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in refusal.headers().items()]
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import email.utils
 import hashlib
+import json
 import logging
 
 import httpx
@@ -19,6 +20,9 @@ from deployments.config import AccessArgs, AppArgs
 from models.image_input import InputLimits
 from serve_app import auth
 from serve_app.admission import (
+    FRAMING_BYTES,
+    BodyLimit,
+    BodyTooLarge,
     InFlightLimit,
     Overloaded,
     PixelBudget,
@@ -261,6 +265,7 @@ def make_app(gate_args: dict, monkeypatch) -> tuple[FastAPI, Gate]:
     async def detect(request: Request):
         if request.headers.get("x-overload"):
             raise Overloaded("detector x: queue full", 2)
+        await request.body()  # read, as the ingress reads an image body
         return JSONResponse({"label": "NON-AI"})
 
     @app.get("/v1/config")
@@ -339,6 +344,77 @@ def test_middleware_turns_overload_into_503_with_retry_after(monkeypatch):
     assert call(app, "GET", "/v1/config").status_code == 200  # only scoring counts against admission
     gate.in_flight.in_flight = 0
     assert call(app, "POST", "/v1/detect").status_code == 200
+
+
+# ---- bodies: bounded while read, and not read at all when admission refuses -------------------------------
+def test_body_limit_per_kind_of_request():
+    mib = 1024 * 1024
+    assert BodyLimit.for_request("/v1/detect", "image/png", 32 * mib, 16).limit == 32 * mib
+    assert BodyLimit.for_request("/v1/detect", "multipart/form-data; boundary=x", 32 * mib, 16).limit == 32 * mib
+    assert BodyLimit.for_request("/v1/detect", "Application/JSON; charset=utf-8", 3 * mib, 16).limit == 4 * mib + 1024
+    assert BodyLimit.for_request("/v1/detect/batch", "multipart/form-data", 32 * mib, 16).limit == 512 * mib
+    limit = BodyLimit(1000)
+    limit.check_length(str(1000 + FRAMING_BYTES))  # framing room
+    for length in (None, "", "abc"):
+        limit.check_length(length)  # no usable length: counted while read instead
+    with pytest.raises(BodyTooLarge) as err:
+        limit.check_length(str(1001 + FRAMING_BYTES))
+    assert (err.value.status, err.value.code) == (413, "too_large") and "the limit is 1000" in err.value.detail
+
+
+class AsgiCall:
+    """One request straight into an ASGI app: a body in chunks (no Content-Length unless given), the receive
+    calls counted, the answer collected."""
+
+    def __init__(self, chunks: list[bytes], headers: dict[str, str] | None = None):
+        self.chunks = list(chunks)
+        self.headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        self.receives = 0
+        self.messages: list[dict] = []
+
+    async def receive(self) -> dict:
+        self.receives += 1
+        if not self.chunks:
+            return {"type": "http.disconnect"}
+        body = self.chunks.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(self.chunks)}
+
+    async def send(self, message: dict) -> None:
+        self.messages.append(message)
+
+    def run(self, app, path: str = "/v1/detect") -> tuple[int, dict, dict]:
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": self.headers}
+        scope.update({"query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("t", 80)})
+        asyncio.run(app(scope, self.receive, self.send))
+        start = next(m for m in self.messages if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body")
+        return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, json.loads(body)
+
+
+def test_a_chunked_body_is_cut_at_the_limit_while_it_is_read(monkeypatch):
+    app, _ = make_app({"input": {"max_bytes": 1000}}, monkeypatch)
+    chunk = b"\0" * 16 * 1024  # 16 KiB; the limit is 1000 bytes + 64 KiB of framing room
+    under = AsgiCall([chunk] * 4, {"content-type": "image/png"})
+    assert under.run(app)[0] == 200
+    over = AsgiCall([chunk] * 100, {"content-type": "image/png", "x-request-id": "rid-9"})
+    status, headers, body = over.run(app)
+    assert status == 413 and headers["content-type"] == "application/json"
+    assert body["error"] == "too_large" and body["request_id"] == "rid-9" and "1000" in body["detail"]
+    assert over.receives == 5 and len(over.chunks) == 95  # cut on the chunk that passed the limit, the rest unread
+    declared = AsgiCall([chunk] * 100, {"content-type": "image/png", "content-length": str(100 * len(chunk))})
+    assert declared.run(app)[0] == 413 and declared.receives == 0  # refused on its Content-Length alone
+
+
+def test_admission_refuses_before_the_body_is_read(monkeypatch):
+    app, gate = make_app({"admission": {"max_in_flight": 1, "retry_after_s": 2}}, monkeypatch)
+    gate.in_flight.in_flight = 1  # another request is being scored
+    refused = AsgiCall([b"\0" * 1024] * 8, {"content-type": "image/png"})
+    status, headers, body = refused.run(app)
+    assert status == 503 and headers["retry-after"] == "2" and body["error"] == "overloaded"
+    assert refused.receives == 0 and len(refused.chunks) == 8  # not one body byte was read
+    gate.in_flight.in_flight = 0
+    admitted = AsgiCall([b"\0" * 1024] * 8, {"content-type": "image/png"})
+    assert admitted.run(app)[0] == 200 and admitted.receives == 8
 
 
 # ---- imgverify score retries politely -------------------------------------------------------------------
