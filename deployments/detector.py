@@ -30,9 +30,13 @@ LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1000
 
 def pick_device() -> str:
     """CUDA when Ray assigned this replica a GPU (a fraction counts) and torch sees it, else CPU."""
+    if not ray.get_gpu_ids():
+        # Without a GPU, no torch import just to learn that: it takes seconds, which a CPU-only detector's new
+        # replica (after a node is lost) or batch pool actor would otherwise spend before it can answer.
+        return "cpu"
     import torch
 
-    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @serve.deployment(
