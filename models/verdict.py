@@ -31,6 +31,8 @@ DecidedBy = Literal["fusion", "rule", "hard_evidence", "provenance", "none"]
 # fusion trained with them exists).
 Role = Literal["fusion input", "hard evidence", "context"]
 FUSION_INPUT: Role = "fusion input"
+# 1 when the file's metadata names an AI generator without a signature (EXIF Software, XMP CreatorTool, ...).
+UNSIGNED_AI_CLAIM = "metadata_ai_claim"
 HARD_EVIDENCE: Role = "hard evidence"
 CONTEXT: Role = "context"
 
@@ -122,6 +124,11 @@ class Verdict:
         """The image is unlike the images the fusion's detectors were trained on: no confident verdict from them."""
         return self.unfamiliar is not None and features.get(self.unfamiliar[0], -1.0) >= self.unfamiliar[1]
 
+    def is_contradicted(self, label: str, features: dict[str, float]) -> bool:
+        """A NON-AI lean while the file's own (unsigned) metadata names an AI generator: the claim decides nothing
+        alone, and neither does the pixel model against it, so the verdict is never a confident NON-AI."""
+        return label == "NON-AI" and features.get(UNSIGNED_AI_CLAIM, 0.0) >= 1.0
+
     def decide(self, outcomes: list[DetectorOutcome], warnings: list[str] | None = None) -> dict[str, Any]:
         """The response body (without request id, image summary and timings) for one image; ``warnings``: the
         decoded image's (``DecodedImage.warnings``, e.g. "truncated_image"), carried and explained."""
@@ -144,14 +151,17 @@ class Verdict:
         else:
             label = "AI" if fusion_prob >= self.threshold else "NON-AI"
             decided_by = "rule" if self.fusion.kind == "rule" else "fusion"
-            uncertain = self.is_uncertain(fusion_prob) or self.is_unfamiliar(features)
+            uncertain = (
+                self.is_uncertain(fusion_prob) or self.is_unfamiliar(features) or self.is_contradicted(label, features)
+            )
 
         provenance = next(
             (o.result.provenance for o in outcomes if o.status == "ok" and o.result and o.result.provenance),
             dict(NO_PROVENANCE),
         )
         warnings = list(warnings or [])
-        plain = self._plain(outcomes, label, decided_by, uncertain, fusion_prob, provenance, hard)
+        contradicted = decided_by in ("fusion", "rule") and self.is_contradicted(label, features)
+        plain = self._plain(outcomes, label, decided_by, uncertain, fusion_prob, provenance, hard, contradicted)
         technical = self._reasoning(outcomes, features, fusion_prob, hard or hard_real, decided_by)
         body: dict[str, Any] = {name: round(value, 6) for name, value in features.items()}
         body.update(
@@ -184,6 +194,7 @@ class Verdict:
         fusion_prob: float | None,
         provenance: dict[str, Any],
         hard: list[str],
+        contradicted: bool = False,
     ) -> str:
         """The verdict in one sentence a reader without the technical terms follows: what decided (provenance, the
         pixel models, nothing), how sure, and which detectors that matter did not answer."""
@@ -213,6 +224,12 @@ class Verdict:
             return (
                 f"Uncertain: {who} leans towards {lean}{unanswered}, not far enough for a confident verdict, and "
                 f"{claim}."
+            )
+        if uncertain and contradicted:
+            return (
+                f"Uncertain: {who} {finds} no generator traces (P(AI) {fusion_prob:.2f}){unanswered}, but the file's "
+                f"own {SOURCE_WORDS.get(provenance.get('source') or '', 'metadata')} names an AI generator: an "
+                "unsigned claim that proves nothing alone, and the pixels do not outweigh it."
             )
         if uncertain:
             return (

@@ -10,6 +10,7 @@ and moves neither ``fusion_prob`` nor the label.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import struct
@@ -167,3 +168,18 @@ def test_structured_generator_metadata_stays_hard_and_a_bare_software_name_does_
         [decode_image((FIXTURES / "generator-metadata" / "ai" / "NovelAI__novelai1_cropped.png").read_bytes())]
     )
     assert any("NovelAI generation metadata" in s for s in real.hard_evidence)
+
+
+def test_an_unsigned_ai_claim_never_sits_beside_a_confident_non_ai(local):
+    """The claim decides nothing alone, and a pixel model's NON-AI does not outweigh it: where the same photo
+    without the claim gets a confident NON-AI, with it the verdict keeps the label and says uncertain, and why."""
+    verdict, detectors = local
+    confident = copy.copy(verdict)  # the shipped verdict with no uncertain range: every fusion verdict confident
+    confident.uncertain_range, confident.unfamiliar = (verdict.threshold, verdict.threshold), None
+    plain = decide((confident, detectors), CAMERA_JPEG.read_bytes())
+    assert (plain["label"], plain["uncertain"]) == ("NON-AI", False)
+    assert plain["reasoning"][0].startswith("Looks like a camera photo")
+    claimed = decide((confident, detectors), with_software(CAMERA_JPEG, "Gemini app 1.2"))
+    assert (claimed["label"], claimed["uncertain"], claimed["fusion_prob"]) == ("NON-AI", True, plain["fusion_prob"])
+    assert claimed["reasoning"][0].startswith("Uncertain: the pixel model finds no generator traces")
+    assert "EXIF metadata names an AI generator: an unsigned claim" in claimed["reasoning"][0]
