@@ -50,7 +50,11 @@ class ClusterProcess:
         self.replies: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         began = time.monotonic()
-        self.started = self._reply(CALL_TIMEOUT_S)  # {"url", "address", "nodes"} once the cluster is up
+        try:
+            self.started = self._reply(CALL_TIMEOUT_S)  # {"url", "address", "nodes"} once the cluster is up
+        except BaseException:
+            self._end()
+            raise
         self.start_s = time.monotonic() - began
 
     def _read(self) -> None:
@@ -83,10 +87,18 @@ class ClusterProcess:
         try:
             self.call("shutdown", timeout_s=120)
         finally:
-            if self.process.poll() is None:
-                self.process.kill()  # only when the orderly shutdown failed
+            self._end()
+
+    def _end(self) -> None:
+        """Wait for the subprocess to exit; kill it if it does not (the reaper Ray's ``Cluster`` spawns for each node
+        then ends that node's processes), and remove its files."""
+        try:
+            self.process.stdin.close()  # an idle server shuts its cluster down at the end of its input
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
             self.process.wait()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # ---- the cluster side --------------------------------------------------------------------------------------

@@ -108,9 +108,9 @@ def test_detector_replicas_spread_over_the_workers_and_http_answers_through_the_
             response = http.post("/v1/detect", content=image_bytes(seed=seed), headers={"content-type": "image/png"})
             assert response.status_code == 200
             body = response.json()
-            assert body["missing"] == [] and {n for n, d in body["detectors"].items() if d["status"] == "ok"} == set(
-                DETECTORS
-            )
+            assert body["missing"] == []
+            assert {n for n, d in body["detectors"].items() if d["status"] == "ok"} == set(DETECTORS)
+    print(f"\n[cluster] a head and {len(workers)} workers with Serve on the head up in {ray_cluster.start_s:.1f} s")
 
 
 def whole_again(ray_cluster, http: httpx.Client, lost: str) -> bool:
