@@ -257,14 +257,17 @@ def test_a_threshold_outside_the_uncertain_range_is_refused_naming_both(tmp_path
                 "fusion": {"model": "rule", "threshold": 0.97, "uncertain_range": [0.2, 0.955]},
             }
         )
-    # The shipped fusion's range is [0.029, 0.987): a config threshold past it, and a config range that misses its
-    # threshold (0.864).
+    # The shipped fusion's own pair (read from the artifact, so a retrained one keeps the test true): a config
+    # threshold past its range, and a config range that misses its threshold.
+    artifact = json.loads((REPO / "models/weights/fusion_local.json").read_text())
+    low, high = artifact["uncertain_range"]
     app = _local_app()
     app["args"]["fusion"]["threshold"] = 0.995
+    assert not low <= 0.995 < high
     with pytest.raises(
         ValueError,
         match=r"threshold 0\.995 \(the config's fusion\.threshold\) lies outside the "
-        r"uncertain range \[0\.0286589, 0\.986914\) \(the fusion model's uncertain_range\)",
+        rf"uncertain range \[{low:.6g}, {high:.6g}\) \(the fusion model's uncertain_range\)",
     ):
         load_profile(_app_config(tmp_path, app))
     with pytest.raises(ValueError, match=r"\(the fusion model's uncertain_range\)"):
@@ -273,12 +276,11 @@ def test_a_threshold_outside_the_uncertain_range_is_refused_naming_both(tmp_path
     app["args"]["fusion"]["uncertain_range"] = [0.2, 0.8]
     with pytest.raises(
         ValueError,
-        match=r"threshold 0\.863665 \(the fusion model's threshold\).*\[0\.2, 0\.8\) "
+        match=rf"threshold {artifact['threshold']:.6g} \(the fusion model's threshold\).*\[0\.2, 0\.8\) "
         r"\(the config's fusion\.uncertain_range\)",
     ):
         load_profile(_app_config(tmp_path, app))
     # An artifact whose own pair disagrees is refused too; a pair that holds the threshold is accepted.
-    artifact = json.loads((REPO / "models/weights/fusion_local.json").read_text())
     broken = tmp_path / "fusion_broken.json"
     broken.write_text(json.dumps({**artifact, "threshold": 0.99}))
     with pytest.raises(ValueError, match=r"threshold 0\.99 \(the fusion model's threshold\)"):
