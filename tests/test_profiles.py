@@ -197,3 +197,13 @@ def test_a_gpu_may_set_runtime_auto_and_nothing_else():
     assert detector_settings_differ({"precision": "fp32"}, {"precision": "int8"}) == ["precision"]
     assert detector_settings_differ({"head_sha256": "a"}, {}) == ["head_sha256"]
     assert detector_settings_differ({}, {"fp16": True}) == ["fp16"]  # fp16 moves the embeddings: not the product
+
+
+@pytest.mark.parametrize("config", [LOCAL, PRODUCTION], ids=["local", "production"])
+def test_the_ingress_json_refusal_comes_before_serves_plain_text_queue_bound(config):
+    """Behind HAProxy a request counts as queued in Serve until the ingress replica starts it, so an ingress whose
+    max_queued_requests is below max_ongoing_requests answers bursts with Serve's plain-text 503 before its own
+    JSON ``overloaded`` (bench/overload.py at 128 clients: 14-170 plain-text answers a run at 64, none at 256)."""
+    (app,) = [a for a in yaml.safe_load(config.read_text())["applications"] if a["import_path"].endswith("build_app")]
+    (ingress,) = [d for d in app["deployments"] if d["name"] == "FusionIngress"]
+    assert ingress["max_queued_requests"] >= ingress["max_ongoing_requests"], ingress
