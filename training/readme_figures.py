@@ -17,6 +17,7 @@ README and the files disagree, so a retrained product cannot ship with last stop
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import sys
@@ -124,14 +125,38 @@ def in_distribution(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def policy(metrics: dict[str, Any], fusion: dict[str, Any]) -> str:
-    """The threshold and the confident bounds the service answers with, and where they came from."""
+def reachable_range(fusion_file: Path) -> tuple[float, float]:
+    """The lowest and highest fusion_prob the artifact can give: its output at every corner of its features' ranges
+    (the fusion is monotone in each feature, so the extremes lie at corners)."""
+    from models.fusion import load_fusion
+    from models.registry import feature_schema
+
+    schema = feature_schema()
+    fusion = load_fusion(str(fusion_file), schema)
+    bounds = [(schema[name].low, schema[name].high) for name in fusion.features]
+    probs = [fusion.predict_proba(dict(zip(fusion.features, corner))) for corner in itertools.product(*bounds)]
+    return min(probs), max(probs)
+
+
+def policy(metrics: dict[str, Any], fusion: dict[str, Any], reachable: tuple[float, float]) -> str:
+    """The threshold and the confident bounds the service answers with, where they came from, and whether the
+    fusion can reach them at all."""
     low, high = metrics["evaluated"]["uncertain_range"]
     lines = [
         f"- Label threshold {metrics['evaluated']['threshold']:.3f} ({pct(fusion.get('target_fpr'))} of validation "
         f"photos above it); an AI verdict is confident from {high:.3f} (the score {pct(fusion.get('confident_fpr'))} "
         f"of held-out photos reach), a NON-AI verdict below {low:.3f}; every source weighs the same.",
     ]
+    if low <= reachable[0] and reachable[1] < high:
+        lines.append(
+            f"- **No pixel verdict is ever confident**: the fusion's output lies in [{reachable[0]:.3f}, "
+            f"{reachable[1]:.3f}], inside the uncertain range, so only provenance (hard evidence, a trusted camera "
+            "capture) gives `uncertain: false`. The bounds are what the leave-out folds' fusions scored on the sources "
+            "they never saw, and those reach further than the shipped fusion does: on this training data, the "
+            "pixels alone are never trusted with a confident verdict."
+        )
+    else:
+        lines.append(f"- The fusion's output spans [{reachable[0]:.3f}, {reachable[1]:.3f}].")
     recorded = fusion.get("leave_out", {}).get("in_distribution_uncertain_range")
     if recorded:
         lines.append(
@@ -163,12 +188,13 @@ def render(reports: Path = REPORTS, bench_record: Path = PROFILE_COST) -> dict[s
     """Every generated block, by name, from the committed reports."""
     metrics = json.loads((reports / "metrics.json").read_text())
     leave_out = json.loads((reports / "leave_out.json").read_text())
-    fusion = json.loads((WEIGHTS / metrics["evaluated"]["model"]).read_text())
+    fusion_file = WEIGHTS / metrics["evaluated"]["model"]
+    fusion = json.loads(fusion_file.read_text())
     return {
         "accuracy-table": accuracy_table(metrics, leave_out),
         "leave-out-sources": leave_out_sources(leave_out),
         "in-distribution": in_distribution(metrics),
-        "policy": policy(metrics, fusion),
+        "policy": policy(metrics, fusion, reachable_range(fusion_file)),
         "profile-cost": profile_cost(json.loads(bench_record.read_text())),
     }
 
