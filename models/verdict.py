@@ -141,6 +141,7 @@ class Verdict:
         # A trusted camera-capture manifest; the provenance detector already let any trusted AI evidence win.
         hard_real = [s for o in outcomes if o.status == "ok" and o.result for s in o.result.hard_evidence_real]
 
+        contradicted = False  # a fusion NON-AI beside an unsigned AI claim (is_contradicted)
         if self.hard_evidence and hard:
             # "hard_evidence" is kept for the AI direction: evaluation reports and stored batch outputs count it.
             label, decided_by, uncertain = "AI", "hard_evidence", False
@@ -151,16 +152,14 @@ class Verdict:
         else:
             label = "AI" if fusion_prob >= self.threshold else "NON-AI"
             decided_by = "rule" if self.fusion.kind == "rule" else "fusion"
-            uncertain = (
-                self.is_uncertain(fusion_prob) or self.is_unfamiliar(features) or self.is_contradicted(label, features)
-            )
+            contradicted = self.is_contradicted(label, features)
+            uncertain = self.is_uncertain(fusion_prob) or self.is_unfamiliar(features) or contradicted
 
         provenance = next(
             (o.result.provenance for o in outcomes if o.status == "ok" and o.result and o.result.provenance),
             dict(NO_PROVENANCE),
         )
         warnings = list(warnings or [])
-        contradicted = decided_by in ("fusion", "rule") and self.is_contradicted(label, features)
         plain = self._plain(outcomes, label, decided_by, uncertain, fusion_prob, provenance, hard, contradicted)
         technical = self._reasoning(outcomes, features, fusion_prob, hard or hard_real, decided_by)
         body: dict[str, Any] = {name: round(value, 6) for name, value in features.items()}

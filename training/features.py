@@ -152,7 +152,7 @@ def extract_features(
     update_cache(table, detectors, cache_dir)
     # Ray Data yields rows in the order its tasks finish: sorted, a cold run and a cached one give trainers the same
     # rows in the same order, so a seeded model (the head's novelty sample, folds) comes out byte for byte the same.
-    table = table.sort_by([("key", "ascending"), ("variant", "ascending")]) if table.num_rows else table
+    table = table.sort_by([("key", "ascending"), ("variant", "ascending")])
     return _with_feature_columns(table, detectors)
 
 
