@@ -186,6 +186,8 @@ class TrainedFusion:
         # (a feature that was nearly constant in training) cannot be extrapolated into a confident verdict.
         self.low = np.asarray(artifact["scaler"].get("low", [-np.inf] * len(self.features)), dtype=np.float64)
         self.high = np.asarray(artifact["scaler"].get("high", [np.inf] * len(self.features)), dtype=np.float64)
+        # Calibrated probabilities read on their logit scale (artifacts before this key read every feature as is).
+        self.logit = np.asarray(artifact["scaler"].get("logit", [False] * len(self.features)), dtype=bool)
         self.model_type: str = artifact["model_type"]
         if self.model_type == "xgboost":
             import xgboost
@@ -200,7 +202,7 @@ class TrainedFusion:
 
     # The same transform is used by training (training/train_fusion.py imports it): one definition.
     def design_matrix(self, rows: list[dict[str, float]]) -> np.ndarray:
-        return design_matrix(rows, self.features, self.impute, self.mean, self.scale, (self.low, self.high))
+        return design_matrix(rows, self.features, self.impute, self.mean, self.scale, (self.low, self.high), self.logit)
 
     def raw_scores(self, x: np.ndarray) -> np.ndarray:
         """Uncalibrated P(AI) for each design row."""
@@ -248,17 +250,28 @@ def design_matrix(
     mean: np.ndarray,
     scale: np.ndarray,
     value_range: tuple[np.ndarray, np.ndarray] | None = None,
+    logit: np.ndarray | None = None,
 ) -> np.ndarray:
     """[standardised values, missing indicators]: a missing value is imputed AND flagged, so the model
     sees that it is missing rather than a made-up observation. Values are clipped to ``value_range``
-    (the training range) first."""
+    (the training range) first; the features flagged in ``logit`` (calibrated probabilities) are then read on their
+    logit scale, so that a linear model of them can reach a confident probability (on the probability scale a
+    logistic fusion's output stays inside a narrow band, whatever its inputs say)."""
     values = np.array([[row.get(name, np.nan) for name in features] for row in rows], dtype=np.float64)
     values = values.reshape(len(rows), len(features))
     missing = np.isnan(values)
     values = np.where(missing, impute[None, :], values)
     if value_range is not None:
         values = np.clip(values, value_range[0][None, :], value_range[1][None, :])
+    if logit is not None and logit.any():
+        values[:, logit] = probability_logit(values[:, logit])
     return np.hstack([(values - mean) / scale, missing.astype(np.float64)])
+
+
+def probability_logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), with p kept within [1e-6, 1 - 1e-6] (a head's float32 output can be exactly 0 or 1)."""
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
 
 
 def apply_calibration(calibration: dict[str, Any], p: np.ndarray) -> np.ndarray:

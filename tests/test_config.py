@@ -261,34 +261,37 @@ def test_a_threshold_outside_the_uncertain_range_is_refused_naming_both(tmp_path
     # threshold past its range, and a config range that misses its threshold.
     artifact = json.loads((REPO / "models/weights/fusion_local.json").read_text())
     low, high = artifact["uncertain_range"]
+    outside = float(f"{(1 + high) / 2:.6g}")  # past the range's upper end
     app = _local_app()
-    app["args"]["fusion"]["threshold"] = 0.995
-    assert not low <= 0.995 < high
+    app["args"]["fusion"]["threshold"] = outside
+    assert not low <= outside < high
     with pytest.raises(
         ValueError,
-        match=r"threshold 0\.995 \(the config's fusion\.threshold\) lies outside the "
+        match=rf"threshold {outside:.6g} \(the config's fusion\.threshold\) lies outside the "
         rf"uncertain range \[{low:.6g}, {high:.6g}\) \(the fusion model's uncertain_range\)",
     ):
         load_profile(_app_config(tmp_path, app))
     with pytest.raises(ValueError, match=r"\(the fusion model's uncertain_range\)"):
-        Verdict.build(["provenance", "forensics", "clip_b16"], "fusion_local.json", threshold=0.995)
+        Verdict.build(["provenance", "forensics", "clip_b16"], "fusion_local.json", threshold=outside)
     app = _local_app()
-    app["args"]["fusion"]["uncertain_range"] = [0.2, 0.8]
+    below = float(f"{(0.2 + artifact['threshold']) / 2:.3g}")  # a range that ends below the model's threshold
+    app["args"]["fusion"]["uncertain_range"] = [0.2, below]
     with pytest.raises(
         ValueError,
-        match=rf"threshold {artifact['threshold']:.6g} \(the fusion model's threshold\).*\[0\.2, 0\.8\) "
+        match=rf"threshold {artifact['threshold']:.6g} \(the fusion model's threshold\).*\[0\.2, {below:g}\) "
         r"\(the config's fusion\.uncertain_range\)",
     ):
         load_profile(_app_config(tmp_path, app))
     # An artifact whose own pair disagrees is refused too; a pair that holds the threshold is accepted.
     broken = tmp_path / "fusion_broken.json"
-    broken.write_text(json.dumps({**artifact, "threshold": 0.99}))
-    with pytest.raises(ValueError, match=r"threshold 0\.99 \(the fusion model's threshold\)"):
+    broken.write_text(json.dumps({**artifact, "threshold": outside}))
+    with pytest.raises(ValueError, match=rf"threshold {outside:.6g} \(the fusion model's threshold\)"):
         Verdict.build(["provenance", "forensics", "clip_b16"], str(broken))
     app = _local_app()
     app["args"]["fusion"]["model"] = str(broken)
-    with pytest.raises(ValueError, match=r"fusion model .*fusion_broken\.json: threshold 0\.99"):
+    with pytest.raises(ValueError, match=rf"fusion model .*fusion_broken\.json: threshold {outside:.6g}"):
         load_profile(_app_config(tmp_path, app))
     app = _local_app()
     app["args"]["fusion"].update(threshold=0.9, uncertain_range=[0.05, 0.95])
     assert load_profile(_app_config(tmp_path, app)).args.verdict().describe()["uncertain_range"] == [0.05, 0.95]
+

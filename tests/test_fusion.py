@@ -268,3 +268,34 @@ def test_an_image_unlike_the_training_images_gets_no_confident_verdict(tmp_path)
     assert (unlike["label"], unlike["uncertain"], unlike["fusion_prob"]) == ("AI", True, familiar["fusion_prob"])
     assert any("unlike the images the detectors were trained on" in r for r in unlike["reasoning"])
     assert verdict.describe()["unfamiliar"] == {"feature": "clip_b16_novelty", "from": 0.95}
+
+
+def test_a_fusion_of_one_calibrated_probability_can_reach_a_confident_verdict(tmp_path):
+    """clip_b16_prob alone, as the local profile's fusion reads it. On the probability scale a logistic fusion's
+    output is a bounded function of a bounded input and stayed within [0.03, 0.97], inside every confident bound: no
+    pixel verdict could be confident. Read as a logit (the default), the extremes of the head reach the extremes."""
+    rng = np.random.default_rng(3)
+    n = 800
+    y = rng.integers(0, 2, n)
+    logit = np.where(y == 1, 3.0, -3.0) + rng.normal(0, 2.0, n)  # a head that is right, and sure, most of the time
+    table = pa.table(
+        {
+            "key": [f"k{i}" for i in range(n)],
+            "label": ["ai" if v else "real" for v in y],
+            "split": rng.choice(["train", "val", "test"], n, p=[0.6, 0.2, 0.2]).tolist(),
+            "source": ["synthetic"] * n,
+            "clip_b16_prob": (1 / (1 + np.exp(-logit))).tolist(),
+        }
+    )
+    schema = models.feature_schema(["clip_b16"])
+    ranges = {}
+    for as_logits in (True, False):
+        out = tmp_path / f"fusion_{as_logits}.json"
+        train_fusion(table, ["clip_b16"], out, features=("clip_b16_prob",), probabilities_as_logits=as_logits)
+        assert json.loads(out.read_text())["scaler"]["logit"] == [as_logits]
+        model = load_fusion(str(out), schema)
+        ranges[as_logits] = [model.predict_proba({"clip_b16_prob": p}) for p in (1e-5, 0.5, 1 - 1e-5)]
+    low, middle, high = ranges[True]
+    assert low < 0.01 and 0.2 < middle < 0.8 and high > 0.99
+    low, _, high = ranges[False]
+    assert low > 0.01 and high < 0.99  # the old reading: sure inputs, an unsure fusion

@@ -93,12 +93,14 @@ class Recipe:
             )
         artifact = json.loads(resolve_fusion_path(profile.args.fusion.model).read_text())
         training = artifact.get("training", {})
-        settings = training.get("settings") or {
+        recorded = training.get("settings") or {
             "kind": artifact["model_type"],
             "target_fpr": artifact.get("target_fpr", 0.05),
             "confident_fpr": artifact.get("confident_fpr", 0.01),
             **{k: training[k] for k in ("dropout", "dropout_copies", "seed") if k in training},
         }
+        # An artifact trained before `probabilities_as_logits` existed read its features as they are.
+        settings = {"probabilities_as_logits": False, **recorded}
         return cls(
             head_params=detector.head.get_params(),
             head_variants=list(detector.head.metadata_.get("variants") or ["clean", *FUSION_VARIANTS]),

@@ -43,6 +43,11 @@ def num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def prob(value: float) -> str:
+    """A probability with the digits that tell it from 0 and 1 (0.9995 is not "1.000")."""
+    return f"{value:.4f}" if min(value, 1 - value) < 0.01 else f"{value:.3f}"
+
+
 def span(values: list[float]) -> str:
     """``0.93-0.98``: the range of some AUCs, to two decimals."""
     low, high = min(values), max(values)
@@ -144,8 +149,8 @@ def policy(metrics: dict[str, Any], fusion: dict[str, Any], reachable: tuple[flo
     low, high = metrics["evaluated"]["uncertain_range"]
     lines = [
         f"- Label threshold {metrics['evaluated']['threshold']:.3f} ({pct(fusion.get('target_fpr'))} of validation "
-        f"photos above it); an AI verdict is confident from {high:.3f} (the score {pct(fusion.get('confident_fpr'))} "
-        f"of held-out photos reach), a NON-AI verdict below {low:.3f}; every source weighs the same.",
+        f"photos above it); an AI verdict is confident from {prob(high)} (the score {pct(fusion.get('confident_fpr'))} "
+        f"of held-out photos reach), a NON-AI verdict below {prob(low)}; every source weighs the same.",
     ]
     if low <= reachable[0] and reachable[1] < high:
         lines.append(
@@ -156,7 +161,11 @@ def policy(metrics: dict[str, Any], fusion: dict[str, Any], reachable: tuple[flo
             "pixels alone are never trusted with a confident verdict."
         )
     else:
-        lines.append(f"- The fusion's output spans [{reachable[0]:.3f}, {reachable[1]:.3f}].")
+        lines.append(
+            f"- The fusion's output spans [{prob(reachable[0])}, {prob(reachable[1])}] and reaches both bounds: it "
+            "reads clip_b16's calibrated probability on its logit scale (on the probability scale, as before, a "
+            "logistic fusion of it stayed inside the uncertain range and no pixel verdict was ever confident)."
+        )
     recorded = fusion.get("leave_out", {}).get("in_distribution_uncertain_range")
     if recorded:
         lines.append(

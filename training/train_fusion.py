@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 import models
 from deployments.config import load_profile
-from models.fusion import ARTIFACT_FORMAT, TrainedFusion, apply_calibration, design_matrix
+from models.fusion import ARTIFACT_FORMAT, TrainedFusion, apply_calibration, design_matrix, probability_logit
 from training.cross_fit import TRAINED_FEATURES, apply_cross_fitted
 from training.dataset import check_two_classes, training_data_hash
 from training.features import DEFAULT_CONFIG, feature_rows
@@ -66,6 +66,9 @@ class FusionSettings:
     # "rows": every validation row weighs the same; "sources": every source (one generator family or photo
     # collection) weighs the same within its class, in calibration, threshold and bounds alike.
     weighting: str = "rows"
+    # Calibrated probability features (``FeatureSpec.probability``) enter the model as logits: on the probability
+    # scale, a logistic fusion of clip_b16_prob alone could never leave [0.03, 0.97], inside the confident bounds.
+    probabilities_as_logits: bool = True
     dropout: float = 0.15  # per-detector drop rate in the training copies
     dropout_copies: int = 3
     seed: int = 0
@@ -198,7 +201,8 @@ def fit_fusion(
     schema = _fusion_schema(detectors, settings.features)
     train_rows = feature_rows(splits["train"], list(schema))
     features, constant = _informative_features(train_rows, schema)
-    preprocessing = _preprocessing(train_rows, features)
+    logit = np.array([settings.probabilities_as_logits and schema[f].probability for f in features], dtype=bool)
+    preprocessing = _preprocessing(train_rows, features, logit)
     x_train, y_train = _training_set(splits["train"], train_rows, detectors, features, preprocessing, settings)
     fitted = fit_model(settings.kind, x_train, y_train, settings.seed)
     booster = fitted.pop("_booster", None)
@@ -249,18 +253,21 @@ def _informative_features(train_rows: list[dict[str, float]], schema: dict[str, 
     return features, constant
 
 
-Preprocessing = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]
+Preprocessing = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]
 
 
-def _preprocessing(train_rows: list[dict[str, float]], features: list[str]) -> Preprocessing:
-    """(impute, mean, scale, (low, high)) of the features on the train rows, as ``design_matrix`` takes them."""
+def _preprocessing(train_rows: list[dict[str, float]], features: list[str], logit: np.ndarray) -> Preprocessing:
+    """(impute, mean, scale, (low, high), logit) of the features on the train rows, as ``design_matrix`` takes
+    them: impute and range on the features' own scale, mean and scale after the logit of those flagged."""
     values = np.array([[row.get(f, np.nan) for f in features] for row in train_rows], dtype=np.float64)
     impute = np.nanmedian(values, axis=0)
     impute = np.where(np.isnan(impute), 0.0, impute)  # a feature never present on train: its indicator decides
     filled = np.where(np.isnan(values), impute, values)
-    mean, scale = filled.mean(axis=0), filled.std(axis=0)
+    read = filled.copy()
+    read[:, logit] = probability_logit(read[:, logit])
+    mean, scale = read.mean(axis=0), read.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
-    return impute, mean, scale, (filled.min(axis=0), filled.max(axis=0))
+    return impute, mean, scale, (filled.min(axis=0), filled.max(axis=0)), logit
 
 
 def _training_set(
@@ -305,7 +312,7 @@ def _untuned_artifact(
     training: dict[str, Any],
 ) -> dict[str, Any]:
     """The artifact before calibration: identity calibration, threshold 0.5 (``_calibrate`` replaces them)."""
-    impute, mean, scale, (low, high) = preprocessing
+    impute, mean, scale, (low, high), logit = preprocessing
     specs = {f: {"low": schema[f].low, "high": schema[f].high, "direction": schema[f].direction} for f in features}
     return {
         "format": ARTIFACT_FORMAT,
@@ -317,7 +324,13 @@ def _untuned_artifact(
         "detectors": detectors,
         "detector_versions": _detector_versions(table, detectors),
         "impute": impute.tolist(),
-        "scaler": {"mean": mean.tolist(), "scale": scale.tolist(), "low": low.tolist(), "high": high.tolist()},
+        "scaler": {
+            "mean": mean.tolist(),
+            "scale": scale.tolist(),
+            "low": low.tolist(),
+            "high": high.tolist(),
+            "logit": logit.tolist(),
+        },
         **fitted,
         "calibration": {"method": "none"},
         "threshold": 0.5,
