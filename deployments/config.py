@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,6 +36,19 @@ from models.verdict import Verdict, check_threshold_in_range
 
 # The ingress deployment of ``serve_app.app:build_app``; every other deployment is named after its detector.
 INGRESS_DEPLOYMENT = "FusionIngress"
+# A replaced ingress replica (``serve deploy`` of new args, a scale-down, SIGTERM) behind HAProxy, Serve's direct
+# ingress, first stays reachable for Ray's RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (30 s by default) so the
+# load balancer can deregister it, and keeps *admitting* requests meanwhile; the controller kills it
+# graceful_shutdown_timeout_s after the stop began. A request admitted at the end of that window needs its whole
+# time after it, so the ingress' shutdown budget is the window plus the slowest request.
+INGRESS_DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+# Decoding, the fusion and heatmaps on top of the slowest detector's timeout (generous: they take well under 1 s).
+REQUEST_OVERHEAD_S = 10.0
+
+
+def drain_window_s() -> float:
+    """Serve's drain window for a replaced ingress replica, as Ray reads it (``INGRESS_DRAIN_ENV``, default 30 s)."""
+    return float(os.environ.get(INGRESS_DRAIN_ENV, "30"))
 
 
 class ConfigError(ValueError):
@@ -227,6 +241,17 @@ class AppArgs(StrictArgs):
     def detector_names(self) -> list[str]:
         return [d.name for d in self.detectors]
 
+    def slowest_request_s(self) -> float:
+        """The longest an admitted scoring request can take: fetching a URL image, the slowest detector's timeout
+        (detectors run at once), and decoding, fusion and heatmaps."""
+        fetch = self.input.url_timeout_s if self.input.allow_url else 0.0
+        return fetch + max(d.timeout_s for d in self.detectors) + REQUEST_OVERHEAD_S
+
+    def ingress_shutdown_s(self) -> float:
+        """The ingress' least ``graceful_shutdown_timeout_s``: Serve's drain window, in which a replica being replaced
+        still admits requests, plus the slowest request (so none it admitted is cut off)."""
+        return drain_window_s() + self.slowest_request_s()
+
     def require_fusion(self) -> None:
         """Refuse a config that names no fusion model (no file is read: ``build_app`` calls it where the artifact may
         live on other nodes). Unset is not the rule: that one is asked for by name."""
@@ -395,7 +420,25 @@ def _read_app(config: Any, app_name: str | None, check_fusion: bool) -> tuple[Ap
     args = _validated(AppArgs, app.get("args") or {}, "args")
     if check_fusion:
         args.check_fusion()
-    return args, check_deployments(app.get("deployments") or [], args.detector_names())
+    deployments = check_deployments(app.get("deployments") or [], args.detector_names())
+    check_ingress_shutdown(deployments.get(INGRESS_DEPLOYMENT, {}), args)
+    return args, deployments
+
+
+def check_ingress_shutdown(entry: Mapping[str, Any], args: AppArgs) -> None:
+    """Refuse an ingress ``graceful_shutdown_timeout_s`` that would kill a replaced replica while it still works on
+    requests it admitted (:meth:`AppArgs.ingress_shutdown_s`). Unset, ``build_app`` sets that least value itself."""
+    given = entry.get("graceful_shutdown_timeout_s")
+    needed = args.ingress_shutdown_s()
+    if given is not None and float(given) < needed:
+        raise ConfigError(
+            f"deployment {INGRESS_DEPLOYMENT!r} graceful_shutdown_timeout_s {given} is shorter than a replaced "
+            f"ingress may need: {needed:g} s = Serve's drain window ({INGRESS_DRAIN_ENV}, {drain_window_s():g} s, "
+            "in which it still admits requests) + the "
+            f"slowest request ({args.slowest_request_s():g} s: the slowest detector's timeout_s + "
+            f"{REQUEST_OVERHEAD_S:g} s, + url_timeout_s when allow_url). Raise it, or leave it out (build_app sets "
+            f"{needed:g})."
+        )
 
 
 def check_deployments(deployments: list[Any], detectors: list[str]) -> dict[str, dict[str, Any]]:

@@ -343,4 +343,6 @@ def build_app(args: AppArgs) -> serve.Application:
         name: DetectorDeployment.options(name=name, user_config={}).bind(name)
         for name in args.detector_names()
     }
-    return FusionIngress.bind(args.model_dump(), detectors)
+    # The ingress' shutdown budget covers Serve's drain window plus the slowest request (a config may give more).
+    ingress = FusionIngress.options(graceful_shutdown_timeout_s=args.ingress_shutdown_s())
+    return ingress.bind(args.model_dump(), detectors)

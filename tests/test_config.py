@@ -295,3 +295,23 @@ def test_a_threshold_outside_the_uncertain_range_is_refused_naming_both(tmp_path
     app["args"]["fusion"].update(threshold=0.9, uncertain_range=[0.05, 0.95])
     assert load_profile(_app_config(tmp_path, app)).args.verdict().describe()["uncertain_range"] == [0.05, 0.95]
 
+
+def test_an_ingress_shutdown_that_would_cut_admitted_requests_is_refused(tmp_path, monkeypatch):
+    """Behind HAProxy a replaced ingress replica still admits requests for Serve's drain window (30 s) and is killed
+    graceful_shutdown_timeout_s after the stop began: the budget must cover the window plus the slowest request.
+    The shipped configs had 45 s / 30 s (the slowest request only); unset, build_app sets the least value."""
+    app = _local_app()
+    (ingress,) = [d for d in app["deployments"] if d["name"] == "FusionIngress"]
+    assert load_profile(_app_config(tmp_path, app)).args.ingress_shutdown_s() == 30 + 30 + 10  # clip_b16: 30 s
+    ingress["graceful_shutdown_timeout_s"] = 45
+    with pytest.raises(ValueError, match=r"graceful_shutdown_timeout_s 45 is shorter .*: 70 s = .*drain window"):
+        load_profile(_app_config(tmp_path, app))
+    app["args"]["input"]["allow_url"] = True  # a URL is fetched before the detectors run
+    ingress["graceful_shutdown_timeout_s"] = 70
+    with pytest.raises(ValueError, match=r"graceful_shutdown_timeout_s 70 is shorter .*: 80 s"):
+        load_profile(_app_config(tmp_path, app))
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "20")  # Ray's own setting, read as Ray does
+    assert load_profile(_app_config(tmp_path, app)).args.ingress_shutdown_s() == 70
+    del ingress["graceful_shutdown_timeout_s"]
+    application = call_user_app_builder_with_args_if_necessary(build_app, app["args"])
+    assert application._bound_deployment._deployment_config.graceful_shutdown_timeout_s == 70

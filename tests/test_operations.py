@@ -44,12 +44,8 @@ GUARDED_APP = {
         "admission": {"max_in_flight": 8, "retry_after_s": 2},
     },
     "deployments": [
-        {
-            "name": "FusionIngress",
-            "ray_actor_options": {"num_cpus": 0.05},
-            "graceful_shutdown_wait_loop_s": 1,
-            "graceful_shutdown_timeout_s": 60,
-        },
+        # No graceful_shutdown_timeout_s: build_app sets Serve's drain window + the slowest request (100 s here).
+        {"name": "FusionIngress", "ray_actor_options": {"num_cpus": 0.05}, "graceful_shutdown_wait_loop_s": 1},
         {"name": "debug_mean", "ray_actor_options": {"num_cpus": 0.05}},
         {
             "name": "debug_sleep",
@@ -168,10 +164,25 @@ def test_keys_never_reach_the_logs(guarded, ray_session):
     assert sha(WRONG_KEY) not in everything
 
 
+def with_deployment(applications: list[dict], name: str, **options) -> list[dict]:
+    """A copy of ``applications`` whose last application's deployment ``name`` has ``options`` set."""
+    changed = copy.deepcopy(applications)
+    for deployment in changed[-1]["deployments"]:
+        if deployment["name"] == name:
+            deployment.update(options)
+    return changed
+
+
 def test_redeploy_under_load_fails_no_request(guarded, ray_session):
-    """A new user_config for a detector (reconfigured in place) and new args for the ingress (its replica
-    replaced, the old one drained by graceful shutdown) while two clients keep scoring: zero failures."""
+    """A new user_config for a detector and new args for the ingress (every replica of the application replaced,
+    the old ingress drained by graceful shutdown) while two clients keep scoring: zero failures.
+
+    debug_sleep first gets room for the calls of both ingress replicas at once (max_in_flight 8 each), as the
+    shipped configs give every detector: at a full replica the old ingress' calls can lose every routing retry to
+    the new one's and time out (docs/operations.md, "Graceful shutdown and rollout")."""
     client = guarded["client"]
+    steady = with_deployment(guarded["applications"], "debug_sleep", max_ongoing_requests=16)
+    deploy_apps(steady)
     results: list[tuple[int | str, str | None]] = []
     stop = threading.Event()
 
@@ -182,6 +193,9 @@ def test_redeploy_under_load_fails_no_request(guarded, ray_session):
                 n += 1
                 try:
                     response = http.post("/v1/detect", files={"file": ("x.png", image_bytes(size=(32, 32), seed=n))})
+                    if not response.headers.get("content-type", "").startswith("application/json"):
+                        results.append((f"{response.status_code} {response.headers} {response.text[:200]!r}", None))
+                        continue
                     body = response.json()
                     ok = response.status_code == 200 and body["missing"] == []
                     results.append(
@@ -199,12 +213,8 @@ def test_redeploy_under_load_fails_no_request(guarded, ray_session):
     try:
         while len(results) < 2:
             time.sleep(0.2)
-        changed = copy.deepcopy(guarded["applications"])
-        app = changed[-1]
-        app["args"]["admission"]["retry_after_s"] = 3  # new args: the ingress replica is replaced
-        for deployment in app["deployments"]:
-            if deployment["name"] == "debug_mean":
-                deployment["user_config"] = {"detector": {"busy_ms": 1.0}}
+        changed = with_deployment(steady, "debug_mean", user_config={"detector": {"busy_ms": 1.0}})
+        changed[-1]["args"]["admission"]["retry_after_s"] = 3  # new args: the ingress replica is replaced
         deploy_apps(changed)
         deadline = time.time() + 180
         while not any(version and "busy_ms=1.0" in version for _, version in results[-4:]):
