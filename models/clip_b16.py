@@ -57,6 +57,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import warnings
 from collections import defaultdict
 from itertools import pairwise
@@ -846,6 +847,13 @@ class ClipB16Detector(Detector):
             f"crops={int(self.config['crops'])} cls_layers={','.join(map(str, self.cls_layers)) or 'none'} "
             f"head={self.head_id} published_head={self.published_id}"
         )
+
+    @staticmethod
+    def runtime_neutral(version: str) -> str:
+        """``version`` with an fp32 runtime left unnamed: onnxruntime on CPU and torch (CPU or CUDA) give the same fp32
+        embeddings to float rounding (p95 |d clip_b16_prob| 8e-7, labels 100% equal: ``bench/clip_b16_runtimes.py``),
+        so outcomes of one stand for the other's; INT8 and fp16 keep their runtime."""
+        return re.sub(r"runtime=(?:onnxruntime|torch)/fp32", "runtime=fp32", version)
 
     # ---- the three steps ------------------------------------------------------------------------------------
     def preprocess(self, image: DecodedImage) -> np.ndarray:

@@ -116,6 +116,20 @@ def test_a_file_for_another_detector_version_or_a_second_file_for_one_feature_is
         apply_cross_fitted(table, [fresh, fresh])
 
 
+def test_fp32_outcomes_of_either_runtime_pass_for_each_other_int8_does_not(tmp_path):
+    """Cross-fit on a CPU box (onnxruntime), features on a GPU box (torch): one fp32 backbone, one head."""
+    keys = ["t1|reencode#0", "t2|reencode#0"]
+    made_on_cpu = _oof_file(tmp_path, keys, [0.6, 0.4], version="clip_b16-9 runtime=onnxruntime/fp32 head=sha256:h")
+    for runtime, accepted in (("torch/fp32", True), ("onnxruntime/int8", False), ("torch/fp16", False)):
+        outcome = json.dumps({"version": f"clip_b16-9 runtime={runtime} head=sha256:h"})
+        table = _feature_table().append_column("outcome.clip_b16", pa.array([outcome] * 4))
+        if accepted:
+            assert apply_cross_fitted(table, [made_on_cpu])[0].column("clip_b16_prob").to_pylist()[:2] == [0.6, 0.4]
+        else:
+            with pytest.raises(ValueError, match=f"made for clip_b16 .*features come from .*{runtime}"):
+                apply_cross_fitted(table, [made_on_cpu])
+
+
 def test_a_trained_feature_left_in_sample_is_refused_once_any_file_is_given(tmp_path):
     table = _feature_table().append_column("effnet_artifact_prob", pa.array([0.9, 0.1, 0.5, 0.5]))
     path = _oof_file(tmp_path, ["t1|reencode#0", "t2|reencode#0"], [0.6, 0.4])

@@ -252,13 +252,17 @@ def _replace_values(
 
 
 def _check_version(table: pa.Table, meta: dict[str, str], path: Path) -> None:
-    """The table's train-row outcomes of the file's detector must come from the version the file was made for."""
+    """The table's train-row outcomes of the file's detector must come from the version the file was made for (an
+    fp32 clip_b16 on either runtime counts as one: cross-fit on a CPU box, features on a GPU box)."""
+    from models.clip_b16 import ClipB16Detector
+
     column = outcome_column(meta.get("detector", ""))
     if not meta or column not in table.column_names:
         return
     train = table.filter(pc.equal(table["split"], "train"))
     versions = {json.loads(t)["version"] for t in train.column(column).to_pylist() if t}
-    if versions - {meta["shipped_version"]}:
+    same = ClipB16Detector.runtime_neutral
+    if {same(v) for v in versions} - {same(meta["shipped_version"])}:
         raise ValueError(
             f"{path}: made for {meta['detector']} {meta['shipped_version']!r}, but the features come from "
             f"{sorted(versions)}; run `imgverify train cross-fit` again"
