@@ -90,16 +90,19 @@ def test_a_generator_named_in_software_is_strong_unsigned_evidence_not_hard(prov
 
 def test_a_camera_photo_whose_software_names_an_assistant_app_is_not_labelled_ai_by_that_alone(local):
     """Through the real local detectors and the Verdict: the claim changes neither fusion_prob nor the label, and
-    the reasoning names it as an unsigned claim. Before: "AI", decided_by hard_evidence, uncertain false."""
+    the reasoning names it as an unsigned claim. Before: "AI", decided_by hard_evidence, uncertain false. The
+    photo's confident NON-AI becomes uncertain beside the claim (neither outweighs the other: is_contradicted)."""
     before = decide(local, CAMERA_JPEG.read_bytes())
     assert before["label"] == "NON-AI" and before["decided_by"] == "fusion"
+    assert before["uncertain"] is False  # the pixels alone are sure: the claim below is what makes it uncertain
     verdict, _ = local
     # The local fusion does not read the provenance features: the claim is context there.
     assert not {"software_flag", "metadata_ai_claim"} & set(verdict.fusion.features)
     for software in ("Gemini app 1.2", "OpenAI ChatGPT"):
         body = decide(local, with_software(CAMERA_JPEG, software))
         assert (body["label"], body["decided_by"]) == ("NON-AI", "fusion"), body["reasoning"]
-        assert body["fusion_prob"] == before["fusion_prob"] and body["uncertain"] == before["uncertain"]
+        assert body["fusion_prob"] == before["fusion_prob"] and body["uncertain"] is True
+        assert body["reasoning"][0].startswith("Uncertain: ") and "unsigned claim" in body["reasoning"][0]
         assert body["software_flag"] == 1.0
         assert not any(reason.startswith("Provenance: ") for reason in body["reasoning"])  # no hard evidence
         (sentence,) = [r for r in body["reasoning"] if "EXIF Software names an AI generator" in r]
