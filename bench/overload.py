@@ -70,9 +70,12 @@ async def run_load(
     api_key: str | None = None,
     timeout_s: float = 120.0,
     honour_retry_after: bool = False,
+    loop_lags_ms: list[float] | None = None,
 ) -> list[dict]:
     """``concurrency`` clients posting ``data`` until ``seconds`` pass or ``requests`` were sent, whichever is
     first. One record per request: status (or the exception's name), error code, latency_ms, retry_after.
+    ``loop_lags_ms``: filled with how late this client's event loop woke a 10 ms timer, every 10 ms while the load
+    runs: an answer that arrived is only seen, and its latency only stopped, when the loop gets to it.
 
     Each client has its own keep-alive connection, all made before the clock starts, and the body is encoded
     once: with one shared pool of 128 connections, httpx spent most of a request's time choosing a connection
@@ -100,7 +103,14 @@ async def run_load(
                 if honour_retry_after and record.get("retry_after"):
                     await asyncio.sleep(min(30.0, float(record["retry_after"])))
 
-    await asyncio.gather(*(worker(client) for client in clients))
+    async def ticker(lags: list[float]) -> None:
+        while time.perf_counter() < deadline and budget[0] > 0:
+            asked = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append((time.perf_counter() - asked - 0.01) * 1000)
+
+    ticking = [ticker(loop_lags_ms)] if loop_lags_ms is not None else []
+    await asyncio.gather(*(worker(client) for client in clients), *ticking)
     return records
 
 
@@ -153,7 +163,7 @@ def summarize(records: list[dict], wall_s: float) -> dict:
 @contextmanager
 def served(config: Path, ready_timeout_s: float = 600.0) -> Iterator[str]:
     """``serve run CONFIG`` (as ``scripts/quickstart.sh`` runs it) on a free port, in a process group of its own;
-    yields the base URL once ``/healthz`` is 200, and SIGTERMs that group afterwards."""
+    yields the base URL once ``/healthz`` is 200, and stops it afterwards as the quickstart does."""
     import yaml
 
     from serve_app.local import free_port, isolate_haproxy_ports
@@ -180,7 +190,10 @@ def served(config: Path, ready_timeout_s: float = 600.0) -> Iterator[str]:
             wait_ready(url, serve, ready_timeout_s, Path(tmp) / "serve.log")
             yield url
         finally:
-            os.killpg(serve.pid, signal.SIGTERM)  # serve run shuts Serve and its own Ray down on SIGTERM
+            # SIGTERM to `serve run` alone (the quickstart's `kill -TERM`): it shuts Serve down, HAProxy included,
+            # then its Ray. A SIGTERM to the whole group reached the proxy actor at once, which then left its
+            # HAProxy running and listening on the service's port (one orphan per run, 2 of 2 runs).
+            serve.terminate()
             try:
                 serve.wait(120)
             except subprocess.TimeoutExpired:
@@ -208,6 +221,7 @@ def measure(url: str, data: bytes, args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()[0]
     cpu_before = time.process_time()
     started = time.perf_counter()
+    lags: list[float] = []
     records = asyncio.run(
         run_load(
             url,
@@ -216,10 +230,13 @@ def measure(url: str, data: bytes, args: argparse.Namespace) -> dict:
             seconds=args.seconds,
             api_key=args.api_key,
             honour_retry_after=args.honour_retry_after,
+            loop_lags_ms=lags,
         )
     )
     summary = summarize(records, time.perf_counter() - started)
     summary["client_cpu_s"] = round(time.process_time() - cpu_before, 1)  # this process, on the same CPUs
+    # The client's share of every latency above: how late its one event loop got to a ready answer.
+    summary["client_loop_lag_ms"] = {"p50": percentile(lags, 50), "p99": percentile(lags, 99)}
     summary["healthz_after"] = httpx.get(f"{url}/healthz", timeout=60).status_code
     summary["concurrency"] = args.concurrency
     summary["loadavg_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
