@@ -34,7 +34,7 @@ from deployments.config import Profile, load_profile
 from deployments.data import cache_path, load_outcome_cache, outcome_column
 from models.fusion import DetectorOutcome
 from models.image_input import ImageInputError, decode_image, images_to_columns
-from training.augment import FUSION_PROCESSING, LAUNDERING, LAUNDERING_ID, ROBUSTNESS, Launder
+from training.augment import FUSION_PROCESSING, LAUNDERING, LAUNDERING_ID, LAUNDERING_ROUTES, ROBUSTNESS, Launder
 from training.dataset import DATASET_LIMITS, item_bytes, load_manifest
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.local.yaml"
@@ -62,20 +62,32 @@ def row_key(key: str, variant: str) -> str:
 
 def variant_bytes(filepath: str, crop: str, key: str, variant: str) -> bytes:
     """The bytes a detector sees for one item under ``variant`` (``reencode`` and ``launder`` may carry a copy index:
-    ``reencode#1``); every random choice is seeded by the item key, so a variant is reproducible."""
+    ``reencode#1``; ``launder-thumbnail#0`` takes that one laundering route, ``launder#0`` a random one); every random
+    choice is seeded by the item key, so a variant is reproducible."""
     data = item_bytes(filepath, crop)
     if variant == "clean":
         return data
     original = decode_image(data, DATASET_LIMITS)
     if variant.startswith(("reencode", "launder")):
         seed = int.from_bytes(hashlib.sha256(f"{key}|{variant}".encode()).digest()[:8], "big")
-        processing = FUSION_PROCESSING if variant.startswith("reencode") else LAUNDER
+        processing = FUSION_PROCESSING if variant.startswith("reencode") else launder_of(variant)
         return processing(original, np.random.default_rng(seed))
     if variant in ROBUSTNESS:
         return ROBUSTNESS[variant](original)
     raise ValueError(
-        f"unknown variant {variant!r}; use clean, reencode[#n], launder[#n] or one of {sorted(ROBUSTNESS)}"
+        f"unknown variant {variant!r}; use clean, reencode[#n], launder[-ROUTE][#n] or one of {sorted(ROBUSTNESS)}"
     )
+
+
+def launder_of(variant: str) -> Launder:
+    """``launder#n``: a random route per item; ``launder-ROUTE#n``: that route (one of ``LAUNDERING_ROUTES``)."""
+    name = variant.partition("#")[0]
+    if name == "launder":
+        return LAUNDER
+    route = name.removeprefix("launder-")
+    if route not in LAUNDERING_ROUTES:
+        raise ValueError(f"unknown laundering route in {variant!r}; use one of {LAUNDERING_ROUTES}")
+    return Launder(routes=(route,))
 
 
 def load_stage(batch: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Train the ``clip_b16`` detector's head: cached CLIP ViT-B/16 embeddings -> calibrated linear head.
 
     imgverify train clip-head MANIFEST --out models/weights/clip_b16_head.npz
-        [--config serve_config.local.yaml] [--copies 2] [--launder-copies 2] [--kinds image_embeds cls cls_layers]
+        [--config serve_config.local.yaml] [--copies 2] [--launder-copies 2] [--thumbnail-copies 0]
+        [--kinds image_embeds cls cls_layers]
         [--models logreg linear_svm] [--C 0.0005 0.001 0.002 0.005 0.01] [--cache cache/features]
 
 The embeddings come through the feature-extraction pipeline (``training.features.extract_features``: Ray Data,
@@ -174,6 +175,7 @@ def train_clip_head(
     cache_dir: Path = DEFAULT_CACHE,
     command: str = "",
     launder_copies: int = 2,
+    thumbnail_copies: int = 0,
 ) -> dict[str, Any]:
     """Embed train + val, fit the candidates, save the one best on held-out sources; return the report."""
     manifest = load_manifest(manifest_path)
@@ -184,7 +186,13 @@ def train_clip_head(
     kinds = kinds or ("image_embeds", "cls", *(("cls_layers",) if layers else ()))
     if "cls_layers" in kinds and not layers:  # before the (long) embedding run, not after it
         raise ValueError(f"{config}: clip_b16 sets no cls_layers, so there is no cls_layers embedding to train on")
-    variants = ["clean", *(f"reencode#{i}" for i in range(copies)), *(f"launder#{i}" for i in range(launder_copies))]
+    variants = [
+        "clean",
+        *(f"reencode#{i}" for i in range(copies)),
+        *(f"launder#{i}" for i in range(launder_copies)),
+        # The route a random laundered copy draws only one time in four, and the one the head scored worst on.
+        *(f"launder-thumbnail#{i}" for i in range(thumbnail_copies)),
+    ]
     table = extract_features(items, profile, variants, cache_dir)
     table = table.filter(pc.equal(pc.fill_null(table["error"], ""), ""))
     tables = {kind: EmbeddingRows.from_table(table, kind) for kind in kinds}
@@ -285,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         "--launder-copies", type=int, default=2, help="laundered copies per item (screenshot, social, thumbnail, crop)"
     )
     parser.add_argument(
+        "--thumbnail-copies", type=int, default=0, help="thumbnail copies per item (long side 256-512), besides those"
+    )
+    parser.add_argument(
         "--kinds",
         nargs="+",
         choices=list(DETAIL_OF_KIND),
@@ -312,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cache,
         command,
         args.launder_copies,
+        args.thumbnail_copies,
     )
     print(json.dumps({k: v for k, v in report.items() if k != "candidates"}, indent=1))
     for candidate in report["candidates"]:
