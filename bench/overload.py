@@ -192,7 +192,7 @@ def served(config: Path, ready_timeout_s: float = 600.0) -> Iterator[str]:
         finally:
             # SIGTERM to `serve run` alone (the quickstart's `kill -TERM`): it shuts Serve down, HAProxy included,
             # then its Ray. A SIGTERM to the whole group reached the proxy actor at once, which then left its
-            # HAProxy running and listening on the service's port (one orphan per run, 2 of 2 runs).
+            # HAProxy running and listening on the service's port (4 of 10 runs here).
             serve.terminate()
             try:
                 serve.wait(120)

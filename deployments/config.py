@@ -434,10 +434,9 @@ def check_ingress_shutdown(entry: Mapping[str, Any], args: AppArgs) -> None:
         raise ConfigError(
             f"deployment {INGRESS_DEPLOYMENT!r} graceful_shutdown_timeout_s {given} is shorter than a replaced "
             f"ingress may need: {needed:g} s = Serve's drain window ({INGRESS_DRAIN_ENV}, {drain_window_s():g} s, "
-            "in which it still admits requests) + the "
-            f"slowest request ({args.slowest_request_s():g} s: the slowest detector's timeout_s + "
-            f"{REQUEST_OVERHEAD_S:g} s, + url_timeout_s when allow_url). Raise it, or leave it out (build_app sets "
-            f"{needed:g})."
+            f"in which it still admits requests) + the slowest request ({args.slowest_request_s():g} s: the "
+            f"slowest detector's timeout_s + {REQUEST_OVERHEAD_S:g} s, + url_timeout_s when allow_url). Raise it, "
+            f"or leave it out (build_app sets {needed:g})."
         )
 
 
