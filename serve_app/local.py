@@ -8,17 +8,47 @@ application by its ``import_path``, calls the builder with the config's ``args``
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from pathlib import Path
 
 import yaml
 
+# Ray hands its worker processes ports from 10002-19999 (``min_worker_port`` / ``max_worker_port``), and every
+# process that binds port 0 (Ray's GCS, raylets, core workers, HAProxy's helpers) gets one from the kernel's
+# ephemeral range. A port chosen by binding 0 ourselves can be handed to one of them before the server we chose it
+# for binds it: a cluster test failed so ("Failed to bind to address '127.0.0.1:43299'", Serve's fallback proxy,
+# whose port is chosen before Ray starts). Ports above Ray's range and outside the ephemeral one are never handed out.
+RAY_WORKER_PORTS = range(10002, 20000)
+_handed_out: set[int] = set()  # two calls in one process never give the same port
+
+
+def ephemeral_ports() -> range:
+    """The kernel's range for port 0 (Linux's ``ip_local_port_range``; IANA's 49152-65535 elsewhere)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 49152, 65535
+    return range(low, high + 1)
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port on 127.0.0.1 that is free now and that neither the kernel nor Ray hands to another process meanwhile."""
+    ephemeral = ephemeral_ports()
+    candidates = [p for p in range(RAY_WORKER_PORTS.stop, 65536) if p not in ephemeral and p not in _handed_out]
+    for port in random.sample(candidates, min(len(candidates), 256)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(
+        f"no free port on 127.0.0.1 above {RAY_WORKER_PORTS.stop - 1} outside the ephemeral range "
+        f"{ephemeral.start}-{ephemeral.stop - 1} (256 tried)"
+    )
 
 
 def config_applications(path: str | Path) -> list[dict]:

@@ -25,6 +25,7 @@ import yaml
 
 from conftest import FIXTURES
 from serve_app.batch import filesystem_from_uri, list_inputs, run_batch
+from serve_app.local import free_port
 
 boto3 = pytest.importorskip("boto3", reason="moto[server] from the test extra brings boto3")
 
@@ -53,12 +54,6 @@ CONFIG = {
         }
     ]
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, server: subprocess.Popen, log: Path) -> None:
