@@ -157,10 +157,24 @@ class Server:
         return node.node_id
 
     def remove_node(self, name: str, graceful: bool = False) -> float:
-        """Remove a worker node; not graceful (the default): SIGKILL to its raylet and the rest, like a machine that
-        dies. Returns the time it happened (``time.time()``, for the test's clocks)."""
+        """Remove a worker node; not graceful (the default): SIGKILL to its raylet, its worker processes (replicas,
+        pool actors) and the rest at once, like a machine that dies. Returns the time it happened (``time.time()``,
+        for the test's clocks)."""
+        # isort: off
+        import ray  # noqa: F401 - first: it puts its own copy of psutil (ray/thirdparty_files) on the path
+        import psutil
+        from ray._private import ray_constants
+
+        # isort: on
+
         node = next(n for n in self.cluster.worker_nodes if self.names[n.node_id] == name)
+        # Ray's remove_node kills the node's own processes only; its workers (the raylet's children) notice their
+        # raylet is gone and exit up to ~2 s later, finishing what they run meanwhile: not a machine that dies.
+        raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+        workers = [] if graceful else psutil.Process(raylet).children(recursive=True)
         removed_at = time.time()
+        for worker in workers:
+            worker.kill()
         self.cluster.remove_node(node, allow_graceful=graceful)
         return removed_at
 
@@ -183,6 +197,19 @@ class Server:
             ]
             for name, deployment in deployments.items()
         }
+
+    def ongoing(self, app: str, deployment: str) -> dict[str, int]:
+        """node -> requests its RUNNING replicas of ``deployment`` hold now (running or waiting in the replica)."""
+        import ray
+        from ray import serve
+
+        details = serve.context._get_global_client().get_serve_details()
+        replicas = details["applications"][app]["deployments"][deployment]["replicas"]
+        running = [r for r in replicas if r["state"] == "RUNNING"]
+        counts = ray.get(
+            [ray.get_actor(r["actor_name"], namespace="serve").get_num_ongoing_requests.remote() for r in running]
+        )
+        return {self.names.get(r["node_id"], r["node_id"]): n for r, n in zip(running, counts, strict=True)}
 
     def actors(self, class_prefix: str) -> list[dict[str, Any]]:
         """Every actor whose class name starts so, dead ones included: class, state, node, restarts."""

@@ -27,11 +27,18 @@ pytestmark = pytest.mark.serve
 
 DETECTORS = ("debug_mean", "debug_sleep")
 CLIENT_TIMEOUT_S = 60  # test_faults.Load's: a request that hangs past it is an httpx timeout, not an answer
+LOAD_CLIENTS = 8  # two full batches of debug_sleep, one on each worker
 
 
 def detector_deployment(name: str, **user_config) -> dict:
     """Two replicas of 0.1 CPU: they only fit on the workers (the head has no CPUs), one on each (Serve spreads)."""
-    return {"name": name, "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}, "user_config": user_config}
+    return {
+        "name": name,
+        "num_replicas": 2,
+        "max_ongoing_requests": LOAD_CLIENTS,  # room for every client's request on either replica (Serve's default: 5)
+        "ray_actor_options": {"num_cpus": 0.1},
+        "user_config": user_config,
+    }
 
 
 CLUSTER_APP = {
@@ -44,10 +51,16 @@ CLUSTER_APP = {
     },
     "deployments": [
         # The ingress on the head, beside the proxy: losing a worker must not take the HTTP entry point with it.
-        {"name": "FusionIngress", "ray_actor_options": {"num_cpus": 0, "resources": {"head": 1}}},
+        {
+            "name": "FusionIngress",
+            "max_ongoing_requests": 2 * LOAD_CLIENTS,
+            "ray_actor_options": {"num_cpus": 0, "resources": {"head": 1}},
+        },
         detector_deployment("debug_mean"),
-        # Slow enough that each replica always has requests in flight when its node goes.
-        detector_deployment("debug_sleep", max_batch_size=2, detector={"sleep_s": 0.3}),
+        # Batches of up to 4 that sleep 2 s under 8 clients (LOAD_CLIENTS): each replica holds several requests at
+        # any time, so the test can lose a node while its replica holds some (a CI run at stop 29, with batches of 2
+        # that slept 0.3 s under 4 clients, lost the node when its replica held none, and saw nothing to check).
+        detector_deployment("debug_sleep", max_batch_size=4, detector={"sleep_s": 2.0}),
     ],
 }
 
@@ -125,8 +138,16 @@ def test_a_worker_lost_under_http_load_answers_every_request_and_recovers(ray_cl
     placement = replica_nodes(ray_cluster)
     assert all(placement[detector][lost] >= 1 for detector in DETECTORS), placement  # it holds replicas of each
     healthz: list[int] = []
-    with httpx.Client(base_url=cluster_url, timeout=CLIENT_TIMEOUT_S) as http, Load(cluster_url, workers=4) as load:
+    with (
+        httpx.Client(base_url=cluster_url, timeout=CLIENT_TIMEOUT_S) as http,
+        Load(cluster_url, workers=LOAD_CLIENTS) as load,
+    ):
         load.wait_for(12)
+        # Lose the node while its debug_sleep replica holds requests: they are the ones that must come back with
+        # the detector missing (a request not yet on the replica is retried on the other one by Serve's router).
+        deadline = time.monotonic() + 30
+        while ray_cluster.call("ongoing", app="cluster", deployment="debug_sleep").get(lost, 0) < 2:
+            assert time.monotonic() < deadline, "the lost node's debug_sleep replica never held 2 requests"
         killed = time.monotonic()
         ray_cluster.call("remove_node", name=lost)
         deadline = killed + 240
