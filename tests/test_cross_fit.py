@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from training.cross_fit import apply_cross_fitted, out_of_fold_probs
+from training.cross_fit import apply_cross_fitted
 from training.features import row_key
-from training.folds import fold_of, row_folds, train_item_folds, variant_of
+from training.folds import fold_of, out_of_fold_probs, row_folds, train_item_folds, variant_of
 from training.train_fusion import train_fusion
 
 HEAD = {"model": "logreg", "C": 100.0, "backbone_id": "test", "embedding_kind": "cls"}

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from deployments.config import load_profile
 from training.features import DEFAULT_CACHE, outcome_column
-from training.folds import item_key, train_item_folds
+from training.folds import item_key, out_of_fold_probs, train_item_folds
 from training.train_clip_head import EmbeddingRows, embedding_profile
 
 # The features this module can cross-fit: those of the detectors fitted here on the train split. The published
@@ -50,25 +50,6 @@ from training.train_clip_head import EmbeddingRows, embedding_profile
 TRAINED_FEATURES = {"clip_b16": ["clip_b16_prob"], "effnet_artifact": ["effnet_artifact_prob"]}
 # What `features extract --variant reencode#0` and `--variant launder#0` make: the fusion's rows.
 FUSION_VARIANTS = ["reencode#0", "launder#0"]
-
-
-def out_of_fold_probs(
-    X: np.ndarray, y: np.ndarray, group: np.ndarray, role: np.ndarray, params: dict[str, Any]
-) -> np.ndarray:
-    """P(AI) of every row in a held-out group, from an ``EmbeddingHead(**params)`` that never saw the group: fitted
-    on the rows of the other groups whose ``role`` is ``"fit"`` and calibrated on those whose role is
-    ``"calibrate"``. Rows of group ``-1`` are never held out (NaN); a group is held out whole, whatever its rows' roles.
-    Cluster folds: train rows are fitted and held out by fold, val rows only calibrate (group -1). Source folds: a
-    source's train and val rows are held out together, so its val rows get unseen-source scores too."""
-    from models.clip_b16 import EmbeddingHead
-
-    probs = np.full(len(y), np.nan)
-    for k in np.unique(group[group >= 0]):
-        held_out = group == k
-        fit, calibrate = (role == "fit") & ~held_out, (role == "calibrate") & ~held_out
-        head = EmbeddingHead(**params).fit(X[fit], y[fit], X_val=X[calibrate], y_val=y[calibrate])
-        probs[held_out] = head.predict_proba(X[held_out])[:, 1]
-    return probs
 
 
 def fold_groups(rows: EmbeddingRows, by: str, item_fold: dict[str, int]) -> np.ndarray:

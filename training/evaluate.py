@@ -36,18 +36,18 @@ import pyarrow.parquet as pq
 from deployments.config import Profile, load_profile
 from deployments.data import outcome_column
 from models.base import FeatureSpec
-from models.fusion import FusionModel, SchemaMismatch, TrainedFusion, json_safe, resolve_fusion_path
+from models.fusion import SchemaMismatch, json_safe, resolve_fusion_path
 from models.registry import feature_owner
 from models.verdict import Verdict
 from models.weights import file_sha256
 from training.augment import ROBUSTNESS
 from training.dataset import check_two_classes, load_manifest
-from training.features import DEFAULT_CACHE, DEFAULT_CONFIG, extract_features, feature_rows, outcomes_of
+from training.features import DEFAULT_CACHE, DEFAULT_CONFIG, extract_features
 from training.metrics import binary_metrics, oriented_auc, reliability_bins
+from training.scoring import TRUTH, fmt, markdown_table, predictions_table
 
 TARGET_FPR = 0.05
 TPR_KEY = f"tpr_at_{round(TARGET_FPR * 100)}pct_fpr"  # the key binary_metrics uses for it
-TRUTH = {"real": 0, "ai": 1}
 RIGHT_VERDICT = {0: "NON-AI", 1: "AI"}  # UNKNOWN is right for neither class
 
 # Written into the report so every number can be read without this file.
@@ -150,18 +150,6 @@ def false_accusations(y: np.ndarray, verdict: np.ndarray, confident: np.ndarray)
     }
 
 
-def fusion_probabilities(fusion: FusionModel, rows: list[dict[str, float]]) -> np.ndarray:
-    """P(AI) per feature row; NaN where the model reads none of the row's features (the service gives no
-    fusion verdict then either). The numbers of ``fusion.predict_proba``, batched for a trained model."""
-    prob = np.full(len(rows), np.nan)
-    usable = [i for i, row in enumerate(rows) if any(name in row for name in fusion.features)]
-    if usable and isinstance(fusion, TrainedFusion):
-        prob[usable] = fusion.predict_proba_rows([rows[i] for i in usable])
-    elif usable:
-        prob[usable] = [fusion.predict_proba(rows[i]) for i in usable]
-    return prob
-
-
 def single_feature_aucs(readable: pa.Table, schema: dict[str, FeatureSpec]) -> list[dict[str, Any]]:
     """Each feature alone as a score for AI, oriented by its declared direction (which detector signal
     carries what), strongest first. Items without the feature are left out; ``coverage`` says how many."""
@@ -184,24 +172,6 @@ def single_feature_aucs(readable: pa.Table, schema: dict[str, FeatureSpec]) -> l
             }
         )
     return sorted(out, key=lambda row: -1.0 if row["auc"] is None else abs(row["auc"] - 0.5), reverse=True)
-
-
-# ---- scoring ------------------------------------------------------------------------------------------
-def predictions_table(table: pa.Table, verdict: Verdict, detectors: list[str]) -> pa.Table:
-    """``extract_features``' table with the outcome JSON dropped and fusion_prob, verdict, decided_by and
-    uncertain added; unreadable rows keep their error and get nulls."""
-    prob = fusion_probabilities(verdict.fusion, feature_rows(table, verdict.features))
-    bodies = [
-        None if error else verdict.decide(outcomes_of(table, i, detectors))
-        for i, error in enumerate(table.column("error").to_pylist())
-    ]
-    table = table.drop_columns([outcome_column(name) for name in detectors])
-    return (
-        table.append_column("fusion_prob", pa.array([None if np.isnan(p) else float(p) for p in prob], pa.float64()))
-        .append_column("verdict", pa.array([None if b is None else b["label"] for b in bodies], pa.string()))
-        .append_column("decided_by", pa.array([None if b is None else b["decided_by"] for b in bodies], pa.string()))
-        .append_column("uncertain", pa.array([None if b is None else b["uncertain"] for b in bodies], pa.bool_()))
-    )
 
 
 def detector_versions(table: pa.Table, detectors: list[str]) -> dict[str, list[str]]:
@@ -510,25 +480,6 @@ ROBUSTNESS_COLUMNS = [
     ("n_no_prob", "no prob"),
 ]
 MAX_LISTED_UNREADABLE = 200
-
-
-def fmt(value: Any) -> str:
-    """A report cell: integers as they are, other numbers to 3 decimals, None as n/a."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value).replace("|", "\\|")
-
-
-def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _group_table(first: str, groups: dict[str, dict[str, Any]], columns: list[tuple[str, str]]) -> str:

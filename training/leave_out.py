@@ -49,12 +49,12 @@ from models.clip_b16 import DETAIL_OF_KIND, UNFAMILIAR_NOVELTY, EmbeddingHead
 from models.fusion import DetectorOutcome, TrainedFusion, json_safe, resolve_fusion_path
 from models.verdict import Verdict
 from training.augment import LAUNDERING_ROUTES
-from training.cross_fit import FUSION_VARIANTS, out_of_fold_probs
+from training.cross_fit import FUSION_VARIANTS
 from training.dataset import load_manifest
-from training.evaluate import TRUTH, predictions_table
 from training.features import DEFAULT_CACHE, extract_features, feature_rows
-from training.folds import fold_of, item_key, variant_of
+from training.folds import fold_of, item_key, out_of_fold_probs, variant_of
 from training.metrics import bound_for_miss, source_weights, threshold_for_fpr
+from training.scoring import TRUTH, fusion_probabilities, markdown_table, predictions_table
 from training.train_clip_head import EMBEDDING_SETTINGS, clip_detector, outcomes_from_embeddings
 from training.train_fusion import FusionSettings, fit_fusion
 
@@ -397,8 +397,6 @@ def run_folds(
 
 def _raw_predictions(fold: Fold, table: pa.Table, schema: dict[str, Any]) -> pa.Table:
     """The fold's own calibrated fusion probability for every row of ``table`` (the evaluated rows)."""
-    from training.evaluate import fusion_probabilities
-
     fusion = TrainedFusion(fold.artifact, fold.folder)
     prob = fusion_probabilities(fusion, feature_rows(table, fusion.features))
     return table.select(["key", "label", "source", "split", "variant"]).append_column(
@@ -487,7 +485,6 @@ DEFINITIONS = """\
 
 def render(result: dict[str, Any], command: str) -> str:
     """leave_out.md from the result of :func:`leave_out`."""
-    from training.evaluate import markdown_table
 
     def table(first: str, rows: dict[str, dict[str, Any]], columns: list[tuple[str, str]]) -> str:
         header = [first, *(title for _, title in columns)]

@@ -48,7 +48,7 @@ from training.features import (
     single_detector_profile,
     update_cache,
 )
-from training.folds import variant_of
+from training.folds import out_of_fold_probs, variant_of
 
 REFERENCE_ROWS = 1500  # ~190 KB in the head file (64 float16 per row)
 
@@ -144,8 +144,6 @@ def source_held_out_auc(rows: EmbeddingRows, params: dict[str, Any]) -> float | 
     """AUC over the train rows, each scored by a head fitted on the other sources' train rows and calibrated on the
     other sources' val rows: selection by sources never seen, without reading val's labels for anything but
     calibration."""
-    from training.cross_fit import out_of_fold_probs
-
     sources = sorted(set(rows.source.tolist()))
     group = np.asarray([sources.index(s) for s in rows.source])
     role = np.where(rows.split == "train", "fit", "calibrate")
