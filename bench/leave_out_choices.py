@@ -22,10 +22,10 @@ from pathlib import Path
 
 import models
 from deployments.config import load_profile
+from training.clip_embeddings import clip_detector
 from training.dataset import load_manifest
 from training.features import DEFAULT_CACHE
 from training.leave_out import EVALUATION_VARIANTS, MIN_ITEMS, Recipe, load_rows, run_folds, summary
-from training.train_clip_head import clip_detector
 
 COLUMNS = ("auc", "ai_labelled_ai", "ai_confidently_non_ai", "real_labelled_ai", "real_confidently_ai", "uncertain")
 

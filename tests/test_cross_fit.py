@@ -152,8 +152,8 @@ def test_out_of_fold_values_for_a_validation_row_are_refused_unless_whole_source
 
 
 def test_source_folds_hold_out_a_source_whole_and_cluster_folds_hold_out_train_rows_only():
+    from training.clip_embeddings import EmbeddingRows
     from training.cross_fit import fold_groups
-    from training.train_clip_head import EmbeddingRows
 
     keys = np.asarray([row_key(k, "clean") for k in ("a", "b", "c", "d")])
     rows = EmbeddingRows(

@@ -39,9 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from deployments.config import load_profile
+from training.clip_embeddings import EmbeddingRows, embedding_profile
 from training.features import DEFAULT_CACHE, outcome_column
 from training.folds import item_key, out_of_fold_probs, train_item_folds
-from training.train_clip_head import EmbeddingRows, embedding_profile
 
 # The features this module can cross-fit: those of the detectors fitted here on the train split. The published
 # CLIP probe and the hand-made features were never fitted here. ghostnet_score is (training/train_ghostnet.py, same

@@ -49,13 +49,13 @@ from models.clip_b16 import DETAIL_OF_KIND, UNFAMILIAR_NOVELTY, EmbeddingHead
 from models.fusion import DetectorOutcome, TrainedFusion, json_safe, resolve_fusion_path
 from models.verdict import Verdict
 from training.augment import LAUNDERING_ROUTES
+from training.clip_embeddings import EMBEDDING_SETTINGS, clip_detector, outcomes_from_embeddings
 from training.cross_fit import FUSION_VARIANTS
 from training.dataset import load_manifest
 from training.features import DEFAULT_CACHE, extract_features, feature_rows
 from training.folds import fold_of, item_key, out_of_fold_probs, variant_of
 from training.metrics import bound_for_miss, source_weights, threshold_for_fpr
 from training.scoring import TRUTH, fusion_probabilities, markdown_table, predictions_table
-from training.train_clip_head import EMBEDDING_SETTINGS, clip_detector, outcomes_from_embeddings
 from training.train_fusion import FusionSettings, fit_fusion
 
 EVALUATION_VARIANTS = ["clean", *LAUNDERING_ROUTES]

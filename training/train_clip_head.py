@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,63 +35,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deployments.config import Profile, load_profile
+from deployments.config import Profile
 from models.clip_b16 import DETAIL_OF_KIND, EmbeddingHead
-from models.fusion import DetectorOutcome
+from training.clip_embeddings import EmbeddingRows, clip_detector, embedding_profile, head_outcomes
 from training.dataset import check_two_classes, load_manifest, training_data_hash
 from training.features import (
     DEFAULT_CACHE,
     DEFAULT_CONFIG,
     extract_features,
     outcome_column,
-    single_detector_profile,
     update_cache,
 )
-from training.folds import out_of_fold_probs, variant_of
+from training.folds import out_of_fold_probs
 
 REFERENCE_ROWS = 1500  # ~190 KB in the head file (64 float16 per row)
-
-# clip_b16 as the Serve config has it, but giving its embeddings instead of any head's probability: one cache of
-# embeddings serves every head trained on them (here, in cross-fitting and in each leave-out fold).
-EMBEDDING_SETTINGS = {"return_embedding": True, "head": None, "head_sha256": None, "published_head": None}
-
-
-def embedding_profile(config: Path) -> Profile:
-    """A one-detector profile: ``clip_b16`` as the Serve config has it, returning embeddings instead of heads."""
-    return single_detector_profile(config, "clip_b16", EMBEDDING_SETTINGS)
-
-
-@dataclass
-class EmbeddingRows:
-    """The feature rows whose clip_b16 outcome is ok: their key, split, source, label (1 = AI) and embedding."""
-
-    key: np.ndarray
-    split: np.ndarray
-    source: np.ndarray
-    y: np.ndarray
-    X: np.ndarray
-
-    @classmethod
-    def from_table(cls, table: pa.Table, kind: str) -> EmbeddingRows:
-        detail = DETAIL_OF_KIND[kind]
-        rows: dict[str, list] = {name: [] for name in ("key", "split", "source", "y", "X")}
-        columns = [table.column(c).to_pylist() for c in ("key", "split", "source", "label", outcome_column("clip_b16"))]
-        for key, split, source, label, text in zip(*columns):
-            outcome = json.loads(text) if text else None
-            if outcome and outcome["status"] == "ok":  # otherwise the fusion sees clip_b16 as missing on this row
-                for name, value in zip(
-                    rows, (key, split, source, int(label == "ai"), outcome["result"]["details"][detail])
-                ):
-                    rows[name].append(value)
-        X = np.asarray(rows.pop("X"), dtype=np.float64).reshape(len(rows["key"]), -1)
-        return cls(**{name: np.asarray(values) for name, values in rows.items()}, X=X)
-
-    def where(self, mask: np.ndarray) -> EmbeddingRows:
-        return EmbeddingRows(self.key[mask], self.split[mask], self.source[mask], self.y[mask], self.X[mask])
-
-    @property
-    def variant(self) -> np.ndarray:
-        return np.asarray([variant_of(k) for k in self.key])
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -227,49 +183,6 @@ def cache_head_features(table: pa.Table, config: Path, head: Path, cache_dir: Pa
     column = [outcome for outcome in outcomes if outcome is not None]
     update_cache(pa.table({"key": keys, outcome_column("clip_b16"): column}), ["clip_b16"], cache_dir)
     return len(keys)
-
-
-def clip_detector(config: Path, **settings: Any) -> Any:
-    """The Serve config's ``clip_b16`` (heads and all, no embeddings returned), with some settings replaced."""
-    import models
-
-    configured = load_profile(config, check_fusion=False).detectors["clip_b16"].user_config.detector
-    replaced = {"head_sha256": None} if "head" in settings else {}
-    return models.create_detector("clip_b16", {**configured, "return_embedding": False, **replaced, **settings})
-
-
-def head_outcomes(table: pa.Table, detector: Any) -> list[str | None]:
-    """``detector``'s outcome (JSON) for each row of ``table``, computed from the row's cached embeddings by the
-    detector's own ``apply_heads`` and ``postprocess`` (no backbone run); None where the row has no embedding."""
-    embedded: list[tuple[int, DetectorOutcome]] = []
-    for i, text in enumerate(table.column(outcome_column("clip_b16")).to_pylist()):
-        outcome = DetectorOutcome.from_json(text) if text else None
-        if outcome is not None and outcome.status == "ok":
-            embedded.append((i, outcome))
-    out: list[str | None] = [None] * table.num_rows
-    if not embedded:
-        return out
-    # One detector version made every row, so the first row says which embeddings they all carry.
-    details = embedded[0][1].result.details
-    embeddings = {
-        kind: np.asarray([o.result.details[detail] for _, o in embedded], dtype=np.float32)
-        for kind, detail in DETAIL_OF_KIND.items()
-        if detail in details
-    }
-    latencies = [o.latency_ms for _, o in embedded]
-    for (i, _), outcome in zip(embedded, outcomes_from_embeddings(detector, embeddings, latencies)):
-        out[i] = outcome
-    return out
-
-
-def outcomes_from_embeddings(
-    detector: Any, embeddings: dict[str, np.ndarray], latencies: list[float | None]
-) -> list[str]:
-    """The outcome (JSON) ``detector`` gives for each image whose embeddings (by kind, one row per image) are given."""
-    return [
-        DetectorOutcome.from_result("clip_b16", detector.postprocess(output, False), detector.version, ms).to_json()
-        for output, ms in zip(detector.apply_heads(embeddings), latencies)
-    ]
 
 
 def _backbone(profile: Profile) -> tuple[str, list[int]]:
